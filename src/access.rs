@@ -1,0 +1,349 @@
+//! The pure access decision: `has_access(customer, entitlement, now)`.
+//!
+//! A pair is allowed iff some grant for it is `delivered`, its license key (if any) has
+//! not expired at `now` (`now >= expires_at` is expired), and the [`Policy`] does not deny
+//! it. Several grants: the OR over them. The answer says why, naming the most relevant
+//! grant. Time is a parameter: expiry and grace are computed here, at read time, from
+//! stored dates; nothing is scheduled.
+//!
+//! What the policy may use besides the grant itself, each only when it is known from a
+//! snapshot **newer** than the grant's own version (so a later grant restoration wins):
+//!
+//! - the linked subscription (the *backstop*, on by default): `on_hold`, `paused`,
+//!   `cancelled`, `expired` or `failed` deny with reason `subscription_<status>`, before
+//!   the grant's own revocation arrives; `active`/`past_due` do not;
+//! - a grace period for `on_hold` (off by default): access is kept for that long after
+//!   the hold began, also when Dodo has already revoked the grant for
+//!   `subscription_on_hold`;
+//! - a full refund of the grant's one-time payment (on by default): reason `refund`;
+//! - disputes of the grant's payment (`never` by default, `on_lost`, `on_opened`):
+//!   reason `dispute`.
+
+use crate::event::{DisputeStatus, Grant, GrantStatus, RevocationReason, SubscriptionStatus};
+use crate::wire::Timestamp;
+use chrono::Duration;
+use serde::Serialize;
+
+/// When disputes deny access to the disputed payment's grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisputePolicy {
+    /// Disputes never deny (Dodo itself does not revoke on disputes).
+    #[default]
+    Never,
+    /// Deny once the dispute is lost or accepted.
+    OnLost,
+    /// Deny while a dispute is open, and once it is lost.
+    OnOpened,
+}
+
+impl std::str::FromStr for DisputePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match crate::wire::normalize(s).as_str() {
+            "never" => Ok(DisputePolicy::Never),
+            "on_lost" => Ok(DisputePolicy::OnLost),
+            "on_opened" => Ok(DisputePolicy::OnOpened),
+            other => Err(format!(
+                "unknown dispute policy {other:?} (expected never, on_lost or on_opened)"
+            )),
+        }
+    }
+}
+
+/// The access policy. `Policy::default()` is the safe default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Deny a delivered grant whose subscription is known (newer than the grant) to be
+    /// `on_hold`, `paused`, `cancelled`, `expired` or `failed`. Default: on.
+    pub subscription_backstop: bool,
+    /// Keep access this long after an `on_hold` began. Default: none.
+    pub on_hold_grace: Option<Duration>,
+    /// Deny grants of a fully refunded one-time payment. Default: on.
+    pub refund_denies: bool,
+    /// Disputes. Default: never.
+    pub disputes: DisputePolicy,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            subscription_backstop: true,
+            on_hold_grace: None,
+            refund_denies: true,
+            disputes: DisputePolicy::Never,
+        }
+    }
+}
+
+/// What is known about a grant's subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionFacts {
+    /// The subscription id.
+    pub subscription_id: String,
+    /// Its current status.
+    pub status: SubscriptionStatus,
+    /// The version (envelope timestamp) of the snapshot that is its state.
+    pub as_of: Timestamp,
+    /// When its current status began.
+    pub since: Timestamp,
+}
+
+/// What is known about a grant's one-time payment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PaymentFacts {
+    /// When a succeeded, non-partial refund of it happened.
+    pub refunded_at: Option<Timestamp>,
+    /// The newest dispute of it: status and version.
+    pub dispute: Option<(DisputeStatus, Timestamp)>,
+}
+
+/// One grant of the pair, with what the policy may use.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantView<'a> {
+    /// The grant's current snapshot.
+    pub grant: &'a Grant,
+    /// The grant's version instant.
+    pub version: Timestamp,
+    /// Its subscription, if known.
+    pub subscription: Option<&'a SubscriptionFacts>,
+    /// Its payment, if known.
+    pub payment: Option<&'a PaymentFacts>,
+}
+
+/// The access answer, as the CLI and the HTTP API print it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Access {
+    /// The decision.
+    pub allowed: bool,
+    /// The customer asked about.
+    pub customer_id: String,
+    /// The entitlement asked about.
+    pub entitlement_id: String,
+    /// Status of the most relevant grant: `delivered`, `pending`, `failed`, `revoked`, or
+    /// `none` when there is no grant.
+    pub status: String,
+    /// Why not (null when allowed or pending): the revocation reason, the failure's
+    /// `error_code`, `license_key_expired`, `subscription_<status>`, `refund`, `dispute`,
+    /// `no_grant`.
+    pub reason: Option<String>,
+    /// The most relevant grant.
+    pub grant_id: Option<String>,
+    /// For a pending grant: where the customer completes delivery.
+    pub oauth_url: Option<String>,
+    /// For a failed grant: the error code.
+    pub error_code: Option<String>,
+    /// The grant's license key expiry, if any.
+    pub license_key_expires_at: Option<Timestamp>,
+    /// The grant's subscription, if any.
+    pub subscription_id: Option<String>,
+    /// That subscription's status, if known.
+    pub subscription_status: Option<String>,
+    /// Access kept by the on_hold grace period until then.
+    pub grace_until: Option<Timestamp>,
+    /// How many grants the pair has.
+    pub grants: usize,
+    /// Freshness: the version (`updated_at`) of the most relevant grant.
+    pub as_of: Option<Timestamp>,
+    /// The instant the answer was computed for.
+    pub evaluated_at: Timestamp,
+}
+
+/// The verdict on one grant.
+struct Judgement {
+    allowed: bool,
+    reason: Option<String>,
+    grace_until: Option<Timestamp>,
+}
+
+impl Judgement {
+    fn deny(reason: impl Into<String>) -> Self {
+        Judgement {
+            allowed: false,
+            reason: Some(reason.into()),
+            grace_until: None,
+        }
+    }
+    fn allow() -> Self {
+        Judgement {
+            allowed: true,
+            reason: None,
+            grace_until: None,
+        }
+    }
+}
+
+/// A subscription status that the backstop denies on.
+fn backstop_denies(status: &SubscriptionStatus) -> bool {
+    use SubscriptionStatus::*;
+    matches!(status, OnHold | Paused | Cancelled | Expired | Failed)
+}
+
+fn on_hold_grace(policy: &Policy, began: Timestamp, now: Timestamp) -> Option<Timestamp> {
+    let until = began + policy.on_hold_grace?;
+    (now < until).then_some(until)
+}
+
+fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
+    let g = view.grant;
+    let newer = |t: Timestamp| t > view.version;
+    match &g.status {
+        GrantStatus::Delivered => {}
+        GrantStatus::Pending => {
+            return Judgement {
+                allowed: false,
+                reason: None,
+                grace_until: None,
+            }
+        }
+        GrantStatus::Failed => {
+            return Judgement::deny(g.error_code.clone().unwrap_or_else(|| "failed".into()))
+        }
+        GrantStatus::Revoked => {
+            let reason = g.revocation_reason.as_ref();
+            if reason == Some(&RevocationReason::SubscriptionOnHold) {
+                let began = view
+                    .subscription
+                    .filter(|s| s.status == SubscriptionStatus::OnHold)
+                    .map(|s| s.since)
+                    .or(g.revoked_at)
+                    .unwrap_or(view.version);
+                if let Some(until) = on_hold_grace(policy, began, now) {
+                    return Judgement {
+                        grace_until: Some(until),
+                        ..Judgement::allow()
+                    };
+                }
+            }
+            return Judgement::deny(reason.map_or("revoked", |r| r.as_str()));
+        }
+        GrantStatus::Other(s) => return Judgement::deny(s.clone()),
+    }
+    if let Some(expires) = g.license_key.as_ref().and_then(|k| k.expires_at) {
+        if now >= expires {
+            return Judgement::deny("license_key_expired");
+        }
+    }
+    if let Some(p) = view.payment {
+        if policy.refund_denies && p.refunded_at.is_some_and(newer) {
+            return Judgement::deny("refund");
+        }
+        if let Some((status, at)) = &p.dispute {
+            let denies = match policy.disputes {
+                DisputePolicy::Never => false,
+                DisputePolicy::OnLost => status.is_lost(),
+                DisputePolicy::OnOpened => status.is_lost() || status.is_open(),
+            };
+            if denies && newer(*at) {
+                return Judgement::deny("dispute");
+            }
+        }
+    }
+    if let Some(s) = view.subscription {
+        if policy.subscription_backstop && backstop_denies(&s.status) && newer(s.as_of) {
+            if s.status == SubscriptionStatus::OnHold {
+                if let Some(until) = on_hold_grace(policy, s.since, now) {
+                    return Judgement {
+                        grace_until: Some(until),
+                        ..Judgement::allow()
+                    };
+                }
+            }
+            return Judgement::deny(format!("subscription_{}", s.status));
+        }
+    }
+    Judgement::allow()
+}
+
+/// How relevant a non-allowing grant is for the explanation (lower first).
+fn relevance(status: &GrantStatus) -> u8 {
+    match status {
+        GrantStatus::Delivered => 0,
+        GrantStatus::Pending => 1,
+        GrantStatus::Revoked => 2,
+        GrantStatus::Failed => 3,
+        GrantStatus::Other(_) => 4,
+    }
+}
+
+/// Decides access for one (customer, entitlement) pair from its grants.
+///
+/// # Example
+///
+/// ```
+/// use entitlement_sync::access::{decide, Policy};
+/// let now = chrono::Utc::now();
+/// let answer = decide("cus_1", "ent_1", &[], &Policy::default(), now);
+/// assert!(!answer.allowed);
+/// assert_eq!(answer.status, "none");
+/// assert_eq!(answer.reason.as_deref(), Some("no_grant"));
+/// ```
+pub fn decide(
+    customer_id: &str,
+    entitlement_id: &str,
+    grants: &[GrantView<'_>],
+    policy: &Policy,
+    now: Timestamp,
+) -> Access {
+    let judged: Vec<(&GrantView<'_>, Judgement)> =
+        grants.iter().map(|v| (v, judge(v, policy, now))).collect();
+    // The allowing grant with the newest version; else the most relevant denial, newest
+    // first; ties by grant id, so the answer does not depend on input order.
+    let best = judged.iter().min_by(|(a, ja), (b, jb)| {
+        (
+            !ja.allowed,
+            relevance(&a.grant.status),
+            std::cmp::Reverse(a.version),
+            &a.grant.id,
+        )
+            .cmp(&(
+                !jb.allowed,
+                relevance(&b.grant.status),
+                std::cmp::Reverse(b.version),
+                &b.grant.id,
+            ))
+    });
+    let Some((view, judgement)) = best else {
+        return Access {
+            allowed: false,
+            customer_id: customer_id.to_string(),
+            entitlement_id: entitlement_id.to_string(),
+            status: "none".into(),
+            reason: Some("no_grant".into()),
+            grant_id: None,
+            oauth_url: None,
+            error_code: None,
+            license_key_expires_at: None,
+            subscription_id: None,
+            subscription_status: None,
+            grace_until: None,
+            grants: 0,
+            as_of: None,
+            evaluated_at: now,
+        };
+    };
+    let g = view.grant;
+    Access {
+        allowed: judgement.allowed,
+        customer_id: customer_id.to_string(),
+        entitlement_id: entitlement_id.to_string(),
+        status: g.status.to_string(),
+        reason: if judgement.allowed {
+            None
+        } else {
+            judgement.reason.clone()
+        },
+        grant_id: Some(g.id.clone()),
+        oauth_url: (g.status == GrantStatus::Pending)
+            .then(|| g.oauth_url.clone())
+            .flatten(),
+        error_code: g.error_code.clone(),
+        license_key_expires_at: g.license_key.as_ref().and_then(|k| k.expires_at),
+        subscription_id: g.subscription_id.clone(),
+        subscription_status: view.subscription.map(|s| s.status.to_string()),
+        grace_until: judgement.grace_until,
+        grants: grants.len(),
+        as_of: Some(view.version),
+        evaluated_at: now,
+    }
+}

@@ -1,0 +1,96 @@
+//! A delivery as it arrived, and what became of it.
+
+use crate::fold::hex;
+use crate::wire::Timestamp;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One verified webhook delivery, raw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The `webhook-id` header (stable across retries): the idempotency key. For a bare
+    /// envelope without headers, `sha256:` + hex of its bytes.
+    pub id: String,
+    /// The `webhook-timestamp` header, as received.
+    pub webhook_timestamp: Option<String>,
+    /// The `webhook-signature` header, as received.
+    pub webhook_signature: Option<String>,
+    /// The raw body bytes (not necessarily UTF-8 or JSON).
+    pub body: Vec<u8>,
+    /// When the engine received it.
+    pub received_at: Timestamp,
+}
+
+impl Delivery {
+    /// A delivery from a captured webhook: its headers and raw body.
+    pub fn new(id: impl Into<String>, body: impl Into<Vec<u8>>, received_at: Timestamp) -> Self {
+        Delivery {
+            id: id.into(),
+            webhook_timestamp: None,
+            webhook_signature: None,
+            body: body.into(),
+            received_at,
+        }
+    }
+
+    /// A bare event envelope with no headers: its id is `sha256:` + hex of the bytes, so
+    /// the same line ingested twice is one delivery.
+    pub fn from_bare(body: impl Into<Vec<u8>>, received_at: Timestamp) -> Self {
+        let body = body.into();
+        let id = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        Delivery::new(id, body, received_at)
+    }
+}
+
+/// What became of a delivery when it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It changed the object's state (or which of its snapshots are rejected).
+    Applied,
+    /// Seen before: the same webhook id, or the same snapshot under another id.
+    Duplicate,
+    /// Legal, but older than what the object already reflects: nothing changed.
+    Stale,
+    /// An illegal transition: kept in the quarantine, state unchanged.
+    Rejected,
+    /// An event type the engine stores but does not fold (payouts, unknown types, ...).
+    Unhandled,
+    /// Verified, but the body does not parse; kept for a later rebuild.
+    Malformed,
+}
+
+impl Outcome {
+    /// All outcomes, in reporting order.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Applied,
+        Outcome::Duplicate,
+        Outcome::Stale,
+        Outcome::Rejected,
+        Outcome::Unhandled,
+        Outcome::Malformed,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+            Outcome::Rejected => "rejected",
+            Outcome::Unhandled => "unhandled",
+            Outcome::Malformed => "malformed",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

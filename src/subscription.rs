@@ -1,0 +1,206 @@
+//! The pure subscription state machine, and the simpler families (payments, refunds,
+//! disputes, license keys, credit notices) whose newest snapshot simply wins.
+//!
+//! Subscriptions, as a table ([`transition`]):
+//!
+//! | from \ to                            | pending | active/on_hold/paused/past_due | cancelled/expired | failed |
+//! |--------------------------------------|---------|--------------------------------|-------------------|--------|
+//! | pending                              | yes     | yes                            | yes               | yes    |
+//! | active, on_hold, paused, past_due    | no      | yes                            | yes               | no     |
+//! | cancelled, failed, expired           | no      | no (terminal)                  | same status only  | same status only |
+//!
+//! Subscriptions carry no `updated_at`: their version is the envelope `timestamp`.
+//! An unknown status may follow a non-terminal one and be followed by anything but
+//! `pending`; a terminal status stays terminal.
+
+use crate::event::{
+    CreditBalanceLow, CreditEntry, Dispute, LicenseKey, Payment, Refund, Subscription,
+    SubscriptionStatus,
+};
+use crate::fold::{always_legal, Machine, RejectReason};
+use crate::wire::Timestamp;
+
+/// The rule for one subscription status edge.
+pub fn transition(from: &SubscriptionStatus, to: &SubscriptionStatus) -> Result<(), RejectReason> {
+    use SubscriptionStatus::*;
+    if from == to {
+        return Ok(());
+    }
+    match (from, to) {
+        (Cancelled | Failed | Expired, _) => Err(RejectReason::Terminal),
+        (_, Pending) => Err(RejectReason::IllegalTransition),
+        (Pending, _) => Ok(()),
+        (Active | OnHold | Paused | PastDue | Other(_), Failed) => {
+            Err(RejectReason::IllegalTransition)
+        }
+        (Active | OnHold | Paused | PastDue | Other(_), _) => Ok(()),
+    }
+}
+
+/// Is this status terminal?
+pub fn is_terminal(status: &SubscriptionStatus) -> bool {
+    matches!(
+        status,
+        SubscriptionStatus::Cancelled | SubscriptionStatus::Failed | SubscriptionStatus::Expired
+    )
+}
+
+/// Lifecycle rank, to order two snapshots of the same instant.
+pub fn rank(status: &SubscriptionStatus) -> u8 {
+    use SubscriptionStatus::*;
+    match status {
+        Pending => 0,
+        Active => 1,
+        PastDue => 2,
+        OnHold | Paused => 3,
+        Other(_) => 4,
+        Cancelled | Failed | Expired => 5,
+    }
+}
+
+impl Machine for Subscription {
+    fn object_id(&self) -> &str {
+        &self.subscription_id
+    }
+    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
+        envelope_ts
+    }
+    fn rank(&self) -> u8 {
+        rank(&self.status)
+    }
+    fn status_name(&self) -> &str {
+        self.status.as_str()
+    }
+    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
+        if let (Some(a), Some(b)) = (prev.customer_id(), next.customer_id()) {
+            if a != b {
+                return Err(RejectReason::IdentityChanged {
+                    field: "customer_id",
+                });
+            }
+        }
+        transition(&prev.status, &next.status)
+    }
+}
+
+impl Machine for Payment {
+    fn object_id(&self) -> &str {
+        &self.payment_id
+    }
+    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
+        self.updated_at.unwrap_or(envelope_ts)
+    }
+    fn status_name(&self) -> &str {
+        self.status.as_ref().map_or("unknown", |s| s.as_str())
+    }
+    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
+        always_legal(prev, next)
+    }
+}
+
+impl Machine for Refund {
+    fn object_id(&self) -> &str {
+        &self.refund_id
+    }
+    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
+        envelope_ts
+    }
+    fn status_name(&self) -> &str {
+        self.status.as_str()
+    }
+    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
+        always_legal(prev, next)
+    }
+}
+
+impl Machine for Dispute {
+    fn object_id(&self) -> &str {
+        &self.dispute_id
+    }
+    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
+        envelope_ts
+    }
+    fn status_name(&self) -> &str {
+        self.dispute_status.as_str()
+    }
+    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
+        always_legal(prev, next)
+    }
+}
+
+impl Machine for LicenseKey {
+    fn object_id(&self) -> &str {
+        &self.id
+    }
+    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
+        envelope_ts
+    }
+    fn status_name(&self) -> &str {
+        self.status.as_str()
+    }
+    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
+        always_legal(prev, next)
+    }
+}
+
+impl Machine for CreditBalanceLow {
+    fn object_id(&self) -> &str {
+        &self.object_id
+    }
+    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
+        envelope_ts
+    }
+    fn status_name(&self) -> &str {
+        "balance_low"
+    }
+    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
+        always_legal(prev, next)
+    }
+}
+
+/// A ledger entry is immutable: one id, one entry. Two different bodies under the same
+/// id keep the first in fold order (the other is recorded as rejected).
+impl Machine for CreditEntry {
+    fn object_id(&self) -> &str {
+        &self.id
+    }
+    fn version_at(&self, _envelope_ts: Timestamp) -> Timestamp {
+        self.created_at
+    }
+    fn status_name(&self) -> &str {
+        "entry"
+    }
+    fn check(_prev: &Self, _next: &Self) -> Result<(), RejectReason> {
+        Err(RejectReason::IllegalTransition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        use SubscriptionStatus::*;
+        let all = [
+            Pending, Active, OnHold, Paused, PastDue, Cancelled, Failed, Expired,
+        ];
+        for from in &all {
+            for to in &all {
+                let legal = transition(from, to).is_ok();
+                let want = from == to
+                    || match from {
+                        Pending => true,
+                        Active | OnHold | Paused | PastDue => !matches!(to, Pending | Failed),
+                        _ => false,
+                    };
+                assert_eq!(legal, want, "{from} -> {to}");
+            }
+        }
+        let other = SubscriptionStatus::parse("trialing");
+        assert!(transition(&Active, &other).is_ok());
+        assert!(transition(&other, &Active).is_ok());
+        assert!(transition(&Cancelled, &other).is_err());
+        assert!(transition(&other, &Pending).is_err());
+    }
+}
