@@ -255,6 +255,15 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
     Judgement::allow()
 }
 
+/// Just the decision, without building the explanation: the OR over the grants.
+pub fn allowed<'a>(
+    grants: impl IntoIterator<Item = GrantView<'a>>,
+    policy: &Policy,
+    now: Timestamp,
+) -> bool {
+    grants.into_iter().any(|v| judge(&v, policy, now).allowed)
+}
+
 /// How relevant a non-allowing grant is for the explanation (lower first).
 fn relevance(status: &GrantStatus) -> u8 {
     match status {

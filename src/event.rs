@@ -693,7 +693,7 @@ pub struct CreditEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditBalanceLow {
     /// `customer_id:credit_entitlement_id`, filled in by the parser.
-    #[serde(skip)]
+    #[serde(default)]
     pub object_id: String,
     /// The customer.
     pub customer_id: String,

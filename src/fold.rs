@@ -32,16 +32,32 @@ pub struct VersionKey {
 }
 
 impl VersionKey {
-    /// A short, stable text form: `<rfc3339 micros>/<rank>/<hex hash>`; sorts like the key
-    /// for instants after 1970 and before 10000.
+    /// A short, stable text form: `<rfc3339, UTC, nanoseconds>/<rank>/<hex hash>`; as
+    /// text it sorts like the key (for years 1000 to 9999).
     pub fn encode(&self) -> String {
-        let mut s = crate::wire::format_timestamp(&self.at);
+        let mut s = self.at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         s.push('/');
         s.push_str(&self.rank.to_string());
         s.push('/');
         s.push_str(&hex(&self.hash));
         s
     }
+}
+
+/// Inverse of [`VersionKey::encode`].
+pub fn decode_key(s: &str) -> Option<VersionKey> {
+    let mut parts = s.split('/');
+    let at = crate::wire::parse_timestamp(parts.next()?)?;
+    let rank = parts.next()?.parse().ok()?;
+    let hex_hash = parts.next()?;
+    if hex_hash.len() != 64 || parts.next().is_some() {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex_hash.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(VersionKey { at, rank, hash })
 }
 
 /// Lower-case hex of bytes.

@@ -26,6 +26,8 @@ pub mod delivery;
 pub mod event;
 pub mod fold;
 pub mod grant;
+pub mod index;
+pub mod store;
 pub mod subscription;
 pub mod wire;
 

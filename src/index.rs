@@ -1,0 +1,215 @@
+//! The in-memory access index: the folded state of grants, subscriptions, payments,
+//! refunds and disputes, keyed for `has_access` (customer -> entitlement -> grants).
+//!
+//! Pure data: it is fed [`ObjectRow`]s read by the store (all of them at open, then the
+//! rows changed since the last refresh) and answers with [`crate::access`]. It never
+//! touches SQLite or the clock.
+
+use crate::access::{self, Access, GrantView, PaymentFacts, Policy, SubscriptionFacts};
+use crate::event::{Dispute, DisputeStatus, Grant, Payment, Refund, RefundStatus, Subscription};
+use crate::store::ObjectRow;
+use crate::wire::{parse_timestamp, Timestamp};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone)]
+struct GrantEntry {
+    grant: Grant,
+    version: Timestamp,
+}
+
+/// What a payment's refunds and disputes say, from each source.
+#[derive(Debug, Clone, Default)]
+struct PaymentSources {
+    /// refund id -> (succeeded in full?, when)
+    refunds: HashMap<String, (bool, Timestamp)>,
+    /// dispute id -> (status, when)
+    disputes: HashMap<String, (DisputeStatus, Timestamp)>,
+    /// From the payment snapshot's own `refunds[]` / `disputes[]`.
+    embedded: Option<(Option<Timestamp>, Option<(DisputeStatus, Timestamp)>)>,
+}
+
+impl PaymentSources {
+    fn facts(&self) -> PaymentFacts {
+        let (embedded_refund, embedded_dispute) = self.embedded.clone().unwrap_or_default();
+        let refunded_at = self
+            .refunds
+            .values()
+            .filter(|(full, _)| *full)
+            .map(|(_, at)| *at)
+            .chain(embedded_refund)
+            .min();
+        let dispute = self
+            .disputes
+            .values()
+            .cloned()
+            .chain(embedded_dispute)
+            .max_by_key(|(_, at)| *at);
+        PaymentFacts {
+            refunded_at,
+            dispute,
+        }
+    }
+}
+
+/// The index. Build it with [`Index::default`] and feed it rows with [`Index::apply`].
+#[derive(Debug, Default)]
+pub struct Index {
+    pairs: HashMap<String, HashMap<String, Vec<GrantEntry>>>,
+    grant_pair: HashMap<String, (String, String)>,
+    subscriptions: HashMap<String, SubscriptionFacts>,
+    sources: HashMap<String, PaymentSources>,
+    payments: HashMap<String, PaymentFacts>,
+    grants: usize,
+}
+
+/// A row the index could not decode.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("index: cannot decode {kind} {id}: {message}")]
+pub struct IndexError {
+    kind: String,
+    id: String,
+    message: String,
+}
+
+impl Index {
+    /// Number of grants held.
+    pub fn grants(&self) -> usize {
+        self.grants
+    }
+
+    /// Applies one changed object row (insert or replace).
+    ///
+    /// # Errors
+    ///
+    /// [`IndexError`] when the row does not decode; the index is unchanged then.
+    pub fn apply(&mut self, row: &ObjectRow) -> Result<(), IndexError> {
+        let err = |message: String| IndexError {
+            kind: row.kind.clone(),
+            id: row.id.clone(),
+            message,
+        };
+        let as_of = parse_timestamp(&row.as_of).ok_or_else(|| err("as_of".into()))?;
+        let since = parse_timestamp(&row.since).ok_or_else(|| err("since".into()))?;
+        match row.kind.as_str() {
+            "grant" => {
+                let grant: Grant = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
+                self.put_grant(grant, as_of);
+            }
+            "subscription" => {
+                let s: Subscription =
+                    serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
+                self.subscriptions.insert(
+                    s.subscription_id.clone(),
+                    SubscriptionFacts {
+                        subscription_id: s.subscription_id,
+                        status: s.status,
+                        as_of,
+                        since,
+                    },
+                );
+            }
+            "refund" => {
+                let r: Refund = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
+                let full = r.status == RefundStatus::Succeeded && !r.is_partial;
+                let src = self.sources.entry(r.payment_id.clone()).or_default();
+                src.refunds.insert(r.refund_id, (full, as_of));
+                self.derive(&r.payment_id);
+            }
+            "dispute" => {
+                let d: Dispute = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
+                let src = self.sources.entry(d.payment_id.clone()).or_default();
+                src.disputes.insert(d.dispute_id, (d.dispute_status, as_of));
+                self.derive(&d.payment_id);
+            }
+            "payment" => {
+                let p: Payment = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
+                let refunded = p
+                    .refunds
+                    .iter()
+                    .filter(|r| r.status == RefundStatus::Succeeded && !r.is_partial)
+                    .map(|r| r.created_at.unwrap_or(as_of))
+                    .min();
+                let dispute = p
+                    .disputes
+                    .iter()
+                    .map(|d| (d.dispute_status.clone(), d.created_at.unwrap_or(as_of)))
+                    .max_by_key(|(_, at)| *at);
+                let src = self.sources.entry(p.payment_id.clone()).or_default();
+                src.embedded = Some((refunded, dispute));
+                self.derive(&p.payment_id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn derive(&mut self, payment_id: &str) {
+        if let Some(src) = self.sources.get(payment_id) {
+            self.payments.insert(payment_id.to_string(), src.facts());
+        }
+    }
+
+    fn put_grant(&mut self, grant: Grant, version: Timestamp) {
+        let pair = (grant.customer_id.clone(), grant.entitlement_id.clone());
+        // An operator override may move a grant to another pair: take it out of the old.
+        if let Some(old) = self.grant_pair.get(&grant.id) {
+            if *old != pair {
+                let old = old.clone();
+                self.remove_grant(&grant.id, &old);
+            }
+        }
+        let list = self
+            .pairs
+            .entry(pair.0.clone())
+            .or_default()
+            .entry(pair.1.clone())
+            .or_default();
+        let entry = GrantEntry { grant, version };
+        match list.iter_mut().find(|e| e.grant.id == entry.grant.id) {
+            Some(slot) => *slot = entry,
+            None => {
+                self.grant_pair.insert(entry.grant.id.clone(), pair);
+                list.push(entry);
+                self.grants += 1;
+            }
+        }
+    }
+
+    fn remove_grant(&mut self, id: &str, pair: &(String, String)) {
+        if let Some(list) = self.pairs.get_mut(&pair.0).and_then(|m| m.get_mut(&pair.1)) {
+            let before = list.len();
+            list.retain(|e| e.grant.id != id);
+            self.grants -= before - list.len();
+        }
+        self.grant_pair.remove(id);
+    }
+
+    fn views<'a>(&'a self, customer: &str, entitlement: &str) -> impl Iterator<Item = GrantView<'a>> {
+        self.pairs
+            .get(customer)
+            .and_then(|m| m.get(entitlement))
+            .into_iter()
+            .flatten()
+            .map(|e| GrantView {
+                grant: &e.grant,
+                version: e.version,
+                subscription: e
+                    .grant
+                    .subscription_id
+                    .as_ref()
+                    .and_then(|s| self.subscriptions.get(s)),
+                payment: e.grant.payment_id.as_ref().and_then(|p| self.payments.get(p)),
+            })
+    }
+
+    /// The full answer.
+    pub fn access(&self, customer: &str, entitlement: &str, policy: &Policy, now: Timestamp) -> Access {
+        let views: Vec<GrantView<'_>> = self.views(customer, entitlement).collect();
+        access::decide(customer, entitlement, &views, policy, now)
+    }
+
+    /// Just the decision.
+    pub fn has_access(&self, customer: &str, entitlement: &str, policy: &Policy, now: Timestamp) -> bool {
+        access::allowed(self.views(customer, entitlement), policy, now)
+    }
+}

@@ -1,0 +1,495 @@
+//! Read-side records: what the CLI and the HTTP API list.
+
+use super::{Reader, Result, StoreError};
+use crate::event::{CreditBalanceLow, CreditEntry, Grant, LicenseKey, Payment, Subscription};
+use crate::wire::Timestamp;
+use rusqlite::{params, OptionalExtension, Row};
+use rust_decimal::Decimal;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A changed object row, for the in-memory index.
+#[derive(Debug, Clone)]
+pub struct ObjectRow {
+    /// `grant`, `subscription`, ...
+    pub kind: String,
+    /// Object id.
+    pub id: String,
+    /// Version instant of the state (RFC 3339).
+    pub as_of: String,
+    /// When the current status began (RFC 3339).
+    pub since: String,
+    /// The state snapshot as JSON.
+    pub body: String,
+}
+
+/// One stored delivery (`entsync deliveries --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryRecord {
+    /// The webhook id.
+    pub delivery_id: String,
+    /// The event type (null when the body did not parse).
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// What became of it on arrival.
+    pub outcome: String,
+    /// When it was received.
+    pub received_at: String,
+    /// The envelope timestamp.
+    pub event_at: Option<String>,
+    /// Object kind.
+    pub object_kind: Option<String>,
+    /// Object id.
+    pub object_id: Option<String>,
+    /// Parse error or rejection message.
+    pub detail: Option<String>,
+}
+
+/// One quarantined snapshot (`entsync rejected --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuarantineRecord {
+    /// The delivery that carried it (the smallest id, if several did).
+    pub delivery_id: String,
+    /// Object kind.
+    pub object_kind: String,
+    /// Object id.
+    pub object_id: String,
+    /// One line for operators.
+    pub reason: String,
+    /// Machine-readable code: `illegal_transition`, `forbidden_restoration`, ...
+    pub code: String,
+    /// The state it met.
+    pub from: String,
+    /// The snapshot that arrived.
+    pub to: String,
+    /// Its event type.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// When it was received.
+    pub received_at: Option<String>,
+}
+
+/// One grant (`entsync grants --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantRecord {
+    /// Grant id.
+    pub grant_id: String,
+    /// Customer.
+    pub customer_id: String,
+    /// Entitlement.
+    pub entitlement_id: String,
+    /// Status.
+    pub status: String,
+    /// Revocation reason.
+    pub revocation_reason: Option<String>,
+    /// Subscription.
+    pub subscription_id: Option<String>,
+    /// Payment.
+    pub payment_id: Option<String>,
+    /// Version (`updated_at`).
+    pub updated_at: String,
+    /// License key expiry.
+    pub license_key_expires_at: Option<Timestamp>,
+    /// OAuth URL of a pending grant.
+    pub oauth_url: Option<String>,
+    /// Error code of a failed grant.
+    pub error_code: Option<String>,
+    /// The delivery whose snapshot is the state.
+    pub delivery_id: String,
+}
+
+/// A subscription in a customer view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubscriptionRecord {
+    /// Subscription id.
+    pub subscription_id: String,
+    /// Status.
+    pub status: String,
+    /// Since when it has this status.
+    pub since: String,
+    /// Version (envelope timestamp).
+    pub as_of: String,
+    /// Product.
+    pub product_id: Option<String>,
+    /// End of the current period.
+    pub next_billing_date: Option<Timestamp>,
+    /// Cancels at period end.
+    pub cancel_at_next_billing_date: bool,
+    /// When the past_due grace ends.
+    pub past_due_ends_at: Option<Timestamp>,
+}
+
+/// A payment in a customer view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PaymentRecord {
+    /// Payment id.
+    pub payment_id: String,
+    /// Status.
+    pub status: String,
+    /// Total, minor units, exact.
+    pub total_amount: Option<Decimal>,
+    /// Currency.
+    pub currency: Option<String>,
+    /// Subscription, for renewals.
+    pub subscription_id: Option<String>,
+    /// Refunds and disputes of it, by status.
+    pub refunds: Vec<LinkedRecord>,
+    /// Disputes of it.
+    pub disputes: Vec<LinkedRecord>,
+    /// Version.
+    pub as_of: String,
+}
+
+/// A refund or dispute linked to a payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkedRecord {
+    /// Refund or dispute id.
+    pub id: String,
+    /// Status.
+    pub status: String,
+    /// Version.
+    pub as_of: String,
+}
+
+/// A license key in a customer view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LicenseKeyRecord {
+    /// Key id.
+    pub id: String,
+    /// Status.
+    pub status: String,
+    /// Expiry.
+    pub expires_at: Option<Timestamp>,
+    /// Product.
+    pub product_id: Option<String>,
+}
+
+/// A credit balance (`entsync balance --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    /// Customer.
+    pub customer_id: String,
+    /// Credit entitlement.
+    pub credit_entitlement_id: String,
+    /// `balance_after` of the newest ledger entry, exact.
+    pub balance: Decimal,
+    /// `overage_after` of the newest ledger entry, exact (0 when absent).
+    pub overage: Decimal,
+    /// The newest entry's id.
+    pub entry_id: String,
+    /// The newest entry's `created_at`.
+    pub as_of: Timestamp,
+    /// Ledger entries seen.
+    pub entries: u64,
+    /// The last `credit.balance_low` notice, if any.
+    pub balance_low: Option<CreditBalanceLow>,
+}
+
+/// Everything known about one customer (`entsync customer --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CustomerView {
+    /// Customer.
+    pub customer_id: String,
+    /// Grants.
+    pub grants: Vec<GrantRecord>,
+    /// Subscriptions.
+    pub subscriptions: Vec<SubscriptionRecord>,
+    /// Payments with their refunds and disputes.
+    pub payments: Vec<PaymentRecord>,
+    /// Credit balances.
+    pub credits: Vec<Balance>,
+    /// License keys.
+    pub license_keys: Vec<LicenseKeyRecord>,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RebuildStats {
+    /// Deliveries read.
+    pub deliveries: u64,
+    /// Objects written.
+    pub objects: u64,
+    /// Deliveries that still do not parse.
+    pub malformed: u64,
+    /// Deliveries stored as malformed that parse now.
+    pub reparsed: u64,
+    /// Snapshots in the quarantine afterwards.
+    pub quarantined: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// Stored deliveries by arrival outcome.
+    pub outcomes: Vec<(String, u64)>,
+    /// Stored deliveries by event type.
+    pub types: Vec<(String, u64)>,
+    /// Snapshots in the quarantine.
+    pub quarantined: u64,
+    /// Envelope timestamp of the newest applied delivery.
+    pub newest_applied_event_at: Option<String>,
+}
+
+fn decode<T: DeserializeOwned>(kind: &str, body: &str) -> Result<T> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("{kind} row: {e}")))
+}
+
+fn grant_record(row: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+impl GrantRecord {
+    fn from_parts(body: &str, as_of: String, delivery_id: String) -> Result<GrantRecord> {
+        let g: Grant = decode("grant", body)?;
+        Ok(GrantRecord {
+            grant_id: g.id,
+            customer_id: g.customer_id,
+            entitlement_id: g.entitlement_id,
+            status: g.status.to_string(),
+            revocation_reason: g.revocation_reason.map(|r| r.to_string()),
+            subscription_id: g.subscription_id,
+            payment_id: g.payment_id,
+            updated_at: as_of,
+            license_key_expires_at: g.license_key.and_then(|k| k.expires_at),
+            oauth_url: g.oauth_url,
+            error_code: g.error_code,
+            delivery_id,
+        })
+    }
+}
+
+impl Reader {
+    /// Stored deliveries in arrival order, optionally only one outcome; `limit` newest
+    /// when given.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors.
+    pub fn deliveries(&self, outcome: Option<&str>, limit: Option<u64>) -> Result<Vec<DeliveryRecord>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT * FROM (
+               SELECT delivery_id, event_type, outcome, received_at, event_at, object_kind,
+                      object_id, detail, seq
+                 FROM deliveries WHERE ?1 IS NULL OR outcome = ?1
+                ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+        )?;
+        let limit = limit.map_or(-1, |l| l.min(i64::MAX as u64) as i64);
+        let rows = stmt.query_map(params![outcome, limit], |r| {
+            Ok(DeliveryRecord {
+                delivery_id: r.get(0)?,
+                event_type: r.get(1)?,
+                outcome: r.get(2)?,
+                received_at: r.get(3)?,
+                event_at: r.get(4)?,
+                object_kind: r.get(5)?,
+                object_id: r.get(6)?,
+                detail: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The quarantine.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors.
+    pub fn rejected(&self) -> Result<Vec<QuarantineRecord>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT q.delivery_id, q.object_kind, q.object_id, q.reason, q.code, q.from_state,
+                    q.to_state, d.event_type, d.received_at
+               FROM quarantine q LEFT JOIN deliveries d ON d.delivery_id = q.delivery_id
+              ORDER BY d.seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(QuarantineRecord {
+                delivery_id: r.get(0)?,
+                object_kind: r.get(1)?,
+                object_id: r.get(2)?,
+                reason: r.get(3)?,
+                code: r.get(4)?,
+                from: r.get(5)?,
+                to: r.get(6)?,
+                event_type: r.get(7)?,
+                received_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Grants, all or one customer's, ordered by customer, entitlement, id.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors, or a row that does not decode.
+    pub fn grants(&self, customer: Option<&str>) -> Result<Vec<GrantRecord>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT body, as_of, delivery_id FROM objects
+              WHERE kind = 'grant' AND (?1 IS NULL OR customer_id = ?1)
+              ORDER BY customer_id, ref_id, id",
+        )?;
+        let rows = stmt.query_map([customer], grant_record)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (body, as_of, delivery_id) = row?;
+            out.push(GrantRecord::from_parts(&body, as_of, delivery_id)?);
+        }
+        Ok(out)
+    }
+
+    fn bodies(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<(String, String, String)>> {
+        let mut stmt = self.conn().prepare(sql)?;
+        let rows = stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The credit balance of one (customer, credit entitlement): the newest ledger entry.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors, or a row that does not decode.
+    pub fn balance(&self, customer: &str, credit_entitlement: &str) -> Result<Option<Balance>> {
+        let newest: Option<(String, u64)> = self
+            .conn()
+            .query_row(
+                "SELECT body, (SELECT COUNT(*) FROM objects WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2)
+                   FROM objects WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2
+                  ORDER BY state_key DESC LIMIT 1",
+                params![customer, credit_entitlement],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?;
+        let Some((body, entries)) = newest else {
+            return Ok(None);
+        };
+        let entry: CreditEntry = decode("credit_entry", &body)?;
+        let low: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT body FROM objects WHERE kind = 'credit_balance_low' AND id = ?1",
+                [format!("{customer}:{credit_entitlement}")],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(Some(Balance {
+            customer_id: entry.customer_id,
+            credit_entitlement_id: entry.credit_entitlement_id,
+            balance: entry.balance_after,
+            overage: entry.overage_after.unwrap_or_default(),
+            entry_id: entry.id,
+            as_of: entry.created_at,
+            entries,
+            balance_low: low.map(|b| decode("credit_balance_low", &b)).transpose()?,
+        }))
+    }
+
+    /// Everything known about one customer.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors, or a row that does not decode.
+    pub fn customer(&self, customer: &str) -> Result<CustomerView> {
+        let grants = self.grants(Some(customer))?;
+        let mut subscriptions = Vec::new();
+        for (body, as_of, since) in self.bodies(
+            "SELECT body, as_of, since FROM objects WHERE customer_id = ?1 AND kind = 'subscription' ORDER BY id",
+            [customer],
+        )? {
+            let s: Subscription = decode("subscription", &body)?;
+            subscriptions.push(SubscriptionRecord {
+                subscription_id: s.subscription_id,
+                status: s.status.to_string(),
+                since,
+                as_of,
+                product_id: s.product_id,
+                next_billing_date: s.next_billing_date,
+                cancel_at_next_billing_date: s.cancel_at_next_billing_date,
+                past_due_ends_at: s.past_due_ends_at,
+            });
+        }
+        let mut payments = Vec::new();
+        for (body, as_of, _) in self.bodies(
+            "SELECT body, as_of, '' FROM objects WHERE customer_id = ?1 AND kind = 'payment' ORDER BY id",
+            [customer],
+        )? {
+            let p: Payment = decode("payment", &body)?;
+            let linked = |kind: &str| -> Result<Vec<LinkedRecord>> {
+                Ok(self
+                    .bodies(
+                        "SELECT id, status, as_of FROM objects WHERE kind = ?1 AND ref_id = ?2 ORDER BY id",
+                        params![kind, p.payment_id],
+                    )?
+                    .into_iter()
+                    .map(|(id, status, as_of)| LinkedRecord { id, status, as_of })
+                    .collect())
+            };
+            payments.push(PaymentRecord {
+                refunds: linked("refund")?,
+                disputes: linked("dispute")?,
+                status: p.status.as_ref().map_or_else(|| "unknown".into(), |s| s.to_string()),
+                payment_id: p.payment_id,
+                total_amount: p.total_amount,
+                currency: p.currency,
+                subscription_id: p.subscription_id,
+                as_of,
+            });
+        }
+        let mut credits = Vec::new();
+        for (credit_entitlement, _, _) in self.bodies(
+            "SELECT DISTINCT ref_id, '', '' FROM objects WHERE customer_id = ?1 AND kind = 'credit_entry' ORDER BY ref_id",
+            [customer],
+        )? {
+            if let Some(b) = self.balance(customer, &credit_entitlement)? {
+                credits.push(b);
+            }
+        }
+        let mut license_keys = Vec::new();
+        for (body, _, _) in self.bodies(
+            "SELECT body, '', '' FROM objects WHERE customer_id = ?1 AND kind = 'license_key' ORDER BY id",
+            [customer],
+        )? {
+            let k: LicenseKey = decode("license_key", &body)?;
+            license_keys.push(LicenseKeyRecord {
+                id: k.id,
+                status: k.status.to_string(),
+                expires_at: k.expires_at,
+                product_id: k.product_id,
+            });
+        }
+        Ok(CustomerView {
+            customer_id: customer.to_string(),
+            grants,
+            subscriptions,
+            payments,
+            credits,
+            license_keys,
+        })
+    }
+
+    /// Counters for `/metrics`.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let count = |sql: &str| -> Result<Vec<(String, u64)>> {
+            let mut stmt = self.conn().prepare(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        };
+        Ok(StoreStats {
+            outcomes: count("SELECT outcome, COUNT(*) FROM deliveries GROUP BY outcome ORDER BY outcome")?,
+            types: count(
+                "SELECT COALESCE(event_type, '(malformed)'), COUNT(*) FROM deliveries GROUP BY 1 ORDER BY 1",
+            )?,
+            quarantined: self
+                .conn()
+                .query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))?
+                as u64,
+            newest_applied_event_at: self.conn().query_row(
+                "SELECT MAX(event_at) FROM deliveries WHERE outcome = 'applied'",
+                [],
+                |r| r.get(0),
+            )?,
+        })
+    }
+}
