@@ -29,6 +29,7 @@ pub mod grant;
 pub mod index;
 pub mod store;
 pub mod subscription;
+pub mod verify;
 pub mod wire;
 
 pub use access::{Access, DisputePolicy, Policy};
