@@ -92,7 +92,8 @@ impl Index {
         let since = parse_timestamp(&row.since).ok_or_else(|| err("since".into()))?;
         match row.kind.as_str() {
             "grant" => {
-                let grant: Grant = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
+                let grant: Grant =
+                    serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
                 self.put_grant(grant, as_of);
             }
             "subscription" => {
@@ -184,7 +185,11 @@ impl Index {
         self.grant_pair.remove(id);
     }
 
-    fn views<'a>(&'a self, customer: &str, entitlement: &str) -> impl Iterator<Item = GrantView<'a>> {
+    fn views<'a>(
+        &'a self,
+        customer: &str,
+        entitlement: &str,
+    ) -> impl Iterator<Item = GrantView<'a>> {
         self.pairs
             .get(customer)
             .and_then(|m| m.get(entitlement))
@@ -198,18 +203,34 @@ impl Index {
                     .subscription_id
                     .as_ref()
                     .and_then(|s| self.subscriptions.get(s)),
-                payment: e.grant.payment_id.as_ref().and_then(|p| self.payments.get(p)),
+                payment: e
+                    .grant
+                    .payment_id
+                    .as_ref()
+                    .and_then(|p| self.payments.get(p)),
             })
     }
 
     /// The full answer.
-    pub fn access(&self, customer: &str, entitlement: &str, policy: &Policy, now: Timestamp) -> Access {
+    pub fn access(
+        &self,
+        customer: &str,
+        entitlement: &str,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> Access {
         let views: Vec<GrantView<'_>> = self.views(customer, entitlement).collect();
         access::decide(customer, entitlement, &views, policy, now)
     }
 
     /// Just the decision.
-    pub fn has_access(&self, customer: &str, entitlement: &str, policy: &Policy, now: Timestamp) -> bool {
+    pub fn has_access(
+        &self,
+        customer: &str,
+        entitlement: &str,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> bool {
         access::allowed(self.views(customer, entitlement), policy, now)
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod access;
 pub mod delivery;
+pub mod engine;
 pub mod event;
 pub mod fold;
 pub mod grant;
@@ -34,3 +35,4 @@ pub mod wire;
 
 pub use access::{Access, DisputePolicy, Policy};
 pub use delivery::{Delivery, Outcome};
+pub use engine::Engine;

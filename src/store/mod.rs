@@ -13,8 +13,8 @@ mod migrate;
 mod records;
 
 pub use records::{
-    Balance, CustomerView, DeliveryRecord, GrantRecord, ObjectRow, QuarantineRecord,
-    RebuildStats, StoreStats,
+    Balance, CustomerView, DeliveryRecord, GrantRecord, ObjectRow, QuarantineRecord, RebuildStats,
+    StoreStats,
 };
 
 use crate::delivery::{Delivery, Outcome};
@@ -48,6 +48,14 @@ pub enum StoreError {
     /// A stored row does not decode (a projection written by another version?).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A group commit failed; every delivery in it was rolled back.
+    #[error("commit failed: {message}")]
+    Commit {
+        /// What SQLite said.
+        message: String,
+        /// Whether retrying may help.
+        retryable: bool,
+    },
     /// No such delivery.
     #[error("no delivery with id {0:?}")]
     UnknownDelivery(String),
@@ -63,10 +71,16 @@ impl StoreError {
         match self {
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
-                DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | OutOfMemory
-                    | CannotOpen | ReadOnly
+                DatabaseBusy
+                    | DatabaseLocked
+                    | SystemIoFailure
+                    | DiskFull
+                    | OutOfMemory
+                    | CannotOpen
+                    | ReadOnly
             ),
             StoreError::Sqlite(_) => true,
+            StoreError::Commit { retryable, .. } => *retryable,
             _ => false,
         }
     }
@@ -316,8 +330,12 @@ impl Writer {
         };
         let mut groups = Groups::default();
         let mut stats = RebuildStats::default();
-        let mut reparsed: Vec<(i64, Option<(String, String, String)>, Option<String>, String)> =
-            Vec::new();
+        let mut reparsed: Vec<(
+            i64,
+            Option<(String, String, String)>,
+            Option<String>,
+            String,
+        )> = Vec::new();
         {
             let mut stmt =
                 tx.prepare("SELECT seq, delivery_id, body, outcome FROM deliveries ORDER BY seq")?;
@@ -339,12 +357,19 @@ impl Writer {
                         }
                     }
                     Ok(env) => {
-                        let object = env.event.object().map(|(k, i)| (k.to_string(), i.to_string()));
+                        let object = env
+                            .event
+                            .object()
+                            .map(|(k, i)| (k.to_string(), i.to_string()));
                         if was_malformed {
                             stats.reparsed += 1;
                         }
                         if let Some((kind, id)) = &object {
-                            let key = groups.push(env.event, delivery_id.clone(), forced.contains(&delivery_id));
+                            let key = groups.push(
+                                env.event,
+                                delivery_id.clone(),
+                                forced.contains(&delivery_id),
+                            );
                             if was_malformed {
                                 reparsed.push((
                                     rowid,
@@ -390,7 +415,9 @@ impl Writer {
                 ],
             )?;
         }
-        stats.quarantined = tx.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
+        stats.quarantined = tx.query_row("SELECT COUNT(*) FROM quarantine", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
         tx.commit()?;
         Ok(stats)
     }
@@ -633,8 +660,8 @@ fn apply_snapshot<T: Stored>(
     delivery_id: &str,
     seq: i64,
 ) -> Result<(Outcome, String, Option<String>)> {
-    let snap = T::from_event(event)
-        .ok_or_else(|| StoreError::Corrupt("event family mismatch".into()))?;
+    let snap =
+        T::from_event(event).ok_or_else(|| StoreError::Corrupt("event family mismatch".into()))?;
     let id = snap.body.object_id().to_string();
     let vkey = snap.key;
     let key = vkey.encode();
@@ -647,8 +674,10 @@ fn apply_snapshot<T: Stored>(
         return match (verdict, next) {
             (Verdict::Rejected(rejection), _) => {
                 insert_quarantine(tx, T::KIND, &id, delivery_id, &key, &rejection)?;
-                tx.prepare_cached("UPDATE objects SET max_key = ?3, seq = ?4 WHERE kind = ?1 AND id = ?2")?
-                    .execute(params![T::KIND, id, key, seq])?;
+                tx.prepare_cached(
+                    "UPDATE objects SET max_key = ?3, seq = ?4 WHERE kind = ?1 AND id = ?2",
+                )?
+                .execute(params![T::KIND, id, key, seq])?;
                 Ok((Outcome::Rejected, key, Some(rejection.message())))
             }
             (Verdict::Applied { .. }, Some(next)) => {
@@ -716,7 +745,14 @@ fn write_object<T: Stored>(tx: &Connection, id: &str, folded: &Folded<T>, seq: i
     tx.prepare_cached("DELETE FROM quarantine WHERE object_kind = ?1 AND object_id = ?2")?
         .execute(params![T::KIND, id])?;
     for (step, rejection) in folded.rejected() {
-        insert_quarantine(tx, T::KIND, id, &step.delivery_id, &step.key.encode(), rejection)?;
+        insert_quarantine(
+            tx,
+            T::KIND,
+            id,
+            &step.delivery_id,
+            &step.key.encode(),
+            rejection,
+        )?;
     }
     let Some(state) = &folded.state else {
         return Ok(());

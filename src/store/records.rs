@@ -264,7 +264,11 @@ impl Reader {
     /// # Errors
     ///
     /// SQLite errors.
-    pub fn deliveries(&self, outcome: Option<&str>, limit: Option<u64>) -> Result<Vec<DeliveryRecord>> {
+    pub fn deliveries(
+        &self,
+        outcome: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Vec<DeliveryRecord>> {
         let mut stmt = self.conn().prepare(
             "SELECT * FROM (
                SELECT delivery_id, event_type, outcome, received_at, event_at, object_kind,
@@ -336,7 +340,11 @@ impl Reader {
         Ok(out)
     }
 
-    fn bodies(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<(String, String, String)>> {
+    fn bodies(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<(String, String, String)>> {
         let mut stmt = self.conn().prepare(sql)?;
         let rows = stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -1,0 +1,596 @@
+//! The store commands: ingest, check, verify, deliveries, rejected, accept, grants,
+//! rebuild, customer, balance.
+
+use super::{open_engine, print_json, PolicyArgs};
+use chrono::Utc;
+use clap::Args;
+use entitlement_sync::verify::{Verifier, WebhookHeaders};
+use entitlement_sync::wire::parse_timestamp;
+use entitlement_sync::{Delivery, Engine, Outcome, Policy};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `--json` alone.
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// JSON Lines file; `-` or nothing for standard input. Each line is a bare event
+    /// envelope or a captured delivery {"webhook_id","webhook_timestamp","webhook_signature","body"}.
+    pub file: Option<PathBuf>,
+    /// Print the outcome counts as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Deliveries per transaction.
+    #[arg(long, default_value_t = 1000, hide = true)]
+    pub batch: usize,
+}
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Customer id.
+    pub customer: String,
+    /// Entitlement id.
+    pub entitlement: String,
+    /// Decide at this instant (RFC 3339) instead of now.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Print the access answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// An endpoint secret (`whsec_...`); repeat for several. Default: $DODO_PAYMENTS_WEBHOOK_SECRET.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// The `webhook-id` header (left out: the header is missing).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The `webhook-timestamp` header.
+    #[arg(long)]
+    pub timestamp: Option<String>,
+    /// The `webhook-signature` header.
+    #[arg(long)]
+    pub signature: Option<String>,
+    /// Verify as of this unix time instead of now.
+    #[arg(long, allow_hyphen_values = true)]
+    pub now: Option<i64>,
+    /// The raw body; `-` or nothing for standard input.
+    pub file: Option<PathBuf>,
+}
+
+/// Arguments of `deliveries`.
+#[derive(Debug, Args)]
+pub struct DeliveriesArgs {
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this outcome (applied, duplicate, stale, rejected, unhandled, malformed).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Only the newest N.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+/// Arguments of `accept`.
+#[derive(Debug, Args)]
+pub struct AcceptArgs {
+    /// The delivery whose quarantined snapshot to apply.
+    pub delivery_id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `grants`.
+#[derive(Debug, Args)]
+pub struct GrantsArgs {
+    /// Only this customer's grants.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `customer`.
+#[derive(Debug, Args)]
+pub struct CustomerArgs {
+    /// Customer id.
+    pub customer: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `balance`.
+#[derive(Debug, Args)]
+pub struct BalanceArgs {
+    /// Customer id.
+    pub customer: String,
+    /// Credit entitlement id.
+    pub credit_entitlement: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("entsync: {msg}");
+    ExitCode::from(2)
+}
+
+/// Opens an existing database for a read command (never creates an empty one).
+fn open_existing(db: &Path, policy: Policy) -> Result<Engine, ExitCode> {
+    if !db.exists() {
+        return Err(error(format_args!(
+            "no database at {} (ingest or serve first, or pass --db / ENTSYNC_DB)",
+            db.display()
+        )));
+    }
+    open_engine(db, policy)
+}
+
+/// One input line as a delivery.
+fn line_delivery(line: &[u8], now: chrono::DateTime<Utc>) -> Delivery {
+    #[derive(serde::Deserialize)]
+    struct Captured {
+        webhook_id: String,
+        webhook_timestamp: Option<serde_json::Value>,
+        webhook_signature: Option<String>,
+        body: String,
+    }
+    if let Ok(c) = serde_json::from_slice::<Captured>(line) {
+        let ts = c.webhook_timestamp.map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        return Delivery {
+            id: c.webhook_id,
+            webhook_timestamp: ts,
+            webhook_signature: c.webhook_signature,
+            body: c.body.into_bytes(),
+            received_at: now,
+        };
+    }
+    Delivery::from_bare(line.to_vec(), now)
+}
+
+fn open_input(file: Option<&Path>) -> std::io::Result<(Box<dyn Read>, Option<u64>)> {
+    match file {
+        None => Ok((Box::new(std::io::stdin()), None)),
+        Some(p) if p == Path::new("-") => Ok((Box::new(std::io::stdin()), None)),
+        Some(p) => {
+            let f = std::fs::File::open(p)?;
+            let len = f.metadata().ok().map(|m| m.len());
+            Ok((Box::new(f), len))
+        }
+    }
+}
+
+/// `entsync ingest`.
+pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
+    let engine = match open_engine(db, Policy::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let (input, len) = match open_input(args.file.as_deref()) {
+        Ok(x) => x,
+        Err(e) => return error(format_args!("cannot read input: {e}")),
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = match len {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut counts: BTreeMap<&'static str, u64> =
+        Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect();
+    let mut failed = 0u64;
+    let mut reader = BufReader::with_capacity(1 << 20, input);
+    let mut batch: Vec<Delivery> = Vec::with_capacity(args.batch.max(1));
+    let mut line = Vec::new();
+    let mut flush = |batch: &mut Vec<Delivery>, counts: &mut BTreeMap<&'static str, u64>| {
+        if batch.is_empty() {
+            return;
+        }
+        match engine.ingest_batch(batch) {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(a) => *counts.entry(a.outcome.as_str()).or_default() += 1,
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("entsync: delivery not stored: {e}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failed += batch.len() as u64;
+                eprintln!("entsync: batch not stored: {e}");
+            }
+        }
+        batch.clear();
+    };
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(n) => bar.inc(n as u64),
+            Err(e) => return error(format_args!("cannot read input: {e}")),
+        }
+        let trimmed = trim_line(&line);
+        if trimmed.is_empty() {
+            continue;
+        }
+        batch.push(line_delivery(trimmed, Utc::now()));
+        if batch.len() >= args.batch.max(1) {
+            flush(&mut batch, &mut counts);
+            bar.set_message(format!("{} applied", counts["applied"]));
+        }
+    }
+    flush(&mut batch, &mut counts);
+    bar.finish_and_clear();
+    if args.json {
+        print_json(&counts);
+    } else {
+        let text: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("{}", text.join(", "));
+    }
+    if failed > 0 {
+        eprintln!("entsync: {failed} deliveries were not stored");
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    let s = &line[..end];
+    if s.iter().all(u8::is_ascii_whitespace) {
+        &[]
+    } else {
+        s
+    }
+}
+
+/// The one-line human answer of `check`.
+pub fn describe(a: &entitlement_sync::Access) -> String {
+    let verdict = if a.allowed { "allowed" } else { "denied" };
+    let mut s = format!("{verdict}: {}", a.status);
+    if let Some(reason) = &a.reason {
+        s.push_str(&format!(" ({reason})"));
+    }
+    if let Some(g) = &a.grant_id {
+        s.push_str(&format!(", grant {g}"));
+    }
+    if let Some(url) = &a.oauth_url {
+        s.push_str(&format!(", awaiting the customer at {url}"));
+    }
+    if let Some(until) = &a.grace_until {
+        s.push_str(&format!(
+            ", on_hold grace until {}",
+            entitlement_sync::wire::format_timestamp(until)
+        ));
+    }
+    s
+}
+
+/// `entsync check`.
+pub fn check(db: &Path, args: CheckArgs) -> ExitCode {
+    let now = match args.at.as_deref() {
+        None => Utc::now(),
+        Some(t) => match parse_timestamp(t) {
+            Some(t) => t,
+            None => return error(format_args!("--at {t:?} is not an RFC 3339 timestamp")),
+        },
+    };
+    let engine = match open_existing(db, args.policy.policy()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let answer = match engine.access(&args.customer, &args.entitlement, now) {
+        Ok(a) => a,
+        Err(e) => return error(e),
+    };
+    if args.json {
+        if print_json(&answer) != ExitCode::SUCCESS {
+            return ExitCode::from(2);
+        }
+    } else {
+        println!("{}", describe(&answer));
+    }
+    if answer.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `entsync verify`.
+pub fn verify(args: VerifyArgs) -> ExitCode {
+    let list = if args.secrets.is_empty() {
+        std::env::var("DODO_PAYMENTS_WEBHOOK_SECRET").unwrap_or_default()
+    } else {
+        args.secrets.join(" ")
+    };
+    if list.trim().is_empty() {
+        return error("no secret: pass --secret whsec_... or set DODO_PAYMENTS_WEBHOOK_SECRET");
+    }
+    let verifier = match Verifier::from_list(&list) {
+        Ok(v) => v,
+        Err(e) => return error(e),
+    };
+    let (mut input, _) = match open_input(args.file.as_deref()) {
+        Ok(x) => x,
+        Err(e) => return error(format_args!("cannot read body: {e}")),
+    };
+    let mut body = Vec::new();
+    if let Err(e) = input.read_to_end(&mut body) {
+        return error(format_args!("cannot read body: {e}"));
+    }
+    let now = args.now.unwrap_or_else(|| Utc::now().timestamp());
+    let headers = WebhookHeaders {
+        id: args.id.as_deref(),
+        timestamp: args.timestamp.as_deref(),
+        signature: args.signature.as_deref(),
+    };
+    match verifier.verify(&headers, &body, now) {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}", e.kind());
+            eprintln!("entsync: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `entsync deliveries`.
+pub fn deliveries(db: &Path, args: DeliveriesArgs) -> ExitCode {
+    let outcome = match args.outcome.as_deref().map(|o| (o, Outcome::parse(o))) {
+        None => None,
+        Some((_, Some(o))) => Some(o),
+        Some((o, None)) => return error(format_args!("unknown outcome {o:?}")),
+    };
+    let engine = match open_existing(db, Policy::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let list = match engine.deliveries(outcome, args.limit) {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    if args.json {
+        return print_json(&list);
+    }
+    for d in list {
+        println!(
+            "{}  {:<9}  {:<40}  {}{}",
+            d.received_at,
+            d.outcome,
+            d.event_type.as_deref().unwrap_or("-"),
+            d.delivery_id,
+            d.detail.map(|x| format!("  ({x})")).unwrap_or_default()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `entsync rejected`.
+pub fn rejected(db: &Path, args: JsonArgs) -> ExitCode {
+    let engine = match open_existing(db, Policy::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let list = match engine.rejected() {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    if args.json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("the quarantine is empty");
+    }
+    for q in list {
+        println!(
+            "{}  {} {}  {}",
+            q.delivery_id, q.object_kind, q.object_id, q.reason
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `entsync accept`.
+pub fn accept(db: &Path, args: AcceptArgs) -> ExitCode {
+    let engine = match open_existing(db, Policy::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    match engine.accept(&args.delivery_id, Utc::now()) {
+        Ok((kind, id)) => {
+            if args.json {
+                print_json(&serde_json::json!({
+                    "delivery_id": args.delivery_id, "object_kind": kind, "object_id": id, "accepted": true
+                }))
+            } else {
+                println!(
+                    "accepted {}: {kind} {id} re-folded with the override",
+                    args.delivery_id
+                );
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => error(e),
+    }
+}
+
+/// `entsync grants`.
+pub fn grants(db: &Path, args: GrantsArgs) -> ExitCode {
+    let engine = match open_existing(db, Policy::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let list = match engine.grants(args.customer.as_deref()) {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    if args.json {
+        return print_json(&list);
+    }
+    for g in list {
+        println!(
+            "{}  {}  {}  {}{}",
+            g.customer_id,
+            g.entitlement_id,
+            g.grant_id,
+            g.status,
+            g.revocation_reason
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `entsync rebuild`.
+pub fn rebuild(db: &Path, args: JsonArgs) -> ExitCode {
+    let engine = match open_existing(db, Policy::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let started = std::time::Instant::now();
+    match engine.rebuild() {
+        Ok(stats) => {
+            if args.json {
+                print_json(&stats)
+            } else {
+                println!(
+                    "rebuilt {} objects from {} deliveries in {:.2?} ({} still malformed, {} newly parsed, {} quarantined)",
+                    stats.objects, stats.deliveries, started.elapsed(), stats.malformed, stats.reparsed, stats.quarantined
+                );
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => error(e),
+    }
+}
+
+/// `entsync customer`.
+pub fn customer(db: &Path, args: CustomerArgs) -> ExitCode {
+    let engine = match open_existing(db, Policy::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let view = match engine.customer(&args.customer) {
+        Ok(v) => v,
+        Err(e) => return error(e),
+    };
+    if args.json {
+        return print_json(&view);
+    }
+    println!("customer {}", view.customer_id);
+    for g in &view.grants {
+        println!(
+            "  grant {} {} {}{}",
+            g.grant_id,
+            g.entitlement_id,
+            g.status,
+            g.revocation_reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    for s in &view.subscriptions {
+        println!(
+            "  subscription {} {} since {}",
+            s.subscription_id, s.status, s.since
+        );
+    }
+    for p in &view.payments {
+        println!("  payment {} {}", p.payment_id, p.status);
+    }
+    for c in &view.credits {
+        println!(
+            "  credits {} balance {} overage {}",
+            c.credit_entitlement_id, c.balance, c.overage
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `entsync balance`.
+pub fn balance(db: &Path, args: BalanceArgs) -> ExitCode {
+    let engine = match open_existing(db, Policy::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let balance = match engine.credit_balance(&args.customer, &args.credit_entitlement) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    let value = match &balance {
+        Some(b) => serde_json::to_value(b).unwrap_or_default(),
+        None => serde_json::json!({
+            "customer_id": args.customer,
+            "credit_entitlement_id": args.credit_entitlement,
+            "balance": "0",
+            "overage": "0",
+            "entries": 0,
+            "entry_id": null,
+            "as_of": null,
+            "balance_low": null,
+        }),
+    };
+    if args.json {
+        return print_json(&value);
+    }
+    match balance {
+        Some(b) => println!(
+            "{} {}: balance {}, overage {} (as of {}, {} entries)",
+            b.customer_id,
+            b.credit_entitlement_id,
+            b.balance,
+            b.overage,
+            entitlement_sync::wire::format_timestamp(&b.as_of),
+            b.entries
+        ),
+        None => println!(
+            "{} {}: balance 0 (no ledger entries)",
+            args.customer, args.credit_entitlement
+        ),
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,138 @@
+//! Command-line interface: argument parsing and dispatch. Each command is a function
+//! of its arguments that returns an exit code.
+
+mod bench;
+mod commands;
+mod serve;
+mod simulate;
+
+use clap::{Args, Parser, Subcommand};
+use entitlement_sync::{DisputePolicy, Engine, Policy};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Keeps access rights in exact step with Dodo Payments webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "entsync", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The SQLite database file.
+    #[arg(
+        long,
+        global = true,
+        env = "ENTSYNC_DB",
+        default_value = "entitlements.db"
+    )]
+    pub db: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook receiver and the access API (the main job).
+    Serve(serve::ServeArgs),
+    /// Ingest deliveries from a JSON Lines file (or - for stdin).
+    Ingest(commands::IngestArgs),
+    /// Does CUSTOMER have ENTITLEMENT? Exit 0 allowed, 1 denied, 2 error.
+    Check(commands::CheckArgs),
+    /// Check one delivery's Standard Webhooks signature. Exit 0 ok, 1 invalid, 2 usage.
+    Verify(commands::VerifyArgs),
+    /// List stored deliveries and their outcomes.
+    Deliveries(commands::DeliveriesArgs),
+    /// List the quarantine: snapshots rejected as illegal transitions.
+    Rejected(commands::JsonArgs),
+    /// Apply one quarantined snapshot (a recorded operator override).
+    Accept(commands::AcceptArgs),
+    /// List grants.
+    Grants(commands::GrantsArgs),
+    /// Recompute every projection from the stored deliveries.
+    Rebuild(commands::JsonArgs),
+    /// Built-in benchmark; prints its figures as JSON.
+    Bench(bench::BenchArgs),
+    /// Everything known about one customer.
+    Customer(commands::CustomerArgs),
+    /// A customer's credit balance for one credit entitlement.
+    Balance(commands::BalanceArgs),
+    /// Generate realistic signed Dodo traffic against a running server.
+    Simulate(simulate::SimulateArgs),
+}
+
+/// The access policy knobs, shared by `serve` and `check`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Do not deny a grant whose subscription is known to be on_hold, paused,
+    /// cancelled, expired or failed before the grant's own revocation arrives.
+    #[arg(long, env = "ENTSYNC_NO_SUBSCRIPTION_BACKSTOP")]
+    pub no_subscription_backstop: bool,
+    /// Keep access this many hours after a subscription went on_hold.
+    #[arg(long, env = "ENTSYNC_ON_HOLD_GRACE_HOURS", value_name = "HOURS")]
+    pub on_hold_grace_hours: Option<u32>,
+    /// When disputes deny access: never, on_lost, on_opened.
+    #[arg(
+        long,
+        env = "ENTSYNC_DISPUTES",
+        default_value = "never",
+        value_name = "WHEN"
+    )]
+    pub disputes: DisputePolicy,
+    /// Do not deny grants of a fully refunded one-time payment.
+    #[arg(long, env = "ENTSYNC_NO_REFUND_DENY")]
+    pub no_refund_deny: bool,
+}
+
+impl PolicyArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            subscription_backstop: !self.no_subscription_backstop,
+            on_hold_grace: self
+                .on_hold_grace_hours
+                .map(|h| chrono::Duration::hours(i64::from(h))),
+            refund_denies: !self.no_refund_deny,
+            disputes: self.disputes,
+        }
+    }
+}
+
+/// Opens the engine, or prints why not.
+pub fn open_engine(db: &std::path::Path, policy: Policy) -> Result<Engine, ExitCode> {
+    Engine::open_with(db, policy).map_err(|e| {
+        eprintln!("entsync: cannot open {}: {e}", db.display());
+        ExitCode::from(2)
+    })
+}
+
+/// Prints a value as JSON on one line.
+pub fn print_json<T: serde::Serialize>(value: &T) -> ExitCode {
+    match serde_json::to_string(value) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("entsync: cannot encode json: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> ExitCode {
+    let db = cli.db;
+    match cli.command {
+        Command::Serve(args) => serve::run(&db, args),
+        Command::Ingest(args) => commands::ingest(&db, args),
+        Command::Check(args) => commands::check(&db, args),
+        Command::Verify(args) => commands::verify(args),
+        Command::Deliveries(args) => commands::deliveries(&db, args),
+        Command::Rejected(args) => commands::rejected(&db, args),
+        Command::Accept(args) => commands::accept(&db, args),
+        Command::Grants(args) => commands::grants(&db, args),
+        Command::Rebuild(args) => commands::rebuild(&db, args),
+        Command::Bench(args) => bench::run(&db, args),
+        Command::Customer(args) => commands::customer(&db, args),
+        Command::Balance(args) => commands::balance(&db, args),
+        Command::Simulate(args) => simulate::run(args),
+    }
+}
