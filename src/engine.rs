@@ -18,13 +18,18 @@ use crate::store::{
 };
 use crate::wire::Timestamp;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 /// Errors of the engine.
 pub type Error = StoreError;
 
 /// How many deliveries one group commit takes at most.
 const MAX_GROUP: usize = 512;
+
+/// Default of [`Engine::set_external_check_interval`].
+const DEFAULT_EXTERNAL_CHECK: Duration = Duration::from_millis(1);
 
 /// A handle on one database file. Clone it freely.
 ///
@@ -58,9 +63,15 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-struct Job {
-    delivery: Delivery,
-    reply: mpsc::SyncSender<Result<Applied, StoreError>>,
+/// Work for the writer thread.
+enum Job {
+    /// One delivery of a group commit.
+    Deliver {
+        delivery: Delivery,
+        reply: mpsc::SyncSender<Result<Applied, StoreError>>,
+    },
+    /// Anything else that needs the writer (bulk ingest, accept, rebuild), in order.
+    Exec(Box<dyn FnOnce(&mut Writer, &AtomicU64) + Send>),
 }
 
 struct Sync {
@@ -73,8 +84,16 @@ struct Sync {
 struct Inner {
     path: PathBuf,
     policy: Policy,
-    writer: Mutex<Writer>,
-    queue: Mutex<Vec<Job>>,
+    jobs: mpsc::Sender<Job>,
+    /// Bumped by the writer thread after every commit, before anyone is answered.
+    generation: Arc<AtomicU64>,
+    /// The generation the index reflects.
+    synced: AtomicU64,
+    /// When `PRAGMA data_version` was last asked (ns since `started`).
+    checked_at: AtomicU64,
+    /// How long to trust the index about other processes' writes (ns).
+    external_interval: AtomicU64,
+    started: Instant,
     sync: Mutex<Sync>,
     index: RwLock<Index>,
     listing: Mutex<Reader>,
@@ -108,12 +127,23 @@ impl Engine {
         let writer = Writer::open(&path)?;
         let reader = Reader::open(&path)?;
         let listing = Reader::open(&path)?;
+        let (jobs, queue) = mpsc::channel();
+        let generation = Arc::new(AtomicU64::new(1));
+        let bump = Arc::clone(&generation);
+        std::thread::Builder::new()
+            .name("entsync-writer".into())
+            .spawn(move || writer_loop(writer, queue, &bump))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 path,
                 policy,
-                writer: Mutex::new(writer),
-                queue: Mutex::new(Vec::new()),
+                jobs,
+                generation,
+                synced: AtomicU64::new(0),
+                checked_at: AtomicU64::new(0),
+                external_interval: AtomicU64::new(DEFAULT_EXTERNAL_CHECK.as_nanos() as u64),
+                started: Instant::now(),
                 sync: Mutex::new(Sync {
                     reader,
                     data_version: i64::MIN,
@@ -126,6 +156,30 @@ impl Engine {
         };
         engine.refresh()?;
         Ok(engine)
+    }
+
+    /// How long reads may trust the in-memory index about commits made by *other
+    /// processes* before asking SQLite (`PRAGMA data_version`) again. Commits made
+    /// through this engine are always visible to the next read. Default 1 ms; `ZERO`
+    /// asks on every read (about 1.5 µs more per read).
+    pub fn set_external_check_interval(&self, interval: Duration) {
+        let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.external_interval.store(ns, Ordering::Relaxed);
+    }
+
+    /// Refreshes the index only when this engine committed since, or when the external
+    /// check interval has passed.
+    fn refresh_for_read(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let generation = inner.generation.load(Ordering::Acquire);
+        let now = inner.started.elapsed().as_nanos() as u64;
+        let checked = inner.checked_at.load(Ordering::Relaxed);
+        if generation == inner.synced.load(Ordering::Acquire)
+            && now.saturating_sub(checked) < inner.external_interval.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        self.refresh()
     }
 
     /// The database file.
@@ -157,29 +211,11 @@ impl Engine {
     /// See [`Engine::ingest`].
     pub fn ingest_detailed(&self, delivery: Delivery) -> Result<Applied, Error> {
         let (reply, result) = mpsc::sync_channel(1);
-        lock(&self.inner.queue).push(Job { delivery, reply });
-        {
-            // Leader/follower group commit: whoever holds the writer takes everything
-            // queued so far, ours included unless an earlier leader already took it.
-            let mut writer = lock(&self.inner.writer);
-            loop {
-                let batch: Vec<Job> = {
-                    let mut q = lock(&self.inner.queue);
-                    let n = q.len().min(MAX_GROUP);
-                    q.drain(..n).collect()
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                run_batch(&mut writer, batch);
-                if let Ok(r) = result.try_recv() {
-                    return r;
-                }
-            }
-        }
-        result
-            .recv()
-            .unwrap_or_else(|_| Err(StoreError::Corrupt("group commit lost a delivery".into())))
+        self.inner
+            .jobs
+            .send(Job::Deliver { delivery, reply })
+            .map_err(|_| writer_gone())?;
+        result.recv().map_err(|_| writer_gone())?
     }
 
     /// Stores and applies many deliveries in one transaction (bulk ingest). One result
@@ -190,16 +226,37 @@ impl Engine {
     /// The outer error: the transaction failed and none of them was stored.
     pub fn ingest_batch(
         &self,
-        deliveries: &[Delivery],
+        deliveries: Vec<Delivery>,
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
-        lock(&self.inner.writer).apply_batch(deliveries)
+        self.with_writer(move |w| w.apply_batch(&deliveries))?
+    }
+
+    /// Runs `f` on the writer thread, in order with the deliveries queued before it.
+    fn with_writer<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let (reply, result) = mpsc::sync_channel(1);
+        let job = Job::Exec(Box::new(move |w: &mut Writer, generation: &AtomicU64| {
+            let r = f(w);
+            generation.fetch_add(1, Ordering::AcqRel);
+            let _ = reply.send(r);
+        }));
+        self.inner.jobs.send(job).map_err(|_| writer_gone())?;
+        result.recv().map_err(|_| writer_gone())
     }
 
     /// Brings the index up to date with the file if any connection committed.
     fn refresh(&self) -> Result<(), Error> {
-        let mut sync = lock(&self.inner.sync);
+        let inner = &self.inner;
+        let mut sync = lock(&inner.sync);
+        // Read the generation first: whatever committed before it is in what we load.
+        let generation = inner.generation.load(Ordering::Acquire);
+        let now = inner.started.elapsed().as_nanos() as u64;
         let dv = sync.reader.data_version()?;
+        inner.checked_at.store(now, Ordering::Relaxed);
         if dv == sync.data_version {
+            inner.synced.store(generation, Ordering::Release);
             return Ok(());
         }
         let since = sync.seq;
@@ -228,6 +285,7 @@ impl Engine {
         sync.data_version = dv;
         sync.seq = seq;
         sync.epoch = epoch;
+        inner.synced.store(generation, Ordering::Release);
         Ok(())
     }
 
@@ -261,14 +319,14 @@ impl Engine {
         now: Timestamp,
         policy: &Policy,
     ) -> Result<Access, Error> {
-        self.refresh()?;
+        self.refresh_for_read()?;
         Ok(self.index().access(customer, entitlement, policy, now))
     }
 
     /// Does `customer` have `entitlement` at `now`? Fails closed: `false` if the store
     /// could not be read.
     pub fn has_access(&self, customer: &str, entitlement: &str, now: Timestamp) -> bool {
-        if self.refresh().is_err() {
+        if self.refresh_for_read().is_err() {
             return false;
         }
         self.index()
@@ -355,7 +413,8 @@ impl Engine {
     ///
     /// [`StoreError::UnknownDelivery`], [`StoreError::NotQuarantined`], or SQLite.
     pub fn accept(&self, delivery_id: &str, now: Timestamp) -> Result<(String, String), Error> {
-        lock(&self.inner.writer).accept(delivery_id, now)
+        let delivery_id = delivery_id.to_string();
+        self.with_writer(move |w| w.accept(&delivery_id, now))?
     }
 
     /// Recomputes every projection from the stored deliveries and overrides.
@@ -364,7 +423,7 @@ impl Engine {
     ///
     /// SQLite errors (nothing changes then).
     pub fn rebuild(&self) -> Result<RebuildStats, Error> {
-        let stats = lock(&self.inner.writer).rebuild()?;
+        let stats = self.with_writer(Writer::rebuild)??;
         self.refresh()?;
         Ok(stats)
     }
@@ -384,10 +443,57 @@ impl Engine {
     }
 }
 
-fn run_batch(writer: &mut Writer, batch: Vec<Job>) {
-    let (deliveries, replies): (Vec<Delivery>, Vec<_>) =
-        batch.into_iter().map(|j| (j.delivery, j.reply)).unzip();
-    match writer.apply_batch(&deliveries) {
+fn writer_gone() -> StoreError {
+    StoreError::Corrupt("the writer thread has stopped".into())
+}
+
+/// The writer thread: takes whatever is queued (up to [`MAX_GROUP`] deliveries) and
+/// commits it as one transaction, so concurrent deliveries share one fsync. Exits when
+/// every [`Engine`] clone is gone.
+fn writer_loop(mut writer: Writer, queue: mpsc::Receiver<Job>, generation: &AtomicU64) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        match first {
+            Job::Exec(f) => f(&mut writer, generation),
+            Job::Deliver { delivery, reply } => {
+                let mut deliveries = vec![delivery];
+                let mut replies = vec![reply];
+                while deliveries.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(Job::Deliver { delivery, reply }) => {
+                            deliveries.push(delivery);
+                            replies.push(reply);
+                        }
+                        Ok(exec) => {
+                            pending = Some(exec);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit(&mut writer, &deliveries, replies, generation);
+            }
+        }
+    }
+}
+
+fn commit(
+    writer: &mut Writer,
+    deliveries: &[Delivery],
+    replies: Vec<mpsc::SyncSender<Result<Applied, StoreError>>>,
+    generation: &AtomicU64,
+) {
+    let result = writer.apply_batch(deliveries);
+    // Before anyone hears of the commit, so that their next read sees it.
+    generation.fetch_add(1, Ordering::AcqRel);
+    match result {
         Ok(results) => {
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(r);

@@ -1,13 +1,330 @@
-//! `entsync bench` (placeholder).
+//! `entsync bench`: builds its own store of the size given and measures, in one run,
+//! the access path against a raw SQLite point lookup on the same table, durable ingest
+//! (one writer, and concurrent writers sharing group commits) and rebuild.
+//!
+//! It never touches `--db`: the stores live in a temporary directory (or `--dir`).
 
 use clap::Args;
-use std::path::Path;
+use entitlement_sync::{Delivery, Engine};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Grants in the access store.
+    #[arg(long, default_value_t = 100_000)]
+    pub grants: usize,
+    /// Access lookups to time (each path).
+    #[arg(long, default_value_t = 200_000)]
+    pub lookups: usize,
+    /// Deliveries for the durable ingest runs (each run on a fresh store).
+    #[arg(long, default_value_t = 2_000)]
+    pub ingest: usize,
+    /// Concurrent writers for the group-commit run.
+    #[arg(long, default_value_t = 32)]
+    pub writers: usize,
+    /// Also time a rebuild of the access store.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Directory for the stores (default: a new temporary directory, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print JSON (the default prints JSON too; kept for symmetry with other commands).
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_db: &Path, _args: BenchArgs) -> ExitCode {
+#[derive(Debug, Serialize)]
+struct Latency {
+    calls: usize,
+    mean_ns: f64,
+    p50_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+}
+
+fn latency(mut samples: Vec<u64>) -> Latency {
+    samples.sort_unstable();
+    let n = samples.len().max(1);
+    let at = |q: f64| {
+        samples
+            .get(((n as f64 * q) as usize).min(n - 1))
+            .copied()
+            .unwrap_or(0)
+    };
+    Latency {
+        calls: samples.len(),
+        mean_ns: samples.iter().sum::<u64>() as f64 / n as f64,
+        p50_ns: at(0.50),
+        p99_ns: at(0.99),
+        p999_ns: at(0.999),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    grants: usize,
+    build_seconds: f64,
+    build_deliveries_per_sec: f64,
+    has_access: Latency,
+    access_answer: Latency,
+    raw_sqlite_lookup: Latency,
+    ratio_p50_raw_over_has_access: f64,
+    ingest_one_writer_per_sec: f64,
+    ingest_group_commit_per_sec: f64,
+    group_commit_writers: usize,
+    rebuild_seconds: Option<f64>,
+    rebuild_deliveries_per_sec: Option<f64>,
+}
+
+/// A small deterministic PRNG (xorshift64*), so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const ENTITLEMENTS: usize = 20;
+
+fn customer(i: usize) -> String {
+    format!("cus_{i:010}")
+}
+fn entitlement(i: usize) -> String {
+    format!("ent_{i:04}")
+}
+
+/// A realistic grant delivery (pretty-printed like Dodo's, ~1 KB).
+fn grant_delivery(n: usize, customers: usize, seq: usize, rng: &mut Rng) -> Delivery {
+    let cus = customer(n % customers.max(1));
+    let ent = entitlement(rng.below(ENTITLEMENTS));
+    let status = if rng.below(10) < 8 {
+        "Delivered"
+    } else {
+        "Revoked"
+    };
+    let reason = if status == "Revoked" {
+        "\"subscription_cancelled\""
+    } else {
+        "null"
+    };
+    let body = serde_json::to_vec_pretty(&serde_json::json!({
+        "business_id": "bus_bench",
+        "type": format!("entitlement_grant.{}", status.to_lowercase()),
+        "timestamp": "2026-05-01T10:25:33.000000Z",
+        "data": {
+            "payload_type": "EntitlementGrant",
+            "id": format!("grant_{n:012}"),
+            "business_id": "bus_bench",
+            "entitlement_id": ent,
+            "customer_id": cus,
+            "external_id": null,
+            "payment_id": format!("pay_{n:012}"),
+            "subscription_id": null,
+            "status": status,
+            "revocation_reason": serde_json::from_str::<serde_json::Value>(reason).unwrap_or_default(),
+            "license_key": null,
+            "digital_product_delivery": null,
+            "delivered_at": "2026-05-01T10:25:33Z",
+            "revoked_at": null,
+            "error_code": null,
+            "error_message": null,
+            "oauth_url": null,
+            "oauth_expires_at": null,
+            "metadata": {"plan": "pro", "seats": 3, "beta": true},
+            "created_at": "2026-05-01T10:25:33Z",
+            "updated_at": format!("2026-05-01T10:{:02}:{:02}.{:06}Z", (seq / 60) % 60, seq % 60, seq % 1_000_000),
+        }
+    }))
+    .unwrap_or_default();
+    Delivery::new(format!("msg_{seq:012}"), body, chrono::Utc::now())
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("entsync bench: {msg}");
     ExitCode::from(2)
+}
+
+fn ingest_run(dir: &Path, name: &str, n: usize, writers: usize) -> Result<f64, String> {
+    let path = dir.join(name);
+    let engine = Engine::open(&path).map_err(|e| e.to_string())?;
+    let mut rng = Rng(0x5eed_0002);
+    let deliveries: Vec<Delivery> = (0..n)
+        .map(|i| grant_delivery(i, n / 3 + 1, i, &mut rng))
+        .collect();
+    let started = Instant::now();
+    let chunks: Vec<Vec<Delivery>> = {
+        let mut chunks: Vec<Vec<Delivery>> = (0..writers.max(1)).map(|_| Vec::new()).collect();
+        for (i, d) in deliveries.into_iter().enumerate() {
+            chunks[i % writers.max(1)].push(d);
+        }
+        chunks
+    };
+    let errors = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let engine = engine.clone();
+                s.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .filter(|d| engine.ingest(d.clone()).is_err())
+                        .count()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(usize::MAX))
+            .sum::<usize>()
+    });
+    let secs = started.elapsed().as_secs_f64();
+    if errors > 0 {
+        return Err(format!("{errors} deliveries failed in {name}"));
+    }
+    Ok(n as f64 / secs)
+}
+
+/// Runs the benchmark.
+pub fn run(_db: &Path, args: BenchArgs) -> ExitCode {
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                return fail(format_args!("cannot create {}: {e}", d.display()));
+            }
+            d.clone()
+        }
+        None => {
+            tmp = std::env::temp_dir().join(format!("entsync-bench-{}", std::process::id()));
+            if let Err(e) = std::fs::create_dir_all(&tmp) {
+                return fail(format_args!("cannot create {}: {e}", tmp.display()));
+            }
+            tmp
+        }
+    };
+    let result = bench(&dir, &args);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    match result {
+        Ok(report) => super::print_json(&report),
+        Err(e) => fail(e),
+    }
+}
+
+fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, String> {
+    let path = dir.join("access.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let engine = Engine::open(&path).map_err(|e| e.to_string())?;
+    let customers = (args.grants / 3).max(1);
+    let mut rng = Rng(0x5eed_0001);
+    eprintln!(
+        "bench: building a store of {} grants in {}",
+        args.grants,
+        path.display()
+    );
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < args.grants {
+        let end = (seq + 10_000).min(args.grants);
+        let batch: Vec<Delivery> = (seq..end)
+            .map(|i| grant_delivery(i, customers, i, &mut rng))
+            .collect();
+        for r in engine.ingest_batch(batch).map_err(|e| e.to_string())? {
+            r.map_err(|e| e.to_string())?;
+        }
+        seq = end;
+    }
+    let build = started.elapsed().as_secs_f64();
+    let loaded = Instant::now();
+    let count = engine.grant_count();
+    eprintln!(
+        "bench: built in {build:.1}s; index of {count} grants loaded in {:.2?}",
+        loaded.elapsed()
+    );
+    // The pairs asked about: mostly existing ones, 10% unknown.
+    let mut rng = Rng(0x5eed_0003);
+    let pairs: Vec<(String, String)> = (0..args.lookups.min(100_000).max(1))
+        .map(|i| {
+            if i % 10 == 9 {
+                (
+                    customer(customers + rng.below(customers)),
+                    entitlement(rng.below(ENTITLEMENTS)),
+                )
+            } else {
+                (
+                    customer(rng.below(customers)),
+                    entitlement(rng.below(ENTITLEMENTS)),
+                )
+            }
+        })
+        .collect();
+    let now = chrono::Utc::now();
+    let time = |f: &mut dyn FnMut(&str, &str)| -> Latency {
+        // Warm up, then time each call.
+        for (c, e) in pairs.iter().take(10_000) {
+            f(c, e);
+        }
+        let mut samples = Vec::with_capacity(args.lookups);
+        for i in 0..args.lookups {
+            let (c, e) = &pairs[i % pairs.len()];
+            let t = Instant::now();
+            f(c, e);
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+        latency(samples)
+    };
+    let mut allowed = 0usize;
+    let has_access = time(&mut |c, e| allowed += usize::from(engine.has_access(c, e, now)));
+    let access_answer = time(&mut |c, e| {
+        let _ = std::hint::black_box(engine.access(c, e, now));
+    });
+    let reader = engine.open_reader().map_err(|e| e.to_string())?;
+    let raw = time(&mut |c, e| {
+        let _ = std::hint::black_box(reader.raw_grant_lookup(c, e));
+    });
+    std::hint::black_box(allowed);
+    let (rebuild_seconds, rebuild_rate) = if args.rebuild {
+        eprintln!("bench: rebuilding");
+        let t = Instant::now();
+        let stats = engine.rebuild().map_err(|e| e.to_string())?;
+        let secs = t.elapsed().as_secs_f64();
+        (Some(secs), Some(stats.deliveries as f64 / secs))
+    } else {
+        (None, None)
+    };
+    eprintln!("bench: durable ingest, one writer");
+    let one = ingest_run(dir, "ingest-one.db", args.ingest, 1)?;
+    eprintln!(
+        "bench: durable ingest, {} writers (group commit)",
+        args.writers
+    );
+    let group = ingest_run(dir, "ingest-group.db", args.ingest * 4, args.writers)?;
+    let ratio = raw.p50_ns as f64 / has_access.p50_ns.max(1) as f64;
+    Ok(Report {
+        grants: count,
+        build_seconds: build,
+        build_deliveries_per_sec: args.grants as f64 / build.max(f64::EPSILON),
+        has_access,
+        access_answer,
+        raw_sqlite_lookup: raw,
+        ratio_p50_raw_over_has_access: ratio,
+        ingest_one_writer_per_sec: one,
+        ingest_group_commit_per_sec: group,
+        group_commit_writers: args.writers,
+        rebuild_seconds,
+        rebuild_deliveries_per_sec: rebuild_rate,
+    })
 }

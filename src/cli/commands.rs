@@ -218,7 +218,8 @@ pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
         if batch.is_empty() {
             return;
         }
-        match engine.ingest_batch(batch) {
+        let n = batch.len();
+        match engine.ingest_batch(std::mem::take(batch)) {
             Ok(results) => {
                 for r in results {
                     match r {
@@ -231,11 +232,10 @@ pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
                 }
             }
             Err(e) => {
-                failed += batch.len() as u64;
+                failed += n as u64;
                 eprintln!("entsync: batch not stored: {e}");
             }
         }
-        batch.clear();
     };
     loop {
         line.clear();
