@@ -41,9 +41,10 @@ CREATE TABLE objects (
     max_key     TEXT NOT NULL,                  -- newest version key in the history
     delivery_id TEXT NOT NULL,                  -- the delivery whose snapshot is the state
     body        TEXT NOT NULL,                  -- the state snapshot, as JSON
-    seq         INTEGER NOT NULL,               -- change counter value of the last write
-    PRIMARY KEY (kind, id)
-) WITHOUT ROWID;
+    seq         INTEGER NOT NULL                -- change counter value of the last write
+);
+-- A rowid table (not WITHOUT ROWID): rows carry a JSON body of several hundred bytes.
+CREATE UNIQUE INDEX objects_key ON objects (kind, id);
 CREATE INDEX objects_customer ON objects (customer_id, kind, ref_id);
 CREATE INDEX objects_ref ON objects (kind, ref_id);
 CREATE INDEX objects_seq ON objects (seq);

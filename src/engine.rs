@@ -63,6 +63,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// A closure run on the writer thread; it bumps the generation after writing.
+type WriterTask = Box<dyn FnOnce(&mut Writer, &AtomicU64) + Send>;
+
 /// Work for the writer thread.
 enum Job {
     /// One delivery of a group commit.
@@ -71,7 +74,7 @@ enum Job {
         reply: mpsc::SyncSender<Result<Applied, StoreError>>,
     },
     /// Anything else that needs the writer (bulk ingest, accept, rebuild), in order.
-    Exec(Box<dyn FnOnce(&mut Writer, &AtomicU64) + Send>),
+    Exec(WriterTask),
 }
 
 struct Sync {
@@ -107,7 +110,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Engine {
     /// Opens (creating and migrating if needed) the database at `path` with the default
-    /// [`Policy`], and loads the access index.
+    /// [`Policy`]. The access index is loaded by the first read.
     ///
     /// # Errors
     ///
@@ -154,7 +157,8 @@ impl Engine {
                 listing: Mutex::new(listing),
             }),
         };
-        engine.refresh()?;
+        // The access index loads on the first read, so commands that only write or
+        // list do not pay for it.
         Ok(engine)
     }
 
@@ -335,7 +339,7 @@ impl Engine {
 
     /// Number of grants in the access index.
     pub fn grant_count(&self) -> usize {
-        let _ = self.refresh();
+        let _ = self.refresh_for_read();
         self.index().grants()
     }
 
@@ -423,9 +427,7 @@ impl Engine {
     ///
     /// SQLite errors (nothing changes then).
     pub fn rebuild(&self) -> Result<RebuildStats, Error> {
-        let stats = self.with_writer(Writer::rebuild)??;
-        self.refresh()?;
-        Ok(stats)
+        self.with_writer(Writer::rebuild)?
     }
 
     /// The raw SQLite point lookup the index is benchmarked against.

@@ -175,7 +175,14 @@ mod tests {
     #[test]
     fn table() {
         // (from, from reason, to, to reason, legal?)
-        let cases: &[(&str, Option<&str>, &str, Option<&str>, bool)] = &[
+        type Case = (
+            &'static str,
+            Option<&'static str>,
+            &'static str,
+            Option<&'static str>,
+            bool,
+        );
+        let cases: &[Case] = &[
             ("Pending", None, "Delivered", None, true),
             ("Pending", None, "Failed", None, true),
             ("Pending", None, "Revoked", Some("manual"), true),

@@ -17,6 +17,9 @@ struct GrantEntry {
     version: Timestamp,
 }
 
+/// From a payment snapshot: (first full refund, newest dispute).
+type Embedded = (Option<Timestamp>, Option<(DisputeStatus, Timestamp)>);
+
 /// What a payment's refunds and disputes say, from each source.
 #[derive(Debug, Clone, Default)]
 struct PaymentSources {
@@ -25,7 +28,7 @@ struct PaymentSources {
     /// dispute id -> (status, when)
     disputes: HashMap<String, (DisputeStatus, Timestamp)>,
     /// From the payment snapshot's own `refunds[]` / `disputes[]`.
-    embedded: Option<(Option<Timestamp>, Option<(DisputeStatus, Timestamp)>)>,
+    embedded: Option<Embedded>,
 }
 
 impl PaymentSources {

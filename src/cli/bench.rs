@@ -256,7 +256,7 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, String> {
     );
     // The pairs asked about: mostly existing ones, 10% unknown.
     let mut rng = Rng(0x5eed_0003);
-    let pairs: Vec<(String, String)> = (0..args.lookups.min(100_000).max(1))
+    let pairs: Vec<(String, String)> = (0..args.lookups.clamp(1, 100_000))
         .map(|i| {
             if i % 10 == 9 {
                 (

@@ -239,27 +239,45 @@ impl Writer {
     ///
     /// The outer error is a failure to begin or commit (then nothing was stored).
     pub fn apply_batch(&mut self, deliveries: &[Delivery]) -> Result<Vec<Result<Applied>>> {
-        let mut tx = self
+        // Optimistic: all in one transaction. If any delivery fails, roll the whole
+        // batch back and apply each in a transaction of its own, so one bad delivery
+        // cannot take the others with it (savepoints would cost a statement journal
+        // on every delivery of every batch).
+        let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let seq = next_seq(&tx)?;
         let mut results = Vec::with_capacity(deliveries.len());
+        let mut failed = false;
         for d in deliveries {
-            let sp = tx.savepoint()?;
-            match apply_one(&sp, d, seq) {
-                Ok(applied) => {
-                    sp.commit()?;
-                    results.push(Ok(applied));
-                }
-                Err(e) => {
-                    drop(sp); // rolls back this delivery only
-                    results.push(Err(e));
+            match apply_one(&tx, d, seq) {
+                Ok(applied) => results.push(applied),
+                Err(_) => {
+                    failed = true;
+                    break;
                 }
             }
         }
-        tx.set_drop_behavior(rusqlite::DropBehavior::Commit);
-        tx.commit()?;
+        if !failed {
+            tx.commit()?;
+            return Ok(results.into_iter().map(Ok).collect());
+        }
+        drop(tx); // rolls back
+        let mut results = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            results.push(self.apply_alone(d));
+        }
         Ok(results)
+    }
+
+    fn apply_alone(&mut self, d: &Delivery) -> Result<Applied> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let seq = next_seq(&tx)?;
+        let applied = apply_one(&tx, d, seq)?;
+        tx.commit()?;
+        Ok(applied)
     }
 
     /// The operator override: applies the quarantined snapshot of `delivery_id`,
@@ -322,6 +340,21 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Bulk load: drop the lookup indexes of `objects` (recreated from their stored
+        // definitions afterwards; building an index by sorting beats growing it). The
+        // unique key stays: the writes below upsert on it.
+        let indexes: Vec<(String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT name, sql FROM sqlite_master
+                  WHERE type = 'index' AND tbl_name = 'objects' AND sql IS NOT NULL
+                    AND name <> 'objects_key'",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (name, _) in &indexes {
+            tx.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
+        }
         tx.execute_batch(
             "DELETE FROM objects; DELETE FROM quarantine;
              UPDATE meta SET value = value + 1 WHERE key = 'epoch';",
@@ -334,12 +367,7 @@ impl Writer {
         };
         let mut groups = Groups::default();
         let mut stats = RebuildStats::default();
-        let mut reparsed: Vec<(
-            i64,
-            Option<(String, String, String)>,
-            Option<String>,
-            String,
-        )> = Vec::new();
+        let mut reparsed: Vec<Reparsed> = Vec::new();
         {
             let mut stmt =
                 tx.prepare("SELECT seq, delivery_id, body, outcome FROM deliveries ORDER BY seq")?;
@@ -390,6 +418,9 @@ impl Writer {
             }
         }
         stats.objects = groups.write(&tx, seq)?;
+        for (_, sql) in &indexes {
+            tx.execute_batch(sql)?;
+        }
         // Deliveries whose parse result changed: record what they are now.
         for (rowid, object, event_type, error) in reparsed {
             let (kind, id, key) = match object {
@@ -433,6 +464,15 @@ impl Writer {
         &mut self.conn
     }
 }
+
+/// A delivery whose parse result changed in a rebuild: (row, object (kind, id, key),
+/// event type, parse error).
+type Reparsed = (
+    i64,
+    Option<(String, String, String)>,
+    Option<String>,
+    String,
+);
 
 /// After a rebuild: what a delivery's snapshot is in its object's history now.
 fn outcome_in_history(tx: &Transaction<'_>, kind: &str, id: &str, key: &str) -> Result<Outcome> {
