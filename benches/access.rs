@@ -1,1 +1,126 @@
-fn main() {}
+//! Criterion benchmarks of the hot paths, each next to its baseline in the same run:
+//!
+//! - `access/has_access` (in-memory index) vs `access/raw_sqlite_lookup` (a prepared,
+//!   cached point lookup through the same table's index) on a store of
+//!   `ENTSYNC_BENCH_GRANTS` grants (default 100 000);
+//! - `parse/grant` and `fold/step`: the pure per-delivery work;
+//! - `ingest/group_commit`: durable ingest (`synchronous=FULL`) of 64 concurrent
+//!   deliveries sharing commits.
+//!
+//! `cargo bench --bench access`. `entsync bench` reports p50/p99 and ratios as JSON.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use entitlement_sync::synth::{customer, entitlement, grant_delivery, Rng, ENTITLEMENTS};
+use entitlement_sync::{event, fold, Delivery, Engine};
+use std::hint::black_box;
+
+fn grants() -> usize {
+    std::env::var("ENTSYNC_BENCH_GRANTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
+}
+
+fn build(engine: &Engine, n: usize) {
+    let now = chrono::Utc::now();
+    let mut rng = Rng(1);
+    let mut seq = 0;
+    while seq < n {
+        let end = (seq + 10_000).min(n);
+        let batch: Vec<Delivery> = (seq..end)
+            .map(|i| grant_delivery(i, n / 3 + 1, i, &mut rng, now))
+            .collect();
+        for r in engine.ingest_batch(batch).expect("batch") {
+            r.expect("delivery");
+        }
+        seq = end;
+    }
+}
+
+fn access(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path().join("bench.db")).expect("open");
+    let n = grants();
+    build(&engine, n);
+    let customers = n / 3 + 1;
+    let now = chrono::Utc::now();
+    let mut rng = Rng(7);
+    let pairs: Vec<(String, String)> = (0..4096)
+        .map(|_| (customer(rng.below(customers)), entitlement(rng.below(ENTITLEMENTS))))
+        .collect();
+    assert!(engine.grant_count() == n);
+    let reader = engine.open_reader().expect("reader");
+    let mut g = c.benchmark_group("access");
+    let mut i = 0;
+    g.bench_function("has_access", |b| {
+        b.iter(|| {
+            i = (i + 1) % pairs.len();
+            let (c, e) = &pairs[i];
+            black_box(engine.has_access(c, e, now))
+        })
+    });
+    g.bench_function("answer", |b| {
+        b.iter(|| {
+            i = (i + 1) % pairs.len();
+            let (c, e) = &pairs[i];
+            black_box(engine.access(c, e, now).expect("access"))
+        })
+    });
+    g.bench_function("raw_sqlite_lookup", |b| {
+        b.iter(|| {
+            i = (i + 1) % pairs.len();
+            let (c, e) = &pairs[i];
+            black_box(reader.raw_grant_lookup(c, e).expect("lookup"))
+        })
+    });
+    g.finish();
+}
+
+fn pure(c: &mut Criterion) {
+    let mut rng = Rng(3);
+    let d = grant_delivery(1, 1, 1, &mut rng, chrono::Utc::now());
+    let mut g = c.benchmark_group("pure");
+    g.throughput(Throughput::Bytes(d.body.len() as u64));
+    g.bench_function("parse/grant", |b| b.iter(|| black_box(event::parse(&d.body).expect("parse"))));
+    let env = event::parse(&d.body).expect("parse");
+    let event::Event::Grant(snap) = env.event else {
+        panic!("not a grant")
+    };
+    let current = fold::step(None, &snap, false).1.expect("state");
+    g.bench_function("fold/step", |b| b.iter(|| black_box(fold::step(Some(&current), &snap, false))));
+    g.finish();
+}
+
+fn ingest(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ingest");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(64));
+    let mut round = 0usize;
+    g.bench_function("group_commit_64", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let engine = Engine::open(dir.path().join("ingest.db")).expect("open");
+                round += 1;
+                let mut rng = Rng(round as u64);
+                let now = chrono::Utc::now();
+                let ds: Vec<Delivery> =
+                    (0..64).map(|i| grant_delivery(i, 20, i, &mut rng, now)).collect();
+                (dir, engine, ds)
+            },
+            |(_dir, engine, ds)| {
+                std::thread::scope(|s| {
+                    for d in ds {
+                        let engine = engine.clone();
+                        s.spawn(move || engine.ingest(d).expect("ingest"));
+                    }
+                });
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, access, pure, ingest);
+criterion_main!(benches);

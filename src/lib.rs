@@ -30,6 +30,8 @@ pub mod grant;
 pub mod index;
 pub mod store;
 pub mod subscription;
+#[doc(hidden)]
+pub mod synth;
 pub mod verify;
 pub mod wire;
 

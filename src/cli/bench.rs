@@ -5,6 +5,7 @@
 //! It never touches `--db`: the stores live in a temporary directory (or `--dir`).
 
 use clap::Args;
+use entitlement_sync::synth::{customer, entitlement, grant_delivery, Rng, ENTITLEMENTS};
 use entitlement_sync::{Delivery, Engine};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -80,75 +81,6 @@ struct Report {
     rebuild_deliveries_per_sec: Option<f64>,
 }
 
-/// A small deterministic PRNG (xorshift64*), so runs are comparable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-const ENTITLEMENTS: usize = 20;
-
-fn customer(i: usize) -> String {
-    format!("cus_{i:010}")
-}
-fn entitlement(i: usize) -> String {
-    format!("ent_{i:04}")
-}
-
-/// A realistic grant delivery (pretty-printed like Dodo's, ~1 KB).
-fn grant_delivery(n: usize, customers: usize, seq: usize, rng: &mut Rng) -> Delivery {
-    let cus = customer(n % customers.max(1));
-    let ent = entitlement(rng.below(ENTITLEMENTS));
-    let status = if rng.below(10) < 8 {
-        "Delivered"
-    } else {
-        "Revoked"
-    };
-    let reason = if status == "Revoked" {
-        "\"subscription_cancelled\""
-    } else {
-        "null"
-    };
-    let body = serde_json::to_vec_pretty(&serde_json::json!({
-        "business_id": "bus_bench",
-        "type": format!("entitlement_grant.{}", status.to_lowercase()),
-        "timestamp": "2026-05-01T10:25:33.000000Z",
-        "data": {
-            "payload_type": "EntitlementGrant",
-            "id": format!("grant_{n:012}"),
-            "business_id": "bus_bench",
-            "entitlement_id": ent,
-            "customer_id": cus,
-            "external_id": null,
-            "payment_id": format!("pay_{n:012}"),
-            "subscription_id": null,
-            "status": status,
-            "revocation_reason": serde_json::from_str::<serde_json::Value>(reason).unwrap_or_default(),
-            "license_key": null,
-            "digital_product_delivery": null,
-            "delivered_at": "2026-05-01T10:25:33Z",
-            "revoked_at": null,
-            "error_code": null,
-            "error_message": null,
-            "oauth_url": null,
-            "oauth_expires_at": null,
-            "metadata": {"plan": "pro", "seats": 3, "beta": true},
-            "created_at": "2026-05-01T10:25:33Z",
-            "updated_at": format!("2026-05-01T10:{:02}:{:02}.{:06}Z", (seq / 60) % 60, seq % 60, seq % 1_000_000),
-        }
-    }))
-    .unwrap_or_default();
-    Delivery::new(format!("msg_{seq:012}"), body, chrono::Utc::now())
-}
-
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("entsync bench: {msg}");
     ExitCode::from(2)
@@ -159,7 +91,7 @@ fn ingest_run(dir: &Path, name: &str, n: usize, writers: usize) -> Result<f64, S
     let engine = Engine::open(&path).map_err(|e| e.to_string())?;
     let mut rng = Rng(0x5eed_0002);
     let deliveries: Vec<Delivery> = (0..n)
-        .map(|i| grant_delivery(i, n / 3 + 1, i, &mut rng))
+        .map(|i| grant_delivery(i, n / 3 + 1, i, &mut rng, chrono::Utc::now()))
         .collect();
     let started = Instant::now();
     let chunks: Vec<Vec<Delivery>> = {
@@ -240,7 +172,7 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, String> {
     while seq < args.grants {
         let end = (seq + 10_000).min(args.grants);
         let batch: Vec<Delivery> = (seq..end)
-            .map(|i| grant_delivery(i, customers, i, &mut rng))
+            .map(|i| grant_delivery(i, customers, i, &mut rng, chrono::Utc::now()))
             .collect();
         for r in engine.ingest_batch(batch).map_err(|e| e.to_string())? {
             r.map_err(|e| e.to_string())?;

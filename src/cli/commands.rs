@@ -8,7 +8,7 @@ use entitlement_sync::verify::{Verifier, WebhookHeaders};
 use entitlement_sync::wire::parse_timestamp;
 use entitlement_sync::{Delivery, Engine, Outcome, Policy};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -32,6 +32,10 @@ pub struct IngestArgs {
     /// Deliveries per transaction.
     #[arg(long, default_value_t = 1000, hide = true)]
     pub batch: usize,
+    /// Print `ack <delivery id>` on stdout as each delivery becomes durable (for crash
+    /// tests and pipelines that must know what was stored).
+    #[arg(long, hide = true)]
+    pub print_acks: bool,
 }
 
 /// Arguments of `check`.
@@ -219,17 +223,29 @@ pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
             return;
         }
         let n = batch.len();
+        let ids: Vec<String> = if args.print_acks {
+            batch.iter().map(|d| d.id.clone()).collect()
+        } else {
+            Vec::new()
+        };
         match engine.ingest_batch(std::mem::take(batch)) {
             Ok(results) => {
-                for r in results {
+                let mut out = std::io::stdout().lock();
+                for (i, r) in results.into_iter().enumerate() {
                     match r {
-                        Ok(a) => *counts.entry(a.outcome.as_str()).or_default() += 1,
+                        Ok(a) => {
+                            *counts.entry(a.outcome.as_str()).or_default() += 1;
+                            if let Some(id) = ids.get(i) {
+                                let _ = writeln!(out, "ack {id}");
+                            }
+                        }
                         Err(e) => {
                             failed += 1;
                             eprintln!("entsync: delivery not stored: {e}");
                         }
                     }
                 }
+                let _ = out.flush();
             }
             Err(e) => {
                 failed += n as u64;

@@ -1,0 +1,86 @@
+//! Synthetic deliveries for benchmarks (`entsync bench`, `benches/`). Deterministic:
+//! the same arguments give the same bytes.
+
+use crate::Delivery;
+
+/// A small deterministic PRNG (xorshift64*), so runs are comparable.
+pub struct Rng(pub u64);
+impl Rng {
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A value in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Entitlements in the synthetic catalogue.
+pub const ENTITLEMENTS: usize = 20;
+
+/// The `i`th synthetic customer id.
+pub fn customer(i: usize) -> String {
+    format!("cus_{i:010}")
+}
+/// The `i`th synthetic entitlement id.
+pub fn entitlement(i: usize) -> String {
+    format!("ent_{i:04}")
+}
+
+/// A realistic grant delivery (pretty-printed like Dodo's, ~1 KB): grant `n` of
+/// customer `n % customers`, webhook id `msg_<seq>`.
+pub fn grant_delivery(
+    n: usize,
+    customers: usize,
+    seq: usize,
+    rng: &mut Rng,
+    received_at: crate::wire::Timestamp,
+) -> Delivery {
+    let cus = customer(n % customers.max(1));
+    let ent = entitlement(rng.below(ENTITLEMENTS));
+    let status = if rng.below(10) < 8 {
+        "Delivered"
+    } else {
+        "Revoked"
+    };
+    let reason = if status == "Revoked" {
+        "\"subscription_cancelled\""
+    } else {
+        "null"
+    };
+    let body = serde_json::to_vec_pretty(&serde_json::json!({
+        "business_id": "bus_bench",
+        "type": format!("entitlement_grant.{}", status.to_lowercase()),
+        "timestamp": "2026-05-01T10:25:33.000000Z",
+        "data": {
+            "payload_type": "EntitlementGrant",
+            "id": format!("grant_{n:012}"),
+            "business_id": "bus_bench",
+            "entitlement_id": ent,
+            "customer_id": cus,
+            "external_id": null,
+            "payment_id": format!("pay_{n:012}"),
+            "subscription_id": null,
+            "status": status,
+            "revocation_reason": serde_json::from_str::<serde_json::Value>(reason).unwrap_or_default(),
+            "license_key": null,
+            "digital_product_delivery": null,
+            "delivered_at": "2026-05-01T10:25:33Z",
+            "revoked_at": null,
+            "error_code": null,
+            "error_message": null,
+            "oauth_url": null,
+            "oauth_expires_at": null,
+            "metadata": {"plan": "pro", "seats": 3, "beta": true},
+            "created_at": "2026-05-01T10:25:33Z",
+            "updated_at": format!("2026-05-01T10:{:02}:{:02}.{:06}Z", (seq / 60) % 60, seq % 60, seq % 1_000_000),
+        }
+    }))
+    .unwrap_or_default();
+    Delivery::new(format!("msg_{seq:012}"), body, received_at)
+}
+
