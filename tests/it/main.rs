@@ -1,0 +1,7 @@
+//! The integration-test crate: one binary, one module per subject.
+//!
+//! Run one module with e.g. `cargo test --release --no-default-features --test it core`.
+
+mod core;
+mod fixtures;
+mod support;
