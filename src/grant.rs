@@ -3,17 +3,20 @@
 //! The whole policy is the table in [`transition`] plus the list of recoverable
 //! revocation reasons in [`RECOVERABLE`]. Read them as data:
 //!
-//! | from \ to  | pending | delivered            | failed | revoked                         |
-//! |------------|---------|----------------------|--------|---------------------------------|
-//! | pending    | yes     | yes                  | yes    | yes                             |
-//! | delivered  | no      | yes                  | no     | yes                             |
-//! | failed     | no      | no                   | yes    | yes                             |
-//! | revoked    | no      | if reason recoverable| no     | reason may change only from a recoverable one |
+//! | from \ to  | pending | delivered            | failed | revoked                         | unknown |
+//! |------------|---------|----------------------|--------|---------------------------------|---------|
+//! | pending    | yes     | yes                  | yes    | yes                             | yes     |
+//! | delivered  | no      | yes                  | no     | yes                             | yes     |
+//! | failed     | no      | no                   | yes    | yes                             | no      |
+//! | revoked    | no      | if reason recoverable| no     | reason may change only from a recoverable one | if reason recoverable |
+//! | unknown    | yes     | yes                  | yes    | yes                             | yes     |
 //!
-//! An unknown status (a value Dodo adds later) may follow and be followed by anything:
-//! it never grants access, so accepting it can only deny. A change of customer,
-//! entitlement or business is always refused. The first snapshot of a grant may have any
-//! status (that is the fold's rule, see [`crate::fold::step`]).
+//! An unknown status (a value Dodo adds later) never grants access, and anything may
+//! follow it. So it may not follow a final state (`failed`, or `revoked` for a reason that
+//! is not recoverable): `revoked(manual) -> unknown -> delivered` would otherwise restore
+//! a manual revocation, and `failed -> unknown -> delivered` deliver a failed grant. A
+//! change of customer, entitlement or business is always refused. The first snapshot of a
+//! grant may have any status (that is the fold's rule, see [`crate::fold::step`]).
 
 use crate::event::{Grant, GrantStatus, RevocationReason};
 use crate::fold::{Machine, RejectReason};
@@ -43,7 +46,8 @@ pub enum Rule {
     Allow,
     /// Never legal.
     Deny,
-    /// `revoked -> delivered`: legal only after a recoverable reason.
+    /// `revoked -> delivered` (or an unknown status): legal only after a recoverable
+    /// reason.
     Restore,
     /// `revoked -> revoked`: the reason may change only from a recoverable one.
     Rerevoke,
@@ -56,8 +60,9 @@ pub fn transition(from: &GrantStatus, to: &GrantStatus) -> Rule {
         (Pending, Pending | Delivered | Failed | Revoked) => Rule::Allow,
         (Delivered, Delivered | Revoked) => Rule::Allow,
         (Failed, Failed | Revoked) => Rule::Allow,
-        (Revoked, Delivered) => Rule::Restore,
+        (Revoked, Delivered | Other(_)) => Rule::Restore,
         (Revoked, Revoked) => Rule::Rerevoke,
+        (Failed, Other(_)) => Rule::Deny,
         (Other(_), _) | (_, Other(_)) => Rule::Allow,
         (Delivered, Pending | Failed) => Rule::Deny,
         (Failed, Pending | Delivered) => Rule::Deny,
@@ -261,7 +266,24 @@ mod tests {
             ),
             ("Revoked", Some("manual"), "Revoked", Some("manual"), true),
             ("Delivered", None, "Suspended", None, true),
+            ("Pending", None, "Suspended", None, true),
             ("Suspended", None, "Delivered", None, true),
+            ("Failed", None, "Suspended", None, false),
+            ("Revoked", Some("manual"), "Suspended", None, false),
+            (
+                "Revoked",
+                Some("brand_new_reason"),
+                "Suspended",
+                None,
+                false,
+            ),
+            (
+                "Revoked",
+                Some("subscription_on_hold"),
+                "Suspended",
+                None,
+                true,
+            ),
         ];
         for (from, fr, to, tr, legal) in cases {
             let got = Grant::check(&grant(from, *fr), &grant(to, *tr));

@@ -1,3 +1,8 @@
-//! The integration-test crate: one binary, one module per area.
+//! The integration-test crate: one binary, one module per subject.
+//!
+//! Run one module with e.g. `cargo test --release --test it core`.
 
+mod core;
+mod fixtures;
+mod support;
 mod verify;

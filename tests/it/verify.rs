@@ -809,7 +809,12 @@ fn verify_text(
     verifier.verify(&headers, body, now)
 }
 
+/// Where proptest keeps this module's failures (committed).
+const REGRESSIONS: &str = crate::support::regressions_path!("verify");
+
 proptest! {
+    #![proptest_config(crate::support::proptest_config(REGRESSIONS))]
+
     #[test]
     fn sign_matches_an_independent_hmac(
         key in key_strategy(),
