@@ -5,7 +5,8 @@
 -- This table alone (plus `overrides`) is enough to rebuild every projection.
 CREATE TABLE deliveries (
     seq               INTEGER PRIMARY KEY,      -- arrival order
-    delivery_id       TEXT NOT NULL UNIQUE,     -- webhook-id, or sha256:<hex> of a bare envelope
+    delivery_id       TEXT NOT NULL,            -- webhook-id, or sha256:<hex> of a bare envelope
+    body_sha256       TEXT NOT NULL,            -- a retry may carry a newer payload under the same id
     received_at       TEXT NOT NULL,            -- RFC 3339, UTC, microseconds
     webhook_timestamp TEXT,
     webhook_signature TEXT,
@@ -18,11 +19,15 @@ CREATE TABLE deliveries (
     outcome           TEXT NOT NULL,            -- applied|duplicate|stale|rejected|unhandled|malformed
     detail            TEXT                      -- parse error or rejection message on arrival
 );
+-- The idempotency key: the same webhook id with the same bytes is a duplicate. Dodo sends
+-- the latest payload at delivery time, so a retry may carry a newer snapshot under the
+-- same id: that one is kept and folded like any other.
+CREATE UNIQUE INDEX deliveries_key ON deliveries (delivery_id, body_sha256);
 CREATE INDEX deliveries_object ON deliveries (object_kind, object_id);
 
 -- Operator overrides: quarantined snapshots applied by `entsync accept`.
 CREATE TABLE overrides (
-    delivery_id TEXT PRIMARY KEY REFERENCES deliveries (delivery_id),
+    delivery_id TEXT PRIMARY KEY,                -- applies to every snapshot of that webhook id
     accepted_at TEXT NOT NULL
 );
 

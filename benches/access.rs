@@ -46,7 +46,12 @@ fn access(c: &mut Criterion) {
     let now = chrono::Utc::now();
     let mut rng = Rng(7);
     let pairs: Vec<(String, String)> = (0..4096)
-        .map(|_| (customer(rng.below(customers)), entitlement(rng.below(ENTITLEMENTS))))
+        .map(|_| {
+            (
+                customer(rng.below(customers)),
+                entitlement(rng.below(ENTITLEMENTS)),
+            )
+        })
         .collect();
     assert!(engine.grant_count() == n);
     let reader = engine.open_reader().expect("reader");
@@ -81,13 +86,17 @@ fn pure(c: &mut Criterion) {
     let d = grant_delivery(1, 1, 1, &mut rng, chrono::Utc::now());
     let mut g = c.benchmark_group("pure");
     g.throughput(Throughput::Bytes(d.body.len() as u64));
-    g.bench_function("parse/grant", |b| b.iter(|| black_box(event::parse(&d.body).expect("parse"))));
+    g.bench_function("parse/grant", |b| {
+        b.iter(|| black_box(event::parse(&d.body).expect("parse")))
+    });
     let env = event::parse(&d.body).expect("parse");
     let event::Event::Grant(snap) = env.event else {
         panic!("not a grant")
     };
     let current = fold::step(None, &snap, false).1.expect("state");
-    g.bench_function("fold/step", |b| b.iter(|| black_box(fold::step(Some(&current), &snap, false))));
+    g.bench_function("fold/step", |b| {
+        b.iter(|| black_box(fold::step(Some(&current), &snap, false)))
+    });
     g.finish();
 }
 
@@ -104,8 +113,9 @@ fn ingest(c: &mut Criterion) {
                 round += 1;
                 let mut rng = Rng(round as u64);
                 let now = chrono::Utc::now();
-                let ds: Vec<Delivery> =
-                    (0..64).map(|i| grant_delivery(i, 20, i, &mut rng, now)).collect();
+                let ds: Vec<Delivery> = (0..64)
+                    .map(|i| grant_delivery(i, 20, i, &mut rng, now))
+                    .collect();
                 (dir, engine, ds)
             },
             |(_dir, engine, ds)| {

@@ -7,7 +7,7 @@ use crate::Delivery;
 pub struct Rng(pub u64);
 impl Rng {
     /// The next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -15,7 +15,7 @@ impl Rng {
     }
     /// A value in `0..n`.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -83,4 +83,3 @@ pub fn grant_delivery(
     .unwrap_or_default();
     Delivery::new(format!("msg_{seq:012}"), body, received_at)
 }
-

@@ -26,6 +26,7 @@ use crate::fold::{self, decode_key, Current, Entry, Folded, Machine, Snap, Verdi
 use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::{de::DeserializeOwned, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -103,6 +104,9 @@ pub fn open(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // Refuse a newer file before touching it (even switching it to WAL is a write).
+    migrate::check_version(&conn)?;
     configure(&conn)?;
     migrate::migrate(&conn)?;
     Ok(conn)
@@ -291,34 +295,29 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let object: Option<(Option<String>, Option<String>)> = tx
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1)",
+            [delivery_id],
+            |r| r.get(0),
+        )?;
+        if !known {
+            return Err(StoreError::UnknownDelivery(delivery_id.to_string()));
+        }
+        // The quarantine holds one representative delivery per rejected snapshot; any
+        // delivery carrying that snapshot may be named.
+        let object: Option<(String, String)> = tx
             .query_row(
-                "SELECT object_kind, object_id FROM deliveries WHERE delivery_id = ?1",
+                "SELECT d.object_kind, d.object_id FROM deliveries d
+                   JOIN quarantine q ON q.object_kind = d.object_kind
+                    AND q.object_id = d.object_id AND q.version_key = d.version_key
+                  WHERE d.delivery_id = ?1 LIMIT 1",
                 [delivery_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         let Some((kind, id)) = object else {
-            return Err(StoreError::UnknownDelivery(delivery_id.to_string()));
-        };
-        let (Some(kind), Some(id)) = (kind, id) else {
             return Err(StoreError::NotQuarantined(delivery_id.to_string()));
         };
-        // The quarantine holds one representative per rejected snapshot; any delivery
-        // carrying that snapshot may be named.
-        let key: Option<String> = tx.query_row(
-            "SELECT version_key FROM deliveries WHERE delivery_id = ?1",
-            [delivery_id],
-            |r| r.get(0),
-        )?;
-        let quarantined: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM quarantine WHERE object_kind = ?1 AND object_id = ?2 AND version_key = ?3)",
-            params![kind, id, key],
-            |r| r.get(0),
-        )?;
-        if !quarantined {
-            return Err(StoreError::NotQuarantined(delivery_id.to_string()));
-        }
         tx.execute(
             "INSERT OR IGNORE INTO overrides (delivery_id, accepted_at) VALUES (?1, ?2)",
             params![delivery_id, format_timestamp(&now)],
@@ -577,9 +576,12 @@ fn next_seq(tx: &Connection) -> Result<i64> {
 
 /// Applies one delivery inside the caller's transaction.
 fn apply_one(tx: &Connection, d: &Delivery, seq: i64) -> Result<Applied> {
+    let body_sha256 = fold::hex(&Sha256::digest(&d.body));
     let seen: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1)")?
-        .query_row([&d.id], |r| r.get(0))?;
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1 AND body_sha256 = ?2)",
+        )?
+        .query_row(params![&d.id, &body_sha256], |r| r.get(0))?;
     if seen {
         return Ok(Applied {
             outcome: Outcome::Duplicate,
@@ -589,6 +591,7 @@ fn apply_one(tx: &Connection, d: &Delivery, seq: i64) -> Result<Applied> {
     }
     let mut row = DeliveryRow {
         d,
+        body_sha256,
         event_type: None,
         event_at: None,
         object: None,
@@ -623,6 +626,7 @@ fn apply_one(tx: &Connection, d: &Delivery, seq: i64) -> Result<Applied> {
 
 struct DeliveryRow<'a> {
     d: &'a Delivery,
+    body_sha256: String,
     event_type: Option<String>,
     event_at: Option<String>,
     object: Option<(String, String)>,
@@ -639,8 +643,9 @@ impl DeliveryRow<'_> {
         };
         tx.prepare_cached(
             "INSERT INTO deliveries (delivery_id, received_at, webhook_timestamp, webhook_signature,
-                body, event_type, event_at, object_kind, object_id, version_key, outcome, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                body, event_type, event_at, object_kind, object_id, version_key, outcome, detail,
+                body_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?
         .execute(params![
             self.d.id,
@@ -655,6 +660,7 @@ impl DeliveryRow<'_> {
             self.key,
             self.outcome.as_str(),
             self.detail,
+            self.body_sha256,
         ])?;
         Ok(())
     }

@@ -4,5 +4,6 @@
 
 mod core;
 mod fixtures;
+mod store;
 mod support;
 mod verify;

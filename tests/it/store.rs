@@ -1,0 +1,612 @@
+//! The store and the engine on real SQLite files: convergence through the store, rebuild
+//! equals live, malformed rows picked up by a rebuild, crash safety (SIGKILL mid-ingest),
+//! concurrency, other processes' writes, and clear errors for bad files.
+
+use crate::support::{self, grant, ms, t0, St};
+use entitlement_sync::{Delivery, Engine, Outcome};
+use proptest::prelude::*;
+use rusqlite::Connection;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const REGRESSIONS: &str = support::regressions_path!("store");
+
+fn entsync() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_entsync"))
+}
+
+/// Every projection row, without the change counter: what "the same store state" means.
+#[derive(Debug, PartialEq, Eq)]
+struct Dump {
+    objects: Vec<Vec<String>>,
+    quarantine: Vec<Vec<String>>,
+}
+
+fn dump(path: &Path) -> Dump {
+    let conn = Connection::open(path).expect("open for dump");
+    let rows = |sql: &str| -> Vec<Vec<String>> {
+        let mut stmt = conn.prepare(sql).expect("prepare");
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| r.get::<_, Option<String>>(i).map(|v| v.unwrap_or_default()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .expect("query");
+        rows.collect::<Result<_, _>>().expect("rows")
+    };
+    Dump {
+        objects: rows(
+            "SELECT kind, id, customer_id, ref_id, status, as_of, since, state_key, max_key,
+                    delivery_id, body FROM objects ORDER BY kind, id",
+        ),
+        quarantine: rows(
+            "SELECT delivery_id, object_kind, object_id, version_key, code, reason, from_state,
+                    to_state FROM quarantine ORDER BY object_kind, object_id, version_key",
+        ),
+    }
+}
+
+fn delivery(id: &str, body: Vec<u8>) -> Delivery {
+    Delivery::new(id, body, t0())
+}
+
+/// Bodies of a realistic mixed history: grants (generated lifecycles) and a subscription.
+fn bodies(grants: &[support::GrantSpec], subs: &[support::SubSpec]) -> Vec<Vec<u8>> {
+    grants
+        .iter()
+        .map(support::GrantSpec::body)
+        .chain(subs.iter().map(support::SubSpec::body))
+        .collect()
+}
+
+fn pairs() -> [(&'static str, &'static str); 3] {
+    [
+        ("cus_a", "ent_pro"),
+        ("cus_b", "ent_files"),
+        ("cus_x", "ent_pro"),
+    ]
+}
+
+proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: 24,
+        ..support::proptest_config(REGRESSIONS)
+    })]
+
+    /// Through the real store: any arrival order with retries and replays gives the same
+    /// projections (objects and quarantine, row for row) and the same answers as in-order
+    /// delivery; a rebuild from the stored deliveries gives the same again.
+    #[test]
+    fn store_converges_and_rebuild_equals_live(
+        (grants, subs, order) in (support::grant_lifecycles(5), support::subscription_history(false))
+            .prop_flat_map(|(g, s)| {
+                let n = g.len() + s.len();
+                (Just(g), Just(s), support::shuffled_with_duplicates(n))
+            }),
+        split in 0usize..8,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = bodies(&grants, &subs);
+        let in_order_path = dir.path().join("in-order.db");
+        let shuffled_path = dir.path().join("shuffled.db");
+        {
+            let a = Engine::open(&in_order_path).expect("open a");
+            let batch = all.iter().enumerate().map(|(i, b)| delivery(&format!("wh_{i}"), b.clone())).collect();
+            for r in a.ingest_batch(batch).expect("batch") {
+                r.expect("delivery");
+            }
+            let b = Engine::open(&shuffled_path).expect("open b");
+            let ids = support::delivery_ids(&order);
+            // Some one by one (group commit path), the rest in one bulk transaction.
+            let (one_by_one, bulk) = ids.split_at(split.min(ids.len()));
+            for (i, id) in one_by_one {
+                b.ingest(delivery(id, all[*i].clone())).expect("ingest");
+            }
+            let rest = bulk.iter().map(|(i, id)| delivery(id, all[*i].clone())).collect();
+            for r in b.ingest_batch(rest).expect("batch") {
+                r.expect("delivery");
+            }
+            for now in [t0(), t0() + ms(3_600_000), t0() + ms(90 * 86_400_000)] {
+                for (c, e) in pairs() {
+                    prop_assert_eq!(a.access(c, e, now).expect("a"), b.access(c, e, now).expect("b"));
+                }
+            }
+        }
+        let live = dump(&shuffled_path);
+        prop_assert_eq!(&dump(&in_order_path), &live);
+        let b = Engine::open(&shuffled_path).expect("reopen");
+        let stats = b.rebuild().expect("rebuild");
+        prop_assert_eq!(stats.malformed, 0);
+        prop_assert_eq!(&dump(&shuffled_path), &live);
+    }
+}
+
+#[test]
+fn a_retry_with_a_newer_payload_under_the_same_webhook_id_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path().join("e.db")).expect("open");
+    let pending = grant("grant_1", St::Pending, t0()).body();
+    let delivered = grant("grant_1", St::Delivered, t0() + ms(1_000)).body();
+    assert_eq!(
+        engine.ingest(delivery("msg_1", pending.clone())).unwrap(),
+        Outcome::Applied
+    );
+    // Dodo sends the latest payload at delivery time: the retry carries `delivered`.
+    assert_eq!(
+        engine.ingest(delivery("msg_1", delivered.clone())).unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        engine.ingest(delivery("msg_1", delivered)).unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(
+        engine.ingest(delivery("msg_1", pending)).unwrap(),
+        Outcome::Duplicate
+    );
+    let rows = engine.deliveries(None, None).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r.delivery_id == "msg_1"));
+    let a = engine.access("cus_a", "ent_pro", t0() + ms(2_000)).unwrap();
+    assert!(a.allowed, "{a:?}");
+}
+
+#[test]
+fn accept_applies_a_quarantined_snapshot_and_survives_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("e.db");
+    let engine = Engine::open(&path).expect("open");
+    let revoked = grant("grant_1", St::Revoked, t0()).reason("manual").body();
+    let restored = grant("grant_1", St::Delivered, t0() + ms(60_000)).body();
+    assert_eq!(
+        engine.ingest(delivery("m1", revoked)).unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        engine.ingest(delivery("m2", restored)).unwrap(),
+        Outcome::Rejected
+    );
+    let q = engine.rejected().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        (q[0].delivery_id.as_str(), q[0].code.as_str()),
+        ("m2", "forbidden_restoration")
+    );
+    assert!(!engine.has_access("cus_a", "ent_pro", t0() + ms(120_000)));
+    assert!(matches!(
+        engine.accept("m1", t0()),
+        Err(entitlement_sync::store::StoreError::NotQuarantined(_))
+    ));
+    assert!(matches!(
+        engine.accept("nope", t0()),
+        Err(entitlement_sync::store::StoreError::UnknownDelivery(_))
+    ));
+    engine.accept("m2", t0()).expect("accept");
+    assert!(engine.rejected().unwrap().is_empty());
+    assert!(engine.has_access("cus_a", "ent_pro", t0() + ms(120_000)));
+    let before = dump(&path);
+    engine.rebuild().expect("rebuild");
+    assert_eq!(
+        dump(&path),
+        before,
+        "the override is recorded, so a rebuild keeps it"
+    );
+    assert!(engine.has_access("cus_a", "ent_pro", t0() + ms(120_000)));
+}
+
+#[test]
+fn rows_stored_as_malformed_are_picked_up_by_a_rebuild_once_they_parse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("e.db");
+    let engine = Engine::open(&path).expect("open");
+    assert_eq!(
+        engine
+            .ingest(delivery("junk", b"{not json".to_vec()))
+            .unwrap(),
+        Outcome::Malformed
+    );
+    // As an older version that could not parse this body would have stored it.
+    let body = grant("grant_old", St::Delivered, t0()).body();
+    let conn = Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO deliveries (delivery_id, body_sha256, received_at, body, outcome, detail)
+         VALUES ('old_1', 'x', '2026-05-01T10:00:00.000000Z', ?1, 'malformed', 'old parser')",
+        [&body],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(!engine.has_access("cus_a", "ent_pro", t0()));
+    let stats = engine.rebuild().expect("rebuild");
+    assert_eq!(
+        (stats.deliveries, stats.reparsed, stats.malformed),
+        (2, 1, 1)
+    );
+    assert!(engine.has_access("cus_a", "ent_pro", t0()));
+    let rows = engine.deliveries(None, None).unwrap();
+    let old = rows.iter().find(|r| r.delivery_id == "old_1").unwrap();
+    assert_eq!(
+        (old.outcome.as_str(), old.object_id.as_deref()),
+        ("applied", Some("grant_old"))
+    );
+    let junk = rows.iter().find(|r| r.delivery_id == "junk").unwrap();
+    assert_eq!(junk.outcome, "malformed");
+}
+
+/// JSON Lines of `n` grant deliveries as bare envelopes (ids `sha256:` of each line).
+fn jsonl(n: usize) -> (String, Vec<String>) {
+    let mut rng = entitlement_sync::synth::Rng(9);
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let d = entitlement_sync::synth::grant_delivery(i, n / 3 + 1, i, &mut rng, t0());
+        let v: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+        let line = serde_json::to_string(&v).unwrap();
+        ids.push(Delivery::from_bare(line.clone().into_bytes(), t0()).id);
+        text.push_str(&line);
+        text.push('\n');
+    }
+    (text, ids)
+}
+
+#[test]
+fn sigkill_mid_ingest_loses_no_acknowledged_delivery_and_applies_none_by_half() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("crash.db");
+    let input = dir.path().join("events.jsonl");
+    let (text, _) = jsonl(6_000);
+    std::fs::write(&input, text).unwrap();
+    let mut child = entsync()
+        .arg("--db")
+        .arg(&db)
+        .args(["ingest", "--print-acks", "--batch", "25"])
+        .arg(&input)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn entsync ingest");
+    let stdout = child.stdout.take().unwrap();
+    let mut acked = BTreeSet::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(id) = line.strip_prefix("ack ") {
+            acked.insert(id.to_string());
+        }
+        if acked.len() >= 500 {
+            // SIGKILL: no destructor, no flush, no commit of what is in flight.
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap();
+    assert!(
+        acked.len() >= 500,
+        "the child finished before the kill: raise n"
+    );
+
+    let conn = Connection::open(&db).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    drop(conn);
+    let engine = Engine::open(&db).expect("reopen after SIGKILL");
+    let stored: BTreeSet<String> = engine
+        .deliveries(None, None)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.delivery_id)
+        .collect();
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    assert!(
+        stored.len() < 6_000,
+        "the kill came too late to test anything"
+    );
+    // Nothing half-applied: the projections equal a rebuild from the stored deliveries.
+    let live = dump(&db);
+    engine.rebuild().unwrap();
+    assert_eq!(dump(&db), live);
+}
+
+#[test]
+fn concurrent_writers_equal_a_serial_run_and_readers_never_see_a_torn_state() {
+    // One grant flips delivered <-> revoked(subscription_on_hold) many times, plus
+    // unrelated grants; writers deliver everything interleaved and duplicated.
+    let mut bodies = Vec::new();
+    for k in 0..40 {
+        let at = t0() + ms(1_000 * k);
+        let spec = if k % 2 == 0 {
+            grant("grant_flip", St::Delivered, at)
+        } else {
+            grant("grant_flip", St::Revoked, at).reason("subscription_on_hold")
+        };
+        bodies.push(spec.body());
+        bodies.push(
+            grant(&format!("grant_{k}"), St::Delivered, at)
+                .customer(&format!("cus_{k}"))
+                .body(),
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serial_path = dir.path().join("serial.db");
+    let serial = Engine::open(&serial_path).unwrap();
+    for (i, b) in bodies.iter().enumerate() {
+        serial
+            .ingest(delivery(&format!("wh_{i}"), b.clone()))
+            .unwrap();
+    }
+    let path = dir.path().join("concurrent.db");
+    let engine = Engine::open(&path).unwrap();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let writers = 4;
+    let reads = std::thread::scope(|s| {
+        for w in 0..writers {
+            let engine = engine.clone();
+            let (bodies, done) = (&bodies, &done);
+            s.spawn(move || {
+                // Each writer sends every delivery, in its own rotated order.
+                for j in 0..bodies.len() {
+                    let i = (j * 7 + w * 13) % bodies.len();
+                    engine
+                        .ingest(delivery(&format!("wh_{i}"), bodies[i].clone()))
+                        .unwrap();
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let engine = engine.clone();
+                let done = &done;
+                s.spawn(move || {
+                    let mut reads = 0u64;
+                    while done.load(std::sync::atomic::Ordering::SeqCst) < writers || reads < 100 {
+                        let a = engine
+                            .access("cus_a", "ent_pro", t0() + ms(100_000))
+                            .unwrap();
+                        // A whole snapshot or nothing: never a mix of two.
+                        match a.status.as_str() {
+                            "none" => assert_eq!(a.reason.as_deref(), Some("no_grant")),
+                            "delivered" => assert!(a.allowed && a.reason.is_none(), "{a:?}"),
+                            "revoked" => assert!(
+                                !a.allowed && a.reason.as_deref() == Some("subscription_on_hold"),
+                                "{a:?}"
+                            ),
+                            other => panic!("impossible status {other}: {a:?}"),
+                        }
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap()).sum::<u64>()
+    });
+    assert!(reads >= 200);
+    assert_eq!(dump(&path), dump(&serial_path));
+    assert_eq!(
+        engine.access("cus_a", "ent_pro", t0()).unwrap(),
+        serial.access("cus_a", "ent_pro", t0()).unwrap()
+    );
+}
+
+#[test]
+fn writes_of_another_process_are_seen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("shared.db");
+    let engine = Engine::open(&db).unwrap();
+    engine.set_external_check_interval(Duration::ZERO);
+    assert!(!engine.has_access("cus_a", "ent_pro", t0()));
+    let input = dir.path().join("one.jsonl");
+    let body = grant("grant_1", St::Delivered, t0()).body();
+    let line: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    std::fs::write(&input, format!("{line}\n")).unwrap();
+    let status = entsync()
+        .arg("--db")
+        .arg(&db)
+        .arg("ingest")
+        .arg(&input)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        engine.has_access("cus_a", "ent_pro", t0()),
+        "another process's commit"
+    );
+
+    // With the default interval, it is seen once the interval has passed.
+    let engine = Engine::open(&db).unwrap();
+    assert!(engine.has_access("cus_a", "ent_pro", t0()));
+    let revoked = grant("grant_1", St::Revoked, t0() + ms(1_000))
+        .reason("manual")
+        .body();
+    let line: serde_json::Value = serde_json::from_slice(&revoked).unwrap();
+    std::fs::write(&input, format!("{line}\n")).unwrap();
+    assert!(entsync()
+        .arg("--db")
+        .arg(&db)
+        .arg("ingest")
+        .arg(&input)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(!engine.has_access("cus_a", "ent_pro", t0()));
+}
+
+fn stderr_of(cmd: &mut Command) -> (Option<i32>, String) {
+    let out = cmd.output().expect("run entsync");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_files_give_clear_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory where the file should be.
+    let err = Engine::open(dir.path()).unwrap_err();
+    assert!(!err.to_string().is_empty());
+    // A file that is not a database.
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+    let err = Engine::open(&garbage).unwrap_err().to_string();
+    assert!(err.contains("not a database"), "{err}");
+    let (code, stderr) = stderr_of(
+        entsync()
+            .arg("--db")
+            .arg(&garbage)
+            .args(["check", "c", "e"]),
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("not a database") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // A database written by a newer version: refused, untouched.
+    let newer = dir.path().join("newer.db");
+    {
+        let conn = Connection::open(&newer).unwrap();
+        conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
+            .unwrap();
+    }
+    let before = std::fs::read(&newer).unwrap();
+    let err = Engine::open(&newer).unwrap_err().to_string();
+    assert!(err.contains("newer"), "{err}");
+    assert!(
+        std::fs::read(&newer).unwrap() == before,
+        "the newer file was modified"
+    );
+    // A read command on a missing file does not create an empty database.
+    let missing = dir.path().join("missing.db");
+    let (code, stderr) = stderr_of(
+        entsync()
+            .arg("--db")
+            .arg(&missing)
+            .args(["check", "c", "e"]),
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no database"), "{stderr}");
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error() {
+    // RLIMIT_FSIZE stands in for a full disk: writes past 64 KiB fail with EFBIG.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("full.db");
+    let input = dir.path().join("events.jsonl");
+    let (text, _) = jsonl(500);
+    std::fs::write(&input, text).unwrap();
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 64; exec '{}' --db '{}' ingest '{}'",
+        env!("CARGO_BIN_EXE_entsync"),
+        db.display(),
+        input.display()
+    );
+    let (code, stderr) = stderr_of(Command::new("bash").arg("-c").arg(script));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("not stored") || stderr.contains("cannot open"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ingest_then_check_gives_the_same_answer_whatever_the_line_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines: Vec<String> = [
+        grant("grant_1", St::Pending, t0()).body(),
+        grant("grant_1", St::Delivered, t0() + ms(60_000)).body(),
+        grant("grant_1", St::Revoked, t0() + ms(120_000))
+            .reason("manual")
+            .body(),
+        grant("grant_1", St::Delivered, t0() + ms(180_000)).body(),
+        grant("grant_2", St::Delivered, t0())
+            .customer("cus_b")
+            .body(),
+    ]
+    .iter()
+    .map(|b| {
+        serde_json::from_slice::<serde_json::Value>(b)
+            .unwrap()
+            .to_string()
+    })
+    .collect();
+    let orders: [[usize; 5]; 3] = [[0, 1, 2, 3, 4], [3, 2, 1, 0, 4], [4, 3, 0, 2, 1]];
+    let mut answers = Vec::new();
+    for (k, order) in orders.iter().enumerate() {
+        let db: PathBuf = dir.path().join(format!("o{k}.db"));
+        let file = dir.path().join(format!("o{k}.jsonl"));
+        let text: String = order.iter().map(|&i| format!("{}\n", lines[i])).collect();
+        std::fs::write(&file, text).unwrap();
+        let out = entsync()
+            .arg("--db")
+            .arg(&db)
+            .args(["ingest", "--json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            counts["rejected"].as_u64().unwrap()
+                + counts["applied"].as_u64().unwrap()
+                + counts["stale"].as_u64().unwrap(),
+            5,
+            "{counts}"
+        );
+        let out = entsync()
+            .arg("--db")
+            .arg(&db)
+            .args([
+                "check",
+                "cus_a",
+                "ent_pro",
+                "--json",
+                "--at",
+                "2026-06-01T00:00:00Z",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "manual revocation is sticky");
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["reason"], "manual");
+        let human = entsync()
+            .arg("--db")
+            .arg(&db)
+            .args(["check", "cus_a", "ent_pro"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&human.stdout).trim(),
+            "denied: revoked (manual), grant grant_1"
+        );
+        let rejected = entsync()
+            .arg("--db")
+            .arg(&db)
+            .args(["rejected", "--json"])
+            .output()
+            .unwrap();
+        let rejected: serde_json::Value = serde_json::from_slice(&rejected.stdout).unwrap();
+        assert_eq!(rejected.as_array().map(Vec::len), Some(1), "{rejected}");
+        answers.push((answer, rejected[0]["object_id"].clone()));
+        let ok = entsync()
+            .arg("--db")
+            .arg(&db)
+            .args(["check", "cus_b", "ent_pro"])
+            .status()
+            .unwrap();
+        assert_eq!(ok.code(), Some(0));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+}
