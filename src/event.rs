@@ -197,9 +197,22 @@ fn typed(
 /// SHA-256 of the canonical JSON of `data` (object keys sorted), so that the same
 /// snapshot delivered twice under different webhook ids is recognised as the same.
 pub fn content_hash(data: &serde_json::Value) -> [u8; 32] {
-    // serde_json's map is ordered by key (no `preserve_order`), so this is canonical.
-    let bytes = serde_json::to_vec(data).unwrap_or_default();
-    Sha256::digest(&bytes).into()
+    /// Feeds serialized bytes straight into the hash.
+    struct HashWriter(Sha256);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // serde_json's map is ordered by key (no `preserve_order`), so this is canonical;
+    // serialising a `Value` into an infallible writer cannot fail.
+    let mut w = HashWriter(Sha256::new());
+    let _ = serde_json::to_writer(&mut w, data);
+    w.0.finalize().into()
 }
 
 open_enum! {

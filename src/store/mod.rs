@@ -371,46 +371,54 @@ impl Writer {
             let mut stmt =
                 tx.prepare("SELECT seq, delivery_id, body, outcome FROM deliveries ORDER BY seq")?;
             let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                stats.deliveries += 1;
-                let rowid: i64 = row.get(0)?;
-                let delivery_id: String = row.get(1)?;
-                let body: Vec<u8> = row.get(2)?;
-                let body = body.as_slice();
-                let was: String = row.get(3)?;
-                let parsed = event::parse(body);
-                let was_malformed = was == Outcome::Malformed.as_str();
-                match parsed {
-                    Err(e) => {
-                        stats.malformed += 1;
-                        if !was_malformed {
-                            reparsed.push((rowid, None, None, e.to_string()));
-                        }
-                    }
-                    Ok(env) => {
-                        let object = env
-                            .event
-                            .object()
-                            .map(|(k, i)| (k.to_string(), i.to_string()));
-                        if was_malformed {
-                            stats.reparsed += 1;
-                        }
-                        if let Some((kind, id)) = &object {
-                            let key = groups.push(
-                                env.event,
-                                delivery_id.clone(),
-                                forced.contains(&delivery_id),
-                            );
-                            if was_malformed {
-                                reparsed.push((
-                                    rowid,
-                                    Some((kind.clone(), id.clone(), key)),
-                                    Some(env.event_type),
-                                    String::new(),
-                                ));
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+            loop {
+                // Read a chunk, parse it on every core, fold it in arrival order.
+                let mut chunk: Vec<(i64, String, Vec<u8>, String)> =
+                    Vec::with_capacity(REBUILD_CHUNK);
+                while chunk.len() < REBUILD_CHUNK {
+                    let Some(row) = rows.next()? else { break };
+                    chunk.push((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?));
+                }
+                if chunk.is_empty() {
+                    break;
+                }
+                let parsed = parse_all(&chunk, threads);
+                for ((rowid, delivery_id, _, was), parsed) in chunk.into_iter().zip(parsed) {
+                    stats.deliveries += 1;
+                    let was_malformed = was == Outcome::Malformed.as_str();
+                    match parsed {
+                        Err(e) => {
+                            stats.malformed += 1;
+                            if !was_malformed {
+                                reparsed.push((rowid, None, None, e.to_string()));
                             }
-                        } else if was_malformed {
-                            reparsed.push((rowid, None, Some(env.event_type), String::new()));
+                        }
+                        Ok(env) => {
+                            let object = env
+                                .event
+                                .object()
+                                .map(|(k, i)| (k.to_string(), i.to_string()));
+                            if was_malformed {
+                                stats.reparsed += 1;
+                            }
+                            if let Some((kind, id)) = &object {
+                                let key = groups.push(
+                                    env.event,
+                                    delivery_id.clone(),
+                                    forced.contains(&delivery_id),
+                                );
+                                if was_malformed {
+                                    reparsed.push((
+                                        rowid,
+                                        Some((kind.clone(), id.clone(), key)),
+                                        Some(env.event_type),
+                                        String::new(),
+                                    ));
+                                }
+                            } else if was_malformed {
+                                reparsed.push((rowid, None, Some(env.event_type), String::new()));
+                            }
                         }
                     }
                 }
@@ -462,6 +470,44 @@ impl Writer {
     pub fn connection(&mut self) -> &mut Connection {
         &mut self.conn
     }
+}
+
+/// Deliveries a rebuild reads (and parses in parallel) at a time.
+const REBUILD_CHUNK: usize = 8192;
+
+/// Parses a chunk of stored bodies on `threads` threads, keeping their order.
+fn parse_all(
+    chunk: &[(i64, String, Vec<u8>, String)],
+    threads: usize,
+) -> Vec<Result<event::Envelope, event::ParseError>> {
+    if threads <= 1 || chunk.len() < 256 {
+        return chunk
+            .iter()
+            .map(|(_, _, body, _)| event::parse(body))
+            .collect();
+    }
+    let per = chunk.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = chunk
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(_, _, body, _)| event::parse(body))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    // A panic in the parser is a bug; report it as unparseable, not a crash.
+                    vec![Err(event::ParseError::Json("parser panicked".into())); per]
+                })
+            })
+            .collect()
+    })
 }
 
 /// A delivery whose parse result changed in a rebuild: (row, object (kind, id, key),
@@ -551,7 +597,7 @@ impl Groups {
             let n = map.len() as u64;
             for (id, entries) in map {
                 let folded = fold::fold(entries);
-                write_object(tx, &id, &folded, seq)?;
+                write_folded(tx, &id, &folded, seq, true)?;
             }
             Ok(n)
         }
@@ -792,8 +838,21 @@ fn refold_object<T: Stored>(tx: &Transaction<'_>, id: &str, seq: i64) -> Result<
 
 /// Writes an object's folded state and replaces its quarantine rows.
 fn write_object<T: Stored>(tx: &Connection, id: &str, folded: &Folded<T>, seq: i64) -> Result<()> {
-    tx.prepare_cached("DELETE FROM quarantine WHERE object_kind = ?1 AND object_id = ?2")?
-        .execute(params![T::KIND, id])?;
+    write_folded(tx, id, folded, seq, false)
+}
+
+/// [`write_object`]; `fresh`: the quarantine is known to hold nothing of this object.
+fn write_folded<T: Stored>(
+    tx: &Connection,
+    id: &str,
+    folded: &Folded<T>,
+    seq: i64,
+    fresh: bool,
+) -> Result<()> {
+    if !fresh {
+        tx.prepare_cached("DELETE FROM quarantine WHERE object_kind = ?1 AND object_id = ?2")?
+            .execute(params![T::KIND, id])?;
+    }
     for (step, rejection) in folded.rejected() {
         insert_quarantine(
             tx,
