@@ -63,16 +63,16 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// What to do with a delivery's result once its transaction committed (or failed).
+type Reply = Box<dyn FnOnce(Result<Applied, StoreError>) + Send>;
+
 /// A closure run on the writer thread; it bumps the generation after writing.
 type WriterTask = Box<dyn FnOnce(&mut Writer, &AtomicU64) + Send>;
 
 /// Work for the writer thread.
 enum Job {
     /// One delivery of a group commit.
-    Deliver {
-        delivery: Delivery,
-        reply: mpsc::SyncSender<Result<Applied, StoreError>>,
-    },
+    Deliver { delivery: Delivery, reply: Reply },
     /// Anything else that needs the writer (bulk ingest, accept, rebuild), in order.
     Exec(WriterTask),
 }
@@ -215,11 +215,29 @@ impl Engine {
     /// See [`Engine::ingest`].
     pub fn ingest_detailed(&self, delivery: Delivery) -> Result<Applied, Error> {
         let (reply, result) = mpsc::sync_channel(1);
-        self.inner
-            .jobs
-            .send(Job::Deliver { delivery, reply })
-            .map_err(|_| writer_gone())?;
+        self.ingest_then(delivery, move |r| {
+            let _ = reply.send(r);
+        });
         result.recv().map_err(|_| writer_gone())?
+    }
+
+    /// Queues a delivery for the next group commit and returns at once; `done` is called
+    /// on the writer thread with the result once the transaction holding it committed
+    /// (or failed). This is how an async server acknowledges without blocking its
+    /// workers: `done` completes a oneshot channel the request handler awaits. `done`
+    /// must be quick (it runs inside the commit loop).
+    pub fn ingest_then(
+        &self,
+        delivery: Delivery,
+        done: impl FnOnce(Result<Applied, Error>) + Send + 'static,
+    ) {
+        let job = Job::Deliver {
+            delivery,
+            reply: Box::new(done),
+        };
+        if let Err(mpsc::SendError(Job::Deliver { reply, .. })) = self.inner.jobs.send(job) {
+            reply(Err(writer_gone()));
+        }
     }
 
     /// Stores and applies many deliveries in one transaction (bulk ingest). One result
@@ -489,7 +507,7 @@ fn writer_loop(mut writer: Writer, queue: mpsc::Receiver<Job>, generation: &Atom
 fn commit(
     writer: &mut Writer,
     deliveries: &[Delivery],
-    replies: Vec<mpsc::SyncSender<Result<Applied, StoreError>>>,
+    replies: Vec<Reply>,
     generation: &AtomicU64,
 ) {
     let result = writer.apply_batch(deliveries);
@@ -498,14 +516,14 @@ fn commit(
     match result {
         Ok(results) => {
             for (reply, r) in replies.into_iter().zip(results) {
-                let _ = reply.send(r);
+                reply(r);
             }
         }
         Err(e) => {
             let retryable = e.is_retryable();
             let message = e.to_string();
             for reply in replies {
-                let _ = reply.send(Err(StoreError::Commit {
+                reply(Err(StoreError::Commit {
                     message: message.clone(),
                     retryable,
                 }));
