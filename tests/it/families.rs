@@ -1585,3 +1585,505 @@ fn families_policy_license_keys_and_other_causes() {
         check_story(story);
     }
 }
+
+// ---------------------------------------------------------------------------
+// 2. Properties: the subscription and credit folds converge under any order and
+//    duplication, through the engine
+
+/// Renders an instant in one of the shapes Dodo uses: `Z` or an offset, 0/3/6
+/// fractional digits (0 only when the instant has no fraction).
+fn render(at: Timestamp, shape: u8) -> String {
+    use chrono::{FixedOffset, Timelike};
+    let whole = at.nanosecond() == 0;
+    let plus2 = FixedOffset::east_opt(2 * 3600).expect("offset");
+    let minus530 = FixedOffset::west_opt(5 * 3600 + 1800).expect("offset");
+    match shape % 4 {
+        0 if whole => at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        0 => at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        1 => at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        2 => at
+            .with_timezone(&plus2)
+            .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+            .to_string(),
+        _ => at
+            .with_timezone(&minus530)
+            .format("%Y-%m-%dT%H:%M:%S%.6f%:z")
+            .to_string(),
+    }
+}
+
+/// Subscription statuses as they may be spelled on the wire, including one this version
+/// does not know.
+const SUB_SPELLINGS: [&str; 12] = [
+    "pending",
+    "active",
+    "Active",
+    "on_hold",
+    "ON_HOLD",
+    "paused",
+    "past_due",
+    "cancelled",
+    "failed",
+    "expired",
+    "Expired",
+    "trialing",
+];
+
+/// PRODUCT.md §4, naively: `pending` may move anywhere; `active`, `on_hold`, `paused`,
+/// `past_due` (and statuses we do not know) move among each other and to `cancelled` or
+/// `expired`; nothing returns to `pending`; `cancelled`, `failed`, `expired` are
+/// terminal; a same-status update is always fine.
+fn model_sub_legal(from: &str, to: &str) -> bool {
+    let terminal = |s: &str| matches!(s, "cancelled" | "failed" | "expired");
+    if from == to {
+        true
+    } else if terminal(from) || to == "pending" {
+        false
+    } else if from == "pending" {
+        true
+    } else {
+        to != "failed"
+    }
+}
+
+/// The naive model: sort by instant (all distinct here), apply what is legal.
+/// Returns the final status, the rejected snapshots and the status after each step.
+fn model_sub_fold(snaps: &[(Timestamp, String)]) -> (String, BTreeSet<usize>, Vec<String>) {
+    let mut order: Vec<usize> = (0..snaps.len()).collect();
+    order.sort_by_key(|&i| snaps[i].0);
+    let mut state: Option<String> = None;
+    let mut rejected = BTreeSet::new();
+    let mut trace = Vec::new();
+    for i in order {
+        let next = &snaps[i].1;
+        match &state {
+            Some(cur) if !model_sub_legal(cur, next) => {
+                rejected.insert(i);
+            }
+            _ => state = Some(next.clone()),
+        }
+        trace.push(state.clone().expect("first snapshot applies"));
+    }
+    (state.unwrap_or_default(), rejected, trace)
+}
+
+fn sub_status(world: &World, id: &str) -> String {
+    let view = world.engine.customer(CUS).expect("customer view");
+    view.subscriptions
+        .iter()
+        .find(|s| s.subscription_id == id)
+        .map(|s| s.status.clone())
+        .unwrap_or_else(|| panic!("subscription {id} missing"))
+}
+
+fn quarantined(world: &World, kind: &str) -> BTreeSet<String> {
+    world
+        .engine
+        .rejected()
+        .expect("quarantine")
+        .into_iter()
+        .filter(|q| q.object_kind == kind)
+        .map(|q| q.delivery_id)
+        .collect()
+}
+
+/// A subscription history: distinct instants (250 ms steps, so fractions occur), a wire
+/// spelling and a timestamp shape for each; redeliveries (snapshot index, same webhook
+/// id?, timestamp shape); and an arrival order over originals and redeliveries.
+type SubHistory = (
+    Vec<(u32, &'static str, u8)>,
+    Vec<(usize, bool, u8)>,
+    Vec<usize>,
+);
+
+fn sub_history() -> impl Strategy<Value = SubHistory> {
+    (1usize..9)
+        .prop_flat_map(|n| {
+            (
+                prop::collection::btree_set(0u32..2400, n),
+                prop::collection::vec(prop::sample::select(SUB_SPELLINGS.to_vec()), n),
+                prop::collection::vec(0u8..4, n),
+                prop::collection::vec((0..n, any::<bool>(), 0u8..4), 0..=n),
+            )
+        })
+        .prop_flat_map(|(instants, spellings, shapes, dups)| {
+            let snaps: Vec<(u32, &'static str, u8)> = instants
+                .into_iter()
+                .zip(spellings)
+                .zip(shapes)
+                .map(|((k, s), f)| (k, s, f))
+                .collect();
+            let order: Vec<usize> = (0..snaps.len() + dups.len()).collect();
+            (Just(snaps), Just(dups), Just(order).prop_shuffle())
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn families_subscription_folds_converge((snaps, dups, order) in sub_history()) {
+        let base = ts(T0);
+        let instant = |k: u32| base + Duration::milliseconds(i64::from(k) * 250);
+        let originals: Vec<(String, Value)> = snaps
+            .iter()
+            .enumerate()
+            .map(|(i, (k, spelling, shape))| {
+                (format!("s{i:02}"), sub("sub_q", spelling, &render(instant(*k), *shape)))
+            })
+            .collect();
+        // Redeliveries: the same webhook id, or a new id with the envelope timestamp
+        // spelled differently (the same instant: the same snapshot).
+        let redeliveries: Vec<(String, Value)> = dups
+            .iter()
+            .enumerate()
+            .map(|(j, (i, same_id, shape))| {
+                let (id, body) = &originals[*i];
+                if *same_id {
+                    (id.clone(), body.clone())
+                } else {
+                    let mut body = body.clone();
+                    body["timestamp"] = json!(render(instant(snaps[*i].0), *shape));
+                    (format!("{id}-r{j}"), body)
+                }
+            })
+            .collect();
+        let model_input: Vec<(Timestamp, String)> = snaps
+            .iter()
+            .map(|(k, spelling, _)| (instant(*k), spelling.to_ascii_lowercase()))
+            .collect();
+        let (want_status, want_rejected, trace) = model_sub_fold(&model_input);
+        let want_rejected: BTreeSet<String> =
+            want_rejected.iter().map(|i| format!("s{i:02}")).collect();
+        // A grant of the subscription, older than all its snapshots.
+        let linked = with(grant("gq", "ent_q", "Delivered", &t(-1)), "subscription_id", json!("sub_q"));
+
+        // In version order: each snapshot is applied or rejected as the model says, and a
+        // terminal status, once reached, stays.
+        let mut ordered = World::new();
+        prop_assert_eq!(ordered.send(&linked), Outcome::Applied);
+        let mut by_version: Vec<usize> = (0..snaps.len()).collect();
+        by_version.sort_by_key(|&i| snaps[i].0);
+        let mut terminal: Option<String> = None;
+        for (step, &i) in by_version.iter().enumerate() {
+            let (id, body) = &originals[i];
+            let outcome = ordered.send_as(id, body);
+            let want = if want_rejected.contains(id) { Outcome::Rejected } else { Outcome::Applied };
+            prop_assert_eq!(outcome, want, "snapshot {} {}", id, body["data"]["status"]);
+            let status = sub_status(&ordered, "sub_q");
+            prop_assert_eq!(&status, &trace[step]);
+            if let Some(done) = &terminal {
+                prop_assert_eq!(&status, done, "a terminal status was left");
+            }
+            if matches!(status.as_str(), "cancelled" | "failed" | "expired") {
+                terminal = Some(status);
+            }
+        }
+
+        // In any order, with duplicates: the same final status and the same rejected set.
+        let mut shuffled = World::new();
+        prop_assert_eq!(shuffled.send(&linked), Outcome::Applied);
+        for &k in &order {
+            let (id, body) = if k < originals.len() { &originals[k] } else { &redeliveries[k - originals.len()] };
+            let outcome = shuffled.send_as(id, body);
+            prop_assert!(outcome != Outcome::Malformed && outcome != Outcome::Unhandled);
+        }
+        for world in [&ordered, &shuffled] {
+            prop_assert_eq!(sub_status(world, "sub_q"), want_status.clone());
+            prop_assert_eq!(quarantined(world, "subscription"), want_rejected.clone());
+        }
+        // The backstop answers from the folded status, identically in both stores.
+        let denies = matches!(want_status.as_str(), "on_hold" | "paused" | "cancelled" | "expired" | "failed");
+        let at = t(24 * 60);
+        let a = ordered.access(CUS, "ent_q", &at, &Policy::default());
+        let b = shuffled.access(CUS, "ent_q", &at, &Policy::default());
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(a.allowed, !denies);
+        let want_reason = format!("subscription_{want_status}");
+        prop_assert_eq!(a.reason.as_deref(), denies.then_some(want_reason.as_str()));
+    }
+}
+
+/// The three (customer, credit entitlement) pairs of the ledger property.
+const PAIRS: [(&str, &str); 3] = [(CUS, "cent_a"), (CUS, "cent_b"), ("cus_other", "cent_a")];
+
+/// One generated ledger entry: gap after the previous one (ms), amount in units of the
+/// pair's precision, credit or debit, overage after (thousandths), timestamp shape.
+type EntryGen = (i64, i64, bool, i64, u8);
+
+/// A ledger per pair: (precision 0..=3, entries); redeliveries (pair, entry, how:
+/// 0 = same webhook id, 1 = new id same body, 2 = new id with the amounts spelled the
+/// other way (numbers vs strings, padded digits)); an arrival order.
+type Ledgers = (
+    Vec<(u32, Vec<EntryGen>)>,
+    Vec<(usize, usize, u8)>,
+    Vec<usize>,
+);
+
+fn ledgers() -> impl Strategy<Value = Ledgers> {
+    let entry = (
+        1i64..3_600_000,
+        1i64..100_000,
+        any::<bool>(),
+        0i64..5_000,
+        0u8..4,
+    );
+    prop::collection::vec((0u32..=3, prop::collection::vec(entry, 0..7)), PAIRS.len())
+        .prop_flat_map(|ledgers| {
+            let total: usize = ledgers.iter().map(|(_, e)| e.len()).sum();
+            let dups = prop::collection::vec((0..PAIRS.len(), 0usize..7, 0u8..3), 0..=total);
+            (Just(ledgers), dups)
+        })
+        .prop_flat_map(|(ledgers, dups)| {
+            let total: usize = ledgers.iter().map(|(_, e)| e.len()).sum();
+            let order: Vec<usize> = (0..total + dups.len()).collect();
+            (Just(ledgers), Just(dups), Just(order).prop_shuffle())
+        })
+}
+
+/// Thousandths as an exact decimal with `digits` fractional digits ("12.340").
+fn milli_text(milli: i64, digits: u32) -> String {
+    let sign = if milli < 0 { "-" } else { "" };
+    let m = milli.unsigned_abs();
+    let (int, frac) = (m / 1000, m % 1000);
+    match digits {
+        0 => format!("{sign}{int}"),
+        d => format!(
+            "{sign}{int}.{:0width$}",
+            frac / 10u64.pow(3 - d),
+            width = d as usize
+        ),
+    }
+}
+
+/// Thousandths as a JSON number (what the 1.86.0 examples send).
+fn milli_number(milli: i64) -> Value {
+    let text = milli_text(milli, 3);
+    serde_json::from_str::<Value>(&text).expect("number")
+}
+
+/// A generated entry, fully computed: what the ledger says and the instant it was written.
+#[derive(Debug, Clone)]
+struct LedgerLine {
+    id: String,
+    customer: &'static str,
+    credit_entitlement: &'static str,
+    created_at: Timestamp,
+    shape: u8,
+    credit: bool,
+    amount: i64,
+    before: i64,
+    after: i64,
+    overage_before: i64,
+    overage_after: i64,
+}
+
+impl LedgerLine {
+    /// The `credit.*` delivery; amounts as strings with the ledger's precision, or as
+    /// numbers, or as strings padded to 3 digits.
+    fn envelope(&self, precision: u32, spelling: u8) -> Value {
+        let amount = |m: i64| match spelling {
+            0 => json!(milli_text(m, precision)),
+            1 => milli_number(m),
+            _ => json!(milli_text(m, 3)),
+        };
+        let (ty, tt) = if self.credit {
+            ("credit.added", "credit_added")
+        } else {
+            ("credit.deducted", "credit_deducted")
+        };
+        let mut v = template(ty);
+        v["timestamp"] = json!(render(self.created_at, self.shape));
+        let d = &mut v["data"];
+        d["id"] = json!(self.id);
+        d["customer_id"] = json!(self.customer);
+        d["credit_entitlement_id"] = json!(self.credit_entitlement);
+        d["transaction_type"] = json!(tt);
+        d["is_credit"] = json!(self.credit);
+        d["created_at"] = json!(render(self.created_at, self.shape));
+        d["amount"] = amount(self.amount);
+        d["balance_before"] = amount(self.before);
+        d["balance_after"] = amount(self.after);
+        d["overage_before"] = amount(self.overage_before);
+        d["overage_after"] = amount(self.overage_after);
+        v
+    }
+}
+
+/// Builds every pair's ledger from the generated entries (balances computed exactly, in
+/// thousandths, never going below zero).
+fn ledger_lines(ledgers: &[(u32, Vec<EntryGen>)]) -> Vec<Vec<LedgerLine>> {
+    ledgers
+        .iter()
+        .enumerate()
+        .map(|(p, (precision, entries))| {
+            let (customer, credit_entitlement) = PAIRS[p];
+            let unit = 10i64.pow(3 - precision);
+            let mut at = ts(T0);
+            let (mut balance, mut overage) = (0i64, 0i64);
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, &(gap, units, credit, overage_after, shape))| {
+                    at += Duration::milliseconds(gap);
+                    let amount = units * unit;
+                    let credit = credit || amount > balance;
+                    let before = balance;
+                    balance = if credit {
+                        before + amount
+                    } else {
+                        before - amount
+                    };
+                    let overage_before = overage;
+                    overage = overage_after / unit * unit;
+                    LedgerLine {
+                        id: format!("cle_{p}_{i}"),
+                        customer,
+                        credit_entitlement,
+                        created_at: at,
+                        shape,
+                        credit,
+                        amount,
+                        before,
+                        after: balance,
+                        overage_before,
+                        overage_after: overage,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Thousandths as a `Decimal`.
+fn milli(m: i64) -> Decimal {
+    Decimal::new(m, 3)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn families_credit_ledger_converges((gen, dups, order) in ledgers()) {
+        let lines = ledger_lines(&gen);
+        let precision = |p: usize| gen[p].0;
+        let originals: Vec<(String, Value)> = lines
+            .iter()
+            .enumerate()
+            .flat_map(|(p, l)| l.iter().map(move |e| (p, e)))
+            .map(|(p, e)| (format!("w_{}", e.id), e.envelope(precision(p), 0)))
+            .collect();
+        let flat: Vec<(usize, &LedgerLine)> = lines
+            .iter()
+            .enumerate()
+            .flat_map(|(p, l)| l.iter().map(move |e| (p, e)))
+            .collect();
+        let redeliveries: Vec<(String, Value)> = dups
+            .iter()
+            .enumerate()
+            .filter_map(|(j, &(p, i, how))| {
+                let e = lines[p].get(i)?;
+                let id = format!("w_{}", e.id);
+                Some(match how {
+                    0 => (id, e.envelope(precision(p), 0)),
+                    1 => (format!("{id}-r{j}"), e.envelope(precision(p), 0)),
+                    _ => (format!("{id}-r{j}"), e.envelope(precision(p), 1 + (j % 2) as u8)),
+                })
+            })
+            .collect();
+
+        // In ledger order, no duplicates: every entry applies.
+        let ordered = World::new();
+        for (id, body) in &originals {
+            prop_assert_eq!(ordered.send_as(id, body), Outcome::Applied);
+        }
+        // In any order, with duplicates (also spelled differently): never rejected.
+        let shuffled = World::new();
+        for &k in &order {
+            let Some((id, body)) = originals.get(k).or_else(|| redeliveries.get(k - originals.len())) else {
+                continue;
+            };
+            let outcome = shuffled.send_as(id, body);
+            prop_assert!(
+                matches!(outcome, Outcome::Applied | Outcome::Duplicate | Outcome::Stale),
+                "{} was {}", id, outcome
+            );
+        }
+        let q = shuffled.engine.rejected().expect("quarantine"); prop_assert!(q.is_empty(), "{:?}", q);
+
+        for (p, (customer, credit_entitlement)) in PAIRS.iter().enumerate() {
+            let a = ordered.engine.credit_balance(customer, credit_entitlement).expect("balance");
+            let b = shuffled.engine.credit_balance(customer, credit_entitlement).expect("balance");
+            let Some(last) = lines[p].last() else {
+                prop_assert!(a.is_none() && b.is_none());
+                continue;
+            };
+            for got in [&a, &b] {
+                let got = got.as_ref().expect("a balance");
+                prop_assert_eq!(got.balance, milli(last.after));
+                prop_assert_eq!(got.overage, milli(last.overage_after));
+                prop_assert_eq!(&got.entry_id, &last.id);
+                prop_assert_eq!(got.as_of, last.created_at);
+                prop_assert_eq!(got.entries, lines[p].len() as u64);
+                prop_assert_eq!(&got.customer_id, customer);
+                prop_assert_eq!(&got.credit_entitlement_id, credit_entitlement);
+                // Exact: the decimal text reads back to the same number of thousandths.
+                prop_assert_eq!(Decimal::from_str(&got.balance.to_string()).expect("text"), milli(last.after));
+            }
+        }
+        // The customer view lists the same balances, one per credit entitlement.
+        let view = shuffled.engine.customer(CUS).expect("customer view");
+        let listed: Vec<(String, Decimal)> =
+            view.credits.iter().map(|c| (c.credit_entitlement_id.clone(), c.balance)).collect();
+        let want: Vec<(String, Decimal)> = flat
+            .iter()
+            .filter(|(_, e)| e.customer == CUS)
+            .fold(BTreeMap::new(), |mut m, (_, e)| {
+                m.insert(e.credit_entitlement.to_string(), milli(e.after));
+                m
+            })
+            .into_iter()
+            .collect();
+        prop_assert_eq!(listed, want);
+    }
+}
+
+/// Exact decimals: ten entries of "0.1" make exactly 1, written as strings or numbers,
+/// delivered newest first.
+#[test]
+fn families_credit_tenths_are_exact() {
+    let mut world = World::new();
+    let mut lines = Vec::new();
+    for i in 0..10i64 {
+        lines.push(LedgerLine {
+            id: format!("cle_tenth_{i}"),
+            customer: CUS,
+            credit_entitlement: "cent_tenths",
+            created_at: ts(T0) + Duration::seconds(i),
+            shape: (i % 4) as u8,
+            credit: true,
+            amount: 100,
+            before: 100 * i,
+            after: 100 * (i + 1),
+            overage_before: 0,
+            overage_after: 0,
+        });
+    }
+    for (i, line) in lines.iter().enumerate().rev() {
+        let body = line.envelope(1, (i % 2) as u8);
+        assert_eq!(world.send(&body), Outcome::Applied);
+    }
+    let b = world
+        .engine
+        .credit_balance(CUS, "cent_tenths")
+        .expect("balance")
+        .expect("some balance");
+    assert_eq!(b.balance, dec("1"));
+    assert_eq!(b.entries, 10);
+    assert_eq!(b.entry_id, "cle_tenth_9");
+    assert!(world
+        .engine
+        .credit_balance(CUS, "cent_none")
+        .expect("balance")
+        .is_none());
+}
