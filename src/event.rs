@@ -445,6 +445,38 @@ pub struct Subscription {
     /// Currency.
     #[serde(default)]
     pub currency: Option<String>,
+    /// A plan change scheduled for a later date, if any.
+    #[serde(default, deserialize_with = "de_lenient_opt")]
+    pub scheduled_change: Option<ScheduledChange>,
+}
+
+/// A plan change scheduled for later (`change-plan` with `effective_at:
+/// next_billing_date`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledChange {
+    /// The product the subscription moves to.
+    #[serde(default, deserialize_with = "de_opt_id")]
+    pub product_id: Option<String>,
+    /// The quantity it will have.
+    #[serde(default, deserialize_with = "de_opt_i64")]
+    pub quantity: Option<i64>,
+    /// When the change takes effect.
+    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    pub effective_at: Option<Timestamp>,
+    /// The new product's name, when given.
+    #[serde(default)]
+    pub product_name: Option<String>,
+}
+
+/// `serde(deserialize_with)`: an optional sub-object that is informational only; a
+/// shape this version does not understand is dropped rather than failing the snapshot.
+fn de_lenient_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(T::deserialize(v).ok())
 }
 
 impl Subscription {

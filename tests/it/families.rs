@@ -2087,3 +2087,702 @@ fn families_credit_tenths_are_exact() {
         .expect("balance")
         .is_none());
 }
+
+// ---------------------------------------------------------------------------
+// 4. Done when: active -> on_hold -> active while grant events are lost or late
+
+/// Asks the engine and `entsync check --json` on the same file; both must give this
+/// answer and name the same cause.
+fn point(
+    world: &World,
+    label: &str,
+    at: &str,
+    entitlement: &str,
+    want: (bool, &str, Option<&str>),
+    subscription_status: &str,
+) {
+    let (allowed, status, reason) = want;
+    let what = format!("{label}: {entitlement} at {at}");
+    let engine = world
+        .engine
+        .access(CUS, entitlement, ts(at))
+        .expect("access");
+    assert_eq!(
+        (
+            engine.allowed,
+            engine.status.as_str(),
+            engine.reason.as_deref()
+        ),
+        (allowed, status, reason),
+        "{what} (engine): {engine:?}"
+    );
+    assert_eq!(
+        engine.subscription_status.as_deref(),
+        Some(subscription_status),
+        "{what}"
+    );
+    if !allowed {
+        assert!(
+            engine.reason.is_some(),
+            "{what}: the denial names its cause"
+        );
+    }
+    let cli = world.cli_check(CUS, entitlement, at, &Policy::default());
+    assert_eq!(cli["allowed"], json!(allowed), "{what} (cli): {cli}");
+    assert_eq!(cli["status"], json!(status), "{what} (cli): {cli}");
+    assert_eq!(cli["reason"], json!(reason), "{what} (cli): {cli}");
+    assert_eq!(
+        cli["subscription_status"],
+        json!(subscription_status),
+        "{what} (cli)"
+    );
+    assert_eq!(
+        cli,
+        serde_json::to_value(&engine).expect("json"),
+        "{what}: cli = engine"
+    );
+}
+
+#[test]
+fn families_done_when_on_hold_and_back_with_lost_and_late_grants() {
+    const ALLOWED: (bool, &str, Option<&str>) = (true, "delivered", None);
+    const HELD: (bool, &str, Option<&str>) = (false, "delivered", Some("subscription_on_hold"));
+    const REVOKED_HELD: (bool, &str, Option<&str>) =
+        (false, "revoked", Some("subscription_on_hold"));
+    let linked = |v: Value| with(v, "subscription_id", json!("sub_story"));
+    let day = 24 * 60;
+
+    let mut world = World::new();
+    let mut sent: Vec<(String, Value)> = Vec::new();
+    let mut deliver = |world: &mut World, body: Value, want: Outcome| {
+        let outcome = world.send(&body);
+        assert_eq!(outcome, want, "{} {}", body["type"], body["data"]["status"]);
+        sent.push((format!("msg_{:05}", world.next), body));
+    };
+
+    // Day 0: the subscription starts; two grants are delivered.
+    deliver(
+        &mut world,
+        sub("sub_story", "active", &t(0)),
+        Outcome::Applied,
+    );
+    deliver(
+        &mut world,
+        linked(grant("g_pro", "ent_pro", "Delivered", &t(1))),
+        Outcome::Applied,
+    );
+    deliver(
+        &mut world,
+        linked(grant("g_chat", "ent_chat", "Delivered", &t(1))),
+        Outcome::Applied,
+    );
+    point(&world, "active", &t(2), "ent_pro", ALLOWED, "active");
+    point(&world, "active", &t(2), "ent_chat", ALLOWED, "active");
+
+    // Day 1: the renewal fails. The subscription snapshot arrives first: both grants are
+    // denied by the backstop before Dodo's revocations arrive.
+    deliver(
+        &mut world,
+        sub("sub_story", "on_hold", &t(day)),
+        Outcome::Applied,
+    );
+    point(
+        &world,
+        "on_hold, no revocation yet",
+        &t(day + 1),
+        "ent_pro",
+        HELD,
+        "on_hold",
+    );
+    point(
+        &world,
+        "on_hold, no revocation yet",
+        &t(day + 1),
+        "ent_chat",
+        HELD,
+        "on_hold",
+    );
+    // g_pro's revocation arrives; g_chat's is lost for now.
+    deliver(
+        &mut world,
+        linked(revoked(
+            "g_pro",
+            "ent_pro",
+            "subscription_on_hold",
+            &t(day + 1),
+        )),
+        Outcome::Applied,
+    );
+    point(
+        &world,
+        "on_hold",
+        &t(day + 2),
+        "ent_pro",
+        REVOKED_HELD,
+        "on_hold",
+    );
+    point(
+        &world,
+        "on_hold, revocation lost",
+        &t(day + 2),
+        "ent_chat",
+        HELD,
+        "on_hold",
+    );
+    // A retry of the day-0 subscription.active arrives late: stale, nothing changes.
+    deliver(
+        &mut world,
+        sub("sub_story", "active", &t(0)),
+        Outcome::Duplicate,
+    );
+    let late_active = with(
+        sub("sub_story", "active", &t(0)),
+        "next_billing_date",
+        json!(h(24 * 31)),
+    );
+    deliver(&mut world, late_active, Outcome::Stale);
+    point(
+        &world,
+        "late active replay",
+        &t(day + 3),
+        "ent_pro",
+        REVOKED_HELD,
+        "on_hold",
+    );
+    point(
+        &world,
+        "late active replay",
+        &t(day + 3),
+        "ent_chat",
+        HELD,
+        "on_hold",
+    );
+
+    // Day 2: a retry succeeds; the subscription is active again. g_chat was never seen
+    // revoked: allowed at once. g_pro is still revoked in the grant stream (its
+    // restoration is late): the grant stream is the truth for "allowed", so it stays
+    // denied, naming the revocation, while saying the subscription is active.
+    deliver(
+        &mut world,
+        sub("sub_story", "active", &t(2 * day)),
+        Outcome::Applied,
+    );
+    point(
+        &world,
+        "active again",
+        &t(2 * day + 1),
+        "ent_chat",
+        ALLOWED,
+        "active",
+    );
+    point(
+        &world,
+        "active again, restoration late",
+        &t(2 * day + 1),
+        "ent_pro",
+        REVOKED_HELD,
+        "active",
+    );
+    // The restoration arrives (same grant id, revoked -> delivered).
+    deliver(
+        &mut world,
+        linked(grant("g_pro", "ent_pro", "Delivered", &t(2 * day + 1))),
+        Outcome::Applied,
+    );
+    point(
+        &world,
+        "restored",
+        &t(2 * day + 2),
+        "ent_pro",
+        ALLOWED,
+        "active",
+    );
+    // g_chat's restoration, then its day-1 revocation, finally arrive: older, stale.
+    deliver(
+        &mut world,
+        linked(grant("g_chat", "ent_chat", "Delivered", &t(2 * day + 1))),
+        Outcome::Applied,
+    );
+    deliver(
+        &mut world,
+        linked(revoked(
+            "g_chat",
+            "ent_chat",
+            "subscription_on_hold",
+            &t(day + 1),
+        )),
+        Outcome::Stale,
+    );
+    point(
+        &world,
+        "late revocation",
+        &t(2 * day + 3),
+        "ent_chat",
+        ALLOWED,
+        "active",
+    );
+    // The day-1 on_hold snapshot is delivered again (a bulk replay under a new id).
+    deliver(
+        &mut world,
+        sub("sub_story", "on_hold", &t(day)),
+        Outcome::Duplicate,
+    );
+    point(
+        &world,
+        "replayed on_hold",
+        &t(2 * day + 4),
+        "ent_pro",
+        ALLOWED,
+        "active",
+    );
+    point(
+        &world,
+        "replayed on_hold",
+        &t(2 * day + 4),
+        "ent_chat",
+        ALLOWED,
+        "active",
+    );
+    assert!(world.engine.rejected().expect("quarantine").is_empty());
+
+    // Everything again (retries with the same webhook ids), then a rebuild, then every
+    // delivery in reverse order into a fresh store: the same answers.
+    for (id, body) in &sent {
+        assert_eq!(world.send_as(id, body), Outcome::Duplicate);
+    }
+    world.engine.rebuild().expect("rebuild");
+    point(
+        &world,
+        "after rebuild",
+        &t(2 * day + 5),
+        "ent_pro",
+        ALLOWED,
+        "active",
+    );
+    point(
+        &world,
+        "after rebuild",
+        &t(2 * day + 5),
+        "ent_chat",
+        ALLOWED,
+        "active",
+    );
+    let reverse = World::new();
+    for (id, body) in sent.iter().rev() {
+        reverse.send_as(id, body);
+    }
+    point(
+        &reverse,
+        "reverse order",
+        &t(2 * day + 5),
+        "ent_pro",
+        ALLOWED,
+        "active",
+    );
+    point(
+        &reverse,
+        "reverse order",
+        &t(2 * day + 5),
+        "ent_chat",
+        ALLOWED,
+        "active",
+    );
+
+    // The customer view tells the same story.
+    let (code, view) = world.cli_json(&["customer", CUS, "--json"]);
+    assert_eq!(code, 0);
+    let subs = view["subscriptions"].as_array().expect("subscriptions");
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0]["subscription_id"], "sub_story");
+    assert_eq!(subs[0]["status"], "active");
+    assert_eq!(
+        ts(subs[0]["since"].as_str().expect("since")),
+        ts(&t(2 * day))
+    );
+    let grants: BTreeMap<String, String> = view["grants"]
+        .as_array()
+        .expect("grants")
+        .iter()
+        .map(|g| {
+            (
+                g["grant_id"].as_str().unwrap_or("").to_string(),
+                g["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(grants.get("g_pro").map(String::as_str), Some("delivered"));
+    assert_eq!(grants.get("g_chat").map(String::as_str), Some("delivered"));
+}
+
+#[test]
+fn families_done_when_with_on_hold_grace_from_the_cli() {
+    // The same hold, asked with a 48 h grace: access is kept, and says until when.
+    let mut world = World::new();
+    let linked = |v: Value| with(v, "subscription_id", json!("sub_story"));
+    for body in [
+        sub("sub_story", "active", &t(0)),
+        linked(grant("g_pro", "ent_pro", "Delivered", &t(1))),
+        sub("sub_story", "on_hold", &h(24)),
+        linked(revoked(
+            "g_pro",
+            "ent_pro",
+            "subscription_on_hold",
+            &t(24 * 60 + 1),
+        )),
+    ] {
+        assert_eq!(world.send(&body), Outcome::Applied);
+    }
+    let policy = grace(48);
+    for (at, allowed, until) in [(h(30), true, Some(h(72))), (h(72), false, None)] {
+        let cli = world.cli_check(CUS, "ent_pro", &at, &policy);
+        let engine = world.access(CUS, "ent_pro", &at, &policy);
+        assert_eq!(cli, serde_json::to_value(&engine).expect("json"));
+        assert_eq!(engine.allowed, allowed, "{engine:?}");
+        assert_eq!(engine.grace_until, until.as_deref().map(ts));
+        assert_eq!(
+            engine.reason.as_deref(),
+            (!allowed).then_some("subscription_on_hold")
+        );
+        // Without the flag, denied at once.
+        let plain = world.cli_check(CUS, "ent_pro", &at, &Policy::default());
+        assert_eq!(plain["allowed"], json!(false));
+        assert_eq!(plain["reason"], json!("subscription_on_hold"));
+    }
+    // The human answer names the grace too.
+    let (code, text) = world.cli(&[
+        "check",
+        CUS,
+        "ent_pro",
+        "--at",
+        &h(30),
+        "--on-hold-grace-hours",
+        "48",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("allowed") && text.contains("grace until"),
+        "{text}"
+    );
+    let (code, text) = world.cli(&["check", CUS, "ent_pro", "--at", &h(30)]);
+    assert_eq!(code, 1);
+    assert!(
+        text.contains("denied") && text.contains("subscription_on_hold"),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5, 6. The `customer`, `balance`, `deliveries` and `check` contracts, through the binary
+
+/// Ingests every fixture with `entsync ingest --json` (bare envelopes, one a line).
+fn ingest_catalogue(world: &World) -> Value {
+    let mut lines = String::new();
+    for ty in DODO_TYPES {
+        let v = template(ty);
+        lines.push_str(&serde_json::to_string(&v).expect("json"));
+        lines.push('\n');
+    }
+    let path = world.db.with_file_name("catalogue.jsonl");
+    std::fs::write(&path, lines).expect("write jsonl");
+    let (code, counts) = world.cli_json(&["ingest", path.to_str().expect("path"), "--json"]);
+    assert_eq!(code, 0);
+    counts
+}
+
+fn by_id<'a>(list: &'a Value, key: &str) -> BTreeMap<String, &'a Value> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|x| (x[key].as_str().expect("id").to_string(), x))
+        .collect()
+}
+
+fn instant(v: &Value) -> Timestamp {
+    ts(v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}")))
+}
+
+#[test]
+fn families_cli_ingest_and_deliveries_list_every_type() {
+    let world = World::new();
+    let counts = ingest_catalogue(&world);
+    let folded = CATALOGUE
+        .iter()
+        .filter(|c| !c.file.starts_with("unknown/") && c.outcome == Outcome::Applied)
+        .count();
+    assert_eq!(folded, 39);
+    assert_eq!(
+        counts,
+        json!({"applied": folded, "duplicate": 0, "stale": 0, "rejected": 0,
+               "unhandled": 48 - folded, "malformed": 0})
+    );
+    // Payouts, dunning and abandoned checkouts are stored and listed.
+    let (code, list) = world.cli_json(&["deliveries", "--json"]);
+    assert_eq!(code, 0);
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), 48);
+    let types: BTreeMap<&str, &str> = list
+        .iter()
+        .map(|d| {
+            (
+                d["type"].as_str().expect("type"),
+                d["outcome"].as_str().expect("outcome"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        types.keys().copied().collect::<BTreeSet<_>>(),
+        DODO_TYPES.iter().copied().collect()
+    );
+    for d in list {
+        let id = d["delivery_id"].as_str().expect("delivery_id");
+        assert!(id.starts_with("sha256:") && id.len() == 7 + 64, "{id}");
+        assert!(d["received_at"].is_string());
+    }
+    for case in CATALOGUE.iter().filter(|c| !c.file.starts_with("unknown/")) {
+        assert_eq!(types[case.file], case.outcome.as_str(), "{}", case.file);
+    }
+    let (_, unhandled) = world.cli_json(&["deliveries", "--json", "--outcome", "unhandled"]);
+    let unhandled: BTreeSet<&str> = unhandled
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|d| d["type"].as_str().expect("type"))
+        .collect();
+    let want: BTreeSet<&str> = DODO_TYPES
+        .iter()
+        .copied()
+        .filter(|t| {
+            ["payout.", "dunning.", "abandoned_checkout."]
+                .iter()
+                .any(|p| t.starts_with(p))
+        })
+        .collect();
+    assert_eq!(unhandled, want);
+    // The same file again: every line is a duplicate (bare envelopes are keyed by their bytes).
+    let again = ingest_catalogue(&world);
+    assert_eq!(again["duplicate"], json!(48));
+    // The library's own listing agrees with the binary's.
+    assert_eq!(
+        world
+            .engine
+            .deliveries(None, None)
+            .expect("deliveries")
+            .len(),
+        48
+    );
+}
+
+#[test]
+fn families_cli_customer_view() {
+    let world = World::new();
+    ingest_catalogue(&world);
+    let (code, view) = world.cli_json(&["customer", "cus_fx", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(view["customer_id"], "cus_fx");
+    for key in [
+        "grants",
+        "subscriptions",
+        "payments",
+        "credits",
+        "license_keys",
+    ] {
+        assert!(view[key].is_array(), "{key} is an array: {view}");
+    }
+
+    // Grants.
+    let grants = by_id(&view["grants"], "grant_id");
+    let statuses: BTreeMap<&str, &str> = grants
+        .iter()
+        .map(|(k, g)| (k.as_str(), g["status"].as_str().expect("status")))
+        .collect();
+    assert_eq!(
+        statuses,
+        BTreeMap::from([
+            ("grt_fx_created", "pending"),
+            ("grt_fx_delivered", "delivered"),
+            ("grt_fx_failed", "failed"),
+            ("grt_fx_revoked", "revoked"),
+        ])
+    );
+    assert_eq!(
+        grants["grt_fx_revoked"]["revocation_reason"],
+        "subscription_paused"
+    );
+
+    // Subscriptions: every one, with its status and the billing facts an app shows.
+    let subs = by_id(&view["subscriptions"], "subscription_id");
+    let want: BTreeMap<String, &str> = CATALOGUE
+        .iter()
+        .filter(|c| !c.file.starts_with("unknown/"))
+        .filter_map(|c| match (c.object, c.status) {
+            (Some(("subscription", id)), Some(status)) => Some((id.to_string(), status)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(want.len(), 12);
+    assert_eq!(
+        subs.keys().cloned().collect::<BTreeSet<_>>(),
+        want.keys().cloned().collect()
+    );
+    for (id, status) in &want {
+        assert_eq!(subs[id]["status"], json!(status), "{id}");
+        assert_eq!(
+            subs[id]["cancel_at_next_billing_date"],
+            json!(id == "sub_fx_updated"),
+            "{id}"
+        );
+    }
+    let renewed = subs["sub_fx_renewed"];
+    assert_eq!(
+        instant(&renewed["next_billing_date"]),
+        ts("2026-07-01T10:00:00Z")
+    );
+    assert_eq!(
+        instant(&renewed["previous_billing_date"]),
+        ts("2026-06-01T10:00:00Z")
+    );
+    assert_eq!(renewed["product_id"], "pdt_fx_pro");
+    let changed = subs["sub_fx_plan_changed"];
+    assert_eq!(changed["product_id"], "pdt_fx_max");
+    assert_eq!(changed["quantity"], 3);
+    assert_eq!(changed["recurring_pre_tax_amount"], "8997");
+    assert_eq!(changed["scheduled_change"]["product_id"], "pdt_fx_team");
+    assert_eq!(changed["scheduled_change"]["quantity"], 10);
+    assert_eq!(
+        instant(&changed["scheduled_change"]["effective_at"]),
+        ts("2026-06-01T10:00:00Z")
+    );
+    assert_eq!(
+        instant(&subs["sub_fx_past_due"]["past_due_ends_at"]),
+        ts("2026-06-04T10:00:00Z")
+    );
+    assert_eq!(
+        instant(&subs["sub_fx_paused"]["paused_at"]),
+        ts("2026-05-10T09:00:00Z")
+    );
+    assert_eq!(
+        instant(&subs["sub_fx_cancelled"]["cancelled_at"]),
+        ts("2026-05-20T15:30:00.123Z")
+    );
+    assert_eq!(
+        instant(&subs["sub_fx_expired"]["expires_at"]),
+        ts("2027-04-01T10:00:00Z")
+    );
+    assert!(subs["sub_fx_active"]["scheduled_change"].is_null());
+
+    // Payments, with their refunds and disputes from every source.
+    let payments = by_id(&view["payments"], "payment_id");
+    assert_eq!(
+        payments.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "pay_fx_cancelled",
+            "pay_fx_failed",
+            "pay_fx_processing",
+            "pay_fx_succeeded"
+        ]
+    );
+    let paid = payments["pay_fx_succeeded"];
+    assert_eq!(paid["status"], "succeeded");
+    assert_eq!(paid["total_amount"], "2999");
+    assert_eq!(paid["currency"], "USD");
+    let refunds = by_id(&paid["refunds"], "id");
+    assert_eq!(
+        refunds.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ref_fx_embedded", "ref_fx_succeeded"]
+    );
+    assert_eq!(refunds["ref_fx_succeeded"]["status"], "succeeded");
+    assert_eq!(refunds["ref_fx_embedded"]["status"], "succeeded");
+    let disputes = by_id(&paid["disputes"], "id");
+    assert_eq!(disputes.len(), 8, "{disputes:?}");
+    assert_eq!(disputes["dsp_fx_lost"]["status"], "dispute_lost");
+    assert_eq!(disputes["dsp_fx_embedded"]["status"], "dispute_opened");
+    let refunds = by_id(&payments["pay_fx_cancelled"]["refunds"], "id");
+    assert_eq!(refunds["ref_fx_failed"]["status"], "failed");
+    assert_eq!(
+        payments["pay_fx_failed"]["subscription_id"],
+        "sub_fx_failed"
+    );
+    assert_eq!(payments["pay_fx_processing"]["total_amount"], "0");
+
+    // Credits: the newest entry of the hand-built ledger, exact, as strings.
+    let credits = view["credits"].as_array().expect("credits");
+    assert_eq!(credits.len(), 1);
+    assert_eq!(credits[0]["credit_entitlement_id"], "cent_fx");
+    assert_eq!(credits[0]["balance"], "0.1");
+    assert_eq!(credits[0]["overage"], "0");
+    assert_eq!(credits[0]["entries"], 8);
+    assert_eq!(credits[0]["entry_id"], "cle_fx_manual_adjustment");
+    assert_eq!(credits[0]["balance_low"]["available_balance"], "0.1");
+    assert_eq!(credits[0]["balance_low"]["threshold_percent"], 10);
+
+    // License keys: status, expiry and activations.
+    let keys = by_id(&view["license_keys"], "id");
+    let key = keys["lic_fx"];
+    assert_eq!(key["status"], "active");
+    assert_eq!(instant(&key["expires_at"]), ts("2027-05-01T10:00:00Z"));
+    assert_eq!(
+        (
+            key["instances_count"].clone(),
+            key["activations_limit"].clone()
+        ),
+        (json!(0), json!(5))
+    );
+
+    // The library returns the same view.
+    let lib = serde_json::to_value(world.engine.customer("cus_fx").expect("view")).expect("json");
+    assert_eq!(lib, view);
+    // An unknown customer: the same shape, empty.
+    let (code, empty) = world.cli_json(&["customer", "cus_nobody", "--json"]);
+    assert_eq!(code, 0);
+    for key in ["grants", "subscriptions", "payments", "credits"] {
+        assert_eq!(empty[key], json!([]), "{key}");
+    }
+}
+
+#[test]
+fn families_cli_balance() {
+    let mut world = World::new();
+    ingest_catalogue(&world);
+    let (code, b) = world.cli_json(&["balance", "cus_fx", "cent_fx", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(b["customer_id"], "cus_fx");
+    assert_eq!(b["credit_entitlement_id"], "cent_fx");
+    assert_eq!(b["balance"], "0.1");
+    assert_eq!(b["overage"], "0");
+    assert_eq!(b["entry_id"], "cle_fx_manual_adjustment");
+    assert_eq!(instant(&b["as_of"]), ts("2026-05-01T17:00:00.000001Z"));
+    let lib = world
+        .engine
+        .credit_balance("cus_fx", "cent_fx")
+        .expect("balance")
+        .expect("some");
+    assert_eq!(serde_json::to_value(&lib).expect("json"), b);
+
+    // A ledger sent as numbers (the 1.86.0 examples): printed as exact decimal strings.
+    let mut entry = template("credit.deducted");
+    entry["data"]["id"] = json!("cle_num");
+    entry["data"]["credit_entitlement_id"] = json!("cent_num");
+    entry["data"]["balance_after"] = json!(1234.567);
+    entry["data"]["overage_after"] = json!(0.001);
+    assert_eq!(world.send(&entry), Outcome::Applied);
+    let (_, b) = world.cli_json(&["balance", "cus_fx", "cent_num", "--json"]);
+    assert_eq!(
+        (b["balance"].clone(), b["overage"].clone()),
+        (json!("1234.567"), json!("0.001"))
+    );
+
+    // No ledger entry yet: zero, same shape.
+    let (code, none) = world.cli_json(&["balance", "cus_fx", "cent_nothing", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(none["customer_id"], "cus_fx");
+    assert_eq!(none["credit_entitlement_id"], "cent_nothing");
+    assert_eq!(
+        (none["balance"].clone(), none["overage"].clone()),
+        (json!("0"), json!("0"))
+    );
+
+    // The human form says the same.
+    let (code, text) = world.cli(&["balance", "cus_fx", "cent_fx"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("balance 0.1"), "{text}");
+}
