@@ -204,14 +204,16 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
         }
         GrantStatus::Revoked => {
             let reason = g.revocation_reason.as_ref();
-            // The hold is over when the subscription is known, from a snapshot newer
-            // than the revocation, to have moved on to another denying status
-            // (cancelled, expired, ...): no grace then.
-            let hold_ended = view.subscription.is_some_and(|s| {
-                newer(s.as_of)
-                    && backstop_denies(&s.status)
-                    && s.status != SubscriptionStatus::OnHold
-            });
+            // With the backstop on, the hold is over when the subscription is known,
+            // from a snapshot newer than the revocation, to have moved on to another
+            // denying status (cancelled, expired, paused, failed): no grace then, as
+            // for a delivered grant of that subscription.
+            let hold_ended = policy.subscription_backstop
+                && view.subscription.is_some_and(|s| {
+                    newer(s.as_of)
+                        && backstop_denies(&s.status)
+                        && s.status != SubscriptionStatus::OnHold
+                });
             if reason == Some(&RevocationReason::SubscriptionOnHold) && !hold_ended {
                 let began = view
                     .subscription

@@ -11,6 +11,7 @@ use entitlement_sync::fold::Machine;
 use entitlement_sync::wire::{format_timestamp, parse_timestamp, Timestamp};
 use entitlement_sync::{Delivery, DisputePolicy, Engine, Outcome, Policy};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1247,7 +1248,21 @@ fn families_policy_on_hold_grace() {
         Story {
             name: "grace ends when the hold ends in a cancellation (grant revoked for the hold)",
             events: plus(held_and_revoked(), [sub("sub_1", "cancelled", &t(120))]),
-            asks: vec![deny(grace(24), t(121), "revoked", "subscription_on_hold")],
+            asks: vec![
+                deny(grace(24), t(121), "revoked", "subscription_on_hold"),
+                // With the backstop off the subscription is not consulted to deny: the
+                // grace runs as usual, here from the revocation (the subscription no
+                // longer says when its hold began).
+                in_grace(
+                    Policy {
+                        subscription_backstop: false,
+                        ..grace(24)
+                    },
+                    t(121),
+                    "revoked",
+                    t(61 + 24 * 60),
+                ),
+            ],
         },
     ];
     for story in &stories {
@@ -1590,6 +1605,20 @@ fn families_policy_license_keys_and_other_causes() {
 // 2. Properties: the subscription and credit folds converge under any order and
 //    duplication, through the engine
 
+/// 40 cases (each opens two stores), failures persisted in the repository's top-level
+/// `proptest-regressions/it/families.txt` (committed), whatever directory the test runs
+/// from.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 40,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/proptest-regressions/it/families.txt"
+        )))),
+        ..ProptestConfig::default()
+    }
+}
+
 /// Renders an instant in one of the shapes Dodo uses: `Z` or an offset, 0/3/6
 /// fractional digits (0 only when the instant has no fraction).
 fn render(at: Timestamp, shape: u8) -> String {
@@ -1719,7 +1748,7 @@ fn sub_history() -> impl Strategy<Value = SubHistory> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn families_subscription_folds_converge((snaps, dups, order) in sub_history()) {
@@ -1961,7 +1990,7 @@ fn milli(m: i64) -> Decimal {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn families_credit_ledger_converges((gen, dups, order) in ledgers()) {
