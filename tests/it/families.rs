@@ -2760,6 +2760,15 @@ fn families_cli_customer_view() {
     // The library returns the same view.
     let lib = serde_json::to_value(world.engine.customer("cus_fx").expect("view")).expect("json");
     assert_eq!(lib, view);
+    // Every projection is rebuilt from the stored deliveries alone, to the same view.
+    let (code, stats) = world.cli_json(&["rebuild", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        (stats["deliveries"].clone(), stats["quarantined"].clone()),
+        (json!(48), json!(0))
+    );
+    let (_, rebuilt) = world.cli_json(&["customer", "cus_fx", "--json"]);
+    assert_eq!(rebuilt, view, "rebuild changed the customer view");
     // An unknown customer: the same shape, empty.
     let (code, empty) = world.cli_json(&["customer", "cus_nobody", "--json"]);
     assert_eq!(code, 0);
