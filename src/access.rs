@@ -59,7 +59,8 @@ pub struct Policy {
     pub subscription_backstop: bool,
     /// Keep access this long after an `on_hold` began. Default: none.
     pub on_hold_grace: Option<Duration>,
-    /// Deny grants of a fully refunded one-time payment. Default: on.
+    /// Deny grants of a fully refunded one-time payment (grants linked to a
+    /// subscription are left to the subscription backstop). Default: on.
     pub refund_denies: bool,
     /// Disputes. Default: never.
     pub disputes: DisputePolicy,
@@ -89,12 +90,14 @@ pub struct SubscriptionFacts {
     pub since: Timestamp,
 }
 
-/// What is known about a grant's one-time payment.
+/// What is known about a grant's payment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PaymentFacts {
-    /// When a succeeded, non-partial refund of it happened.
+    /// When it was refunded in full (a succeeded, non-partial refund, or a payment
+    /// snapshot whose `refund_status` is `full`).
     pub refunded_at: Option<Timestamp>,
-    /// The newest dispute of it: status and version.
+    /// The dispute that matters for the policy, with the version of what says so: a lost
+    /// one if any, else an open one, else the newest.
     pub dispute: Option<(DisputeStatus, Timestamp)>,
 }
 
@@ -201,7 +204,17 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
         }
         GrantStatus::Revoked => {
             let reason = g.revocation_reason.as_ref();
-            if reason == Some(&RevocationReason::SubscriptionOnHold) {
+            // With the backstop on, the hold is over when the subscription is known,
+            // from a snapshot newer than the revocation, to have moved on to another
+            // denying status (cancelled, expired, paused, failed): no grace then, as
+            // for a delivered grant of that subscription.
+            let hold_ended = policy.subscription_backstop
+                && view.subscription.is_some_and(|s| {
+                    newer(s.as_of)
+                        && backstop_denies(&s.status)
+                        && s.status != SubscriptionStatus::OnHold
+                });
+            if reason == Some(&RevocationReason::SubscriptionOnHold) && !hold_ended {
                 let began = view
                     .subscription
                     .filter(|s| s.status == SubscriptionStatus::OnHold)
@@ -225,7 +238,10 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
         }
     }
     if let Some(p) = view.payment {
-        if policy.refund_denies && p.refunded_at.is_some_and(newer) {
+        // Only a one-time purchase's grants: Dodo revokes on refunds for those alone; a
+        // subscription's grants follow the subscription.
+        let one_time = g.subscription_id.is_none();
+        if policy.refund_denies && one_time && p.refunded_at.is_some_and(newer) {
             return Judgement::deny("refund");
         }
         if let Some((status, at)) = &p.dispute {

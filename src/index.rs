@@ -17,8 +17,14 @@ struct GrantEntry {
     version: Timestamp,
 }
 
-/// From a payment snapshot: (first full refund, newest dispute).
-type Embedded = (Option<Timestamp>, Option<(DisputeStatus, Timestamp)>);
+/// What a payment snapshot's own `refunds[]` / `disputes[]` say.
+#[derive(Debug, Clone, Default)]
+struct Embedded {
+    /// When it was refunded in full, by the snapshot.
+    refunded_at: Option<Timestamp>,
+    /// dispute id -> (status, version of the payment snapshot that reports it)
+    disputes: HashMap<String, (DisputeStatus, Timestamp)>,
+}
 
 /// What a payment's refunds and disputes say, from each source.
 #[derive(Debug, Clone, Default)]
@@ -28,25 +34,39 @@ struct PaymentSources {
     /// dispute id -> (status, when)
     disputes: HashMap<String, (DisputeStatus, Timestamp)>,
     /// From the payment snapshot's own `refunds[]` / `disputes[]`.
-    embedded: Option<Embedded>,
+    embedded: Embedded,
 }
 
 impl PaymentSources {
     fn facts(&self) -> PaymentFacts {
-        let (embedded_refund, embedded_dispute) = self.embedded.clone().unwrap_or_default();
         let refunded_at = self
             .refunds
             .values()
             .filter(|(full, _)| *full)
             .map(|(_, at)| *at)
-            .chain(embedded_refund)
+            .chain(self.embedded.refunded_at)
             .min();
-        let dispute = self
-            .disputes
-            .values()
-            .cloned()
-            .chain(embedded_dispute)
-            .max_by_key(|(_, at)| *at);
+        // Per dispute, the newest word on it wins, whichever source says it (a dispute
+        // won that only the payment snapshot reports overrides an older `opened`).
+        let mut disputes = self.disputes.clone();
+        for (id, (status, at)) in &self.embedded.disputes {
+            match disputes.get(id) {
+                Some((_, known)) if known >= at => {}
+                _ => {
+                    disputes.insert(id.clone(), (status.clone(), *at));
+                }
+            }
+        }
+        let worst = |pick: fn(&DisputeStatus) -> bool| {
+            disputes
+                .values()
+                .filter(|(s, _)| pick(s))
+                .max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)))
+                .cloned()
+        };
+        let dispute = worst(DisputeStatus::is_lost)
+            .or_else(|| worst(DisputeStatus::is_open))
+            .or_else(|| worst(|_| true));
         PaymentFacts {
             refunded_at,
             dispute,
@@ -127,19 +147,36 @@ impl Index {
             }
             "payment" => {
                 let p: Payment = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                let refunded = p
-                    .refunds
-                    .iter()
-                    .filter(|r| r.status == RefundStatus::Succeeded && !r.is_partial)
+                let succeeded = || {
+                    p.refunds
+                        .iter()
+                        .filter(|r| r.status == RefundStatus::Succeeded)
+                };
+                let single = succeeded()
+                    .filter(|r| !r.is_partial)
                     .map(|r| r.created_at.unwrap_or(as_of))
                     .min();
-                let dispute = p
+                // `refund_status: full` also covers partial refunds that add up.
+                let full = p
+                    .refund_status
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("full"))
+                    .then(|| {
+                        succeeded()
+                            .filter_map(|r| r.created_at)
+                            .max()
+                            .unwrap_or(as_of)
+                    });
+                let disputes = p
                     .disputes
                     .iter()
-                    .map(|d| (d.dispute_status.clone(), d.created_at.unwrap_or(as_of)))
-                    .max_by_key(|(_, at)| *at);
+                    .map(|d| (d.dispute_id.clone(), (d.dispute_status.clone(), as_of)))
+                    .collect();
                 let src = self.sources.entry(p.payment_id.clone()).or_default();
-                src.embedded = Some((refunded, dispute));
+                src.embedded = Embedded {
+                    refunded_at: single.into_iter().chain(full).min(),
+                    disputes,
+                };
                 self.derive(&p.payment_id);
             }
             _ => {}

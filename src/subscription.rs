@@ -158,8 +158,10 @@ impl Machine for CreditBalanceLow {
     }
 }
 
-/// A ledger entry is immutable: one id, one entry. Two different bodies under the same
-/// id keep the first in fold order (the other is recorded as rejected).
+/// A ledger entry is immutable: one id, one entry. The same entry spelled differently
+/// (amounts as numbers or strings, `"12.5"` or `"12.500"`: equal as decimals) is the
+/// same entry, not a conflict. Two different entries under the same id keep the first
+/// in fold order (the other is recorded as rejected).
 impl Machine for CreditEntry {
     fn object_id(&self) -> &str {
         &self.id
@@ -170,8 +172,12 @@ impl Machine for CreditEntry {
     fn status_name(&self) -> &str {
         "entry"
     }
-    fn check(_prev: &Self, _next: &Self) -> Result<(), RejectReason> {
-        Err(RejectReason::IllegalTransition)
+    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
+        if prev == next {
+            Ok(())
+        } else {
+            Err(RejectReason::IllegalTransition)
+        }
     }
 }
 

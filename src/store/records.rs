@@ -1,7 +1,9 @@
 //! Read-side records: what the CLI and the HTTP API list.
 
 use super::{Reader, Result, StoreError};
-use crate::event::{CreditBalanceLow, CreditEntry, Grant, LicenseKey, Payment, Subscription};
+use crate::event::{
+    CreditBalanceLow, CreditEntry, Grant, LicenseKey, Payment, ScheduledChange, Subscription,
+};
 use crate::wire::Timestamp;
 use rusqlite::{params, OptionalExtension, Row};
 use rust_decimal::Decimal;
@@ -108,14 +110,30 @@ pub struct SubscriptionRecord {
     pub since: String,
     /// Version (envelope timestamp).
     pub as_of: String,
-    /// Product.
+    /// Product (after a plan change, the new one).
     pub product_id: Option<String>,
+    /// Quantity.
+    pub quantity: Option<i64>,
+    /// Recurring amount before tax, minor units, exact.
+    pub recurring_pre_tax_amount: Option<Decimal>,
+    /// Currency.
+    pub currency: Option<String>,
+    /// Start of the current period.
+    pub previous_billing_date: Option<Timestamp>,
     /// End of the current period.
     pub next_billing_date: Option<Timestamp>,
     /// Cancels at period end.
     pub cancel_at_next_billing_date: bool,
     /// When the past_due grace ends.
     pub past_due_ends_at: Option<Timestamp>,
+    /// When it was paused.
+    pub paused_at: Option<Timestamp>,
+    /// When it was cancelled.
+    pub cancelled_at: Option<Timestamp>,
+    /// When its term ends, if it does.
+    pub expires_at: Option<Timestamp>,
+    /// A plan change scheduled for later.
+    pub scheduled_change: Option<ScheduledChange>,
 }
 
 /// A payment in a customer view.
@@ -131,9 +149,10 @@ pub struct PaymentRecord {
     pub currency: Option<String>,
     /// Subscription, for renewals.
     pub subscription_id: Option<String>,
-    /// Refunds and disputes of it, by status.
+    /// Refunds of it: from `refund.*` events and from the payment's own `refunds[]`
+    /// (the newer word on each wins), by id.
     pub refunds: Vec<LinkedRecord>,
-    /// Disputes of it.
+    /// Disputes of it, likewise.
     pub disputes: Vec<LinkedRecord>,
     /// Version.
     pub as_of: String,
@@ -161,6 +180,10 @@ pub struct LicenseKeyRecord {
     pub expires_at: Option<Timestamp>,
     /// Product.
     pub product_id: Option<String>,
+    /// Activations used.
+    pub instances_count: Option<i64>,
+    /// Activation limit.
+    pub activations_limit: Option<i64>,
 }
 
 /// A credit balance (`entsync balance --json`).
@@ -231,6 +254,26 @@ pub struct StoreStats {
 
 fn decode<T: DeserializeOwned>(kind: &str, body: &str) -> Result<T> {
     serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("{kind} row: {e}")))
+}
+
+/// Refunds (or disputes) of a payment from their own events and from the payment
+/// snapshot: one per id, the newer word winning (the event's on a tie), by id.
+/// `as_of` values are all `format_timestamp` text, which sorts like the instants.
+fn merge_linked(
+    objects: Vec<LinkedRecord>,
+    embedded: impl Iterator<Item = LinkedRecord>,
+) -> Vec<LinkedRecord> {
+    let mut by_id: std::collections::BTreeMap<String, LinkedRecord> =
+        objects.into_iter().map(|r| (r.id.clone(), r)).collect();
+    for r in embedded {
+        match by_id.get(&r.id) {
+            Some(known) if known.as_of >= r.as_of => {}
+            _ => {
+                by_id.insert(r.id.clone(), r);
+            }
+        }
+    }
+    by_id.into_values().collect()
 }
 
 fn grant_record(row: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
@@ -417,9 +460,17 @@ impl Reader {
                 since,
                 as_of,
                 product_id: s.product_id,
+                quantity: s.quantity,
+                recurring_pre_tax_amount: s.recurring_pre_tax_amount,
+                currency: s.currency,
+                previous_billing_date: s.previous_billing_date,
                 next_billing_date: s.next_billing_date,
                 cancel_at_next_billing_date: s.cancel_at_next_billing_date,
                 past_due_ends_at: s.past_due_ends_at,
+                paused_at: s.paused_at,
+                cancelled_at: s.cancelled_at,
+                expires_at: s.expires_at,
+                scheduled_change: s.scheduled_change,
             });
         }
         let mut payments = Vec::new();
@@ -438,9 +489,19 @@ impl Reader {
                     .map(|(id, status, as_of)| LinkedRecord { id, status, as_of })
                     .collect())
             };
+            let embedded_refunds = p.refunds.iter().map(|r| LinkedRecord {
+                id: r.refund_id.clone(),
+                status: r.status.to_string(),
+                as_of: as_of.clone(),
+            });
+            let embedded_disputes = p.disputes.iter().map(|d| LinkedRecord {
+                id: d.dispute_id.clone(),
+                status: d.dispute_status.to_string(),
+                as_of: as_of.clone(),
+            });
             payments.push(PaymentRecord {
-                refunds: linked("refund")?,
-                disputes: linked("dispute")?,
+                refunds: merge_linked(linked("refund")?, embedded_refunds),
+                disputes: merge_linked(linked("dispute")?, embedded_disputes),
                 status: p.status.as_ref().map_or_else(|| "unknown".into(), |s| s.to_string()),
                 payment_id: p.payment_id,
                 total_amount: p.total_amount,
@@ -469,6 +530,8 @@ impl Reader {
                 status: k.status.to_string(),
                 expires_at: k.expires_at,
                 product_id: k.product_id,
+                instances_count: k.instances_count,
+                activations_limit: k.activations_limit,
             });
         }
         Ok(CustomerView {

@@ -1405,7 +1405,12 @@ proptest! {
                 Some((s, as_of, age)) if s.canonical == "on_hold" => m(as_of - age),
                 _ => version, // revoked_at = updated_at in these snapshots
             };
-            if in_grace(began) {
+            // With the backstop on, a newer snapshot saying the hold ended in another
+            // denying status (cancelled, expired, ...) ends the grace too.
+            let hold_ended = backstop
+                && matches!(&sub, Some((s, as_of, _))
+                    if BACKSTOP_DENIES.contains(&s.canonical) && s.canonical != "on_hold" && m(*as_of) > version);
+            if !hold_ended && in_grace(began) {
                 kept_by_grace = true;
             } else {
                 denials.push("subscription_on_hold".into());

@@ -3,6 +3,7 @@
 //! Run one module with e.g. `cargo test --release --test it core`.
 
 mod core;
+mod families;
 mod fixtures;
 mod store;
 mod support;
