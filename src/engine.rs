@@ -11,7 +11,7 @@
 
 use crate::access::{Access, Policy};
 use crate::delivery::{Delivery, Outcome};
-use crate::index::Index;
+use crate::index::{Decoded, Index};
 use crate::store::{
     self, Applied, Balance, CustomerView, DeliveryRecord, GrantRecord, QuarantineRecord, Reader,
     RebuildStats, StoreError, StoreStats, Writer,
@@ -295,10 +295,8 @@ impl Engine {
                 Some(f) => f,
                 None => &mut *guard,
             };
-            for row in &rows {
-                index
-                    .apply(row)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            for decoded in decode_rows(&rows)? {
+                index.apply_decoded(decoded);
             }
             if let Some(f) = fresh {
                 *guard = f;
@@ -461,6 +459,34 @@ impl Engine {
     pub fn open_reader(&self) -> Result<Reader, Error> {
         store::Reader::open(&self.inner.path)
     }
+}
+
+/// Decodes changed rows, on every core when there are many (loading a large store).
+fn decode_rows(rows: &[crate::store::ObjectRow]) -> Result<Vec<Decoded>, Error> {
+    let decode = |part: &[crate::store::ObjectRow]| -> Result<Vec<Decoded>, Error> {
+        part.iter()
+            .map(|r| Index::decode(r).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads <= 1 || rows.len() < 4096 {
+        return decode(rows);
+    }
+    let per = rows.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = rows
+            .chunks(per)
+            .map(|part| s.spawn(move || decode(part)))
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for part in parts {
+            let part = part
+                .join()
+                .map_err(|_| StoreError::Corrupt("a row decoder panicked".into()))??;
+            out.extend(part);
+        }
+        Ok(out)
+    })
 }
 
 fn writer_gone() -> StoreError {

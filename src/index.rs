@@ -74,6 +74,33 @@ impl PaymentSources {
     }
 }
 
+/// A decoded object row, ready for [`Index::apply_decoded`].
+#[derive(Debug)]
+pub struct Decoded(Row);
+
+#[derive(Debug)]
+enum Row {
+    Grant(Box<Grant>, Timestamp),
+    Subscription(SubscriptionFacts),
+    Refund {
+        payment_id: String,
+        refund_id: String,
+        full: bool,
+        as_of: Timestamp,
+    },
+    Dispute {
+        payment_id: String,
+        dispute_id: String,
+        status: DisputeStatus,
+        as_of: Timestamp,
+    },
+    Payment {
+        payment_id: String,
+        embedded: Embedded,
+    },
+    Other,
+}
+
 /// The index. Build it with [`Index::default`] and feed it rows with [`Index::apply`].
 #[derive(Debug, Default)]
 pub struct Index {
@@ -106,6 +133,18 @@ impl Index {
     ///
     /// [`IndexError`] when the row does not decode; the index is unchanged then.
     pub fn apply(&mut self, row: &ObjectRow) -> Result<(), IndexError> {
+        let decoded = Index::decode(row)?;
+        self.apply_decoded(decoded);
+        Ok(())
+    }
+
+    /// Decodes a row without touching the index (pure: rows can be decoded on several
+    /// threads, then applied in order).
+    ///
+    /// # Errors
+    ///
+    /// [`IndexError`] when the row does not decode.
+    pub fn decode(row: &ObjectRow) -> Result<Decoded, IndexError> {
         let err = |message: String| IndexError {
             kind: row.kind.clone(),
             id: row.id.clone(),
@@ -113,37 +152,40 @@ impl Index {
         };
         let as_of = parse_timestamp(&row.as_of).ok_or_else(|| err("as_of".into()))?;
         let since = parse_timestamp(&row.since).ok_or_else(|| err("since".into()))?;
-        match row.kind.as_str() {
+        Ok(Decoded(match row.kind.as_str() {
             "grant" => {
                 let grant: Grant =
                     serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                self.put_grant(grant, as_of);
+                Row::Grant(Box::new(grant), as_of)
             }
             "subscription" => {
                 let s: Subscription =
                     serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                self.subscriptions.insert(
-                    s.subscription_id.clone(),
-                    SubscriptionFacts {
-                        subscription_id: s.subscription_id,
-                        status: s.status,
-                        as_of,
-                        since,
-                    },
-                );
+                Row::Subscription(SubscriptionFacts {
+                    subscription_id: s.subscription_id,
+                    status: s.status,
+                    as_of,
+                    since,
+                })
             }
             "refund" => {
                 let r: Refund = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
                 let full = r.status == RefundStatus::Succeeded && !r.is_partial;
-                let src = self.sources.entry(r.payment_id.clone()).or_default();
-                src.refunds.insert(r.refund_id, (full, as_of));
-                self.derive(&r.payment_id);
+                Row::Refund {
+                    payment_id: r.payment_id,
+                    refund_id: r.refund_id,
+                    full,
+                    as_of,
+                }
             }
             "dispute" => {
                 let d: Dispute = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                let src = self.sources.entry(d.payment_id.clone()).or_default();
-                src.disputes.insert(d.dispute_id, (d.dispute_status, as_of));
-                self.derive(&d.payment_id);
+                Row::Dispute {
+                    payment_id: d.payment_id,
+                    dispute_id: d.dispute_id,
+                    status: d.dispute_status,
+                    as_of,
+                }
             }
             "payment" => {
                 let p: Payment = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
@@ -172,16 +214,56 @@ impl Index {
                     .iter()
                     .map(|d| (d.dispute_id.clone(), (d.dispute_status.clone(), as_of)))
                     .collect();
-                let src = self.sources.entry(p.payment_id.clone()).or_default();
-                src.embedded = Embedded {
-                    refunded_at: single.into_iter().chain(full).min(),
-                    disputes,
-                };
-                self.derive(&p.payment_id);
+                Row::Payment {
+                    payment_id: p.payment_id,
+                    embedded: Embedded {
+                        refunded_at: single.into_iter().chain(full).min(),
+                        disputes,
+                    },
+                }
             }
-            _ => {}
+            _ => Row::Other,
+        }))
+    }
+
+    /// Applies a decoded row (insert or replace).
+    pub fn apply_decoded(&mut self, decoded: Decoded) {
+        match decoded.0 {
+            Row::Grant(grant, as_of) => self.put_grant(*grant, as_of),
+            Row::Subscription(facts) => {
+                self.subscriptions
+                    .insert(facts.subscription_id.clone(), facts);
+            }
+            Row::Refund {
+                payment_id,
+                refund_id,
+                full,
+                as_of,
+            } => {
+                let src = self.sources.entry(payment_id.clone()).or_default();
+                src.refunds.insert(refund_id, (full, as_of));
+                self.derive(&payment_id);
+            }
+            Row::Dispute {
+                payment_id,
+                dispute_id,
+                status,
+                as_of,
+            } => {
+                let src = self.sources.entry(payment_id.clone()).or_default();
+                src.disputes.insert(dispute_id, (status, as_of));
+                self.derive(&payment_id);
+            }
+            Row::Payment {
+                payment_id,
+                embedded,
+            } => {
+                let src = self.sources.entry(payment_id.clone()).or_default();
+                src.embedded = embedded;
+                self.derive(&payment_id);
+            }
+            Row::Other => {}
         }
-        Ok(())
     }
 
     fn derive(&mut self, payment_id: &str) {
