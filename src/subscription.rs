@@ -98,64 +98,33 @@ impl Machine for Payment {
     }
 }
 
-impl Machine for Refund {
-    fn object_id(&self) -> &str {
-        &self.refund_id
-    }
-    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
-        envelope_ts
-    }
-    fn status_name(&self) -> &str {
-        self.status.as_str()
-    }
-    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
-        always_legal(prev, next)
-    }
+/// Families whose newest snapshot simply wins: every transition is legal, the version is
+/// the envelope `timestamp` (they carry no `updated_at`).
+macro_rules! newest_wins {
+    ($($ty:ty: id $id:ident, status |$s:ident| $status:expr;)+) => {$(
+        impl Machine for $ty {
+            fn object_id(&self) -> &str {
+                &self.$id
+            }
+            fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
+                envelope_ts
+            }
+            fn status_name(&self) -> &str {
+                let $s = self;
+                $status
+            }
+            fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
+                always_legal(prev, next)
+            }
+        }
+    )+};
 }
 
-impl Machine for Dispute {
-    fn object_id(&self) -> &str {
-        &self.dispute_id
-    }
-    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
-        envelope_ts
-    }
-    fn status_name(&self) -> &str {
-        self.dispute_status.as_str()
-    }
-    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
-        always_legal(prev, next)
-    }
-}
-
-impl Machine for LicenseKey {
-    fn object_id(&self) -> &str {
-        &self.id
-    }
-    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
-        envelope_ts
-    }
-    fn status_name(&self) -> &str {
-        self.status.as_str()
-    }
-    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
-        always_legal(prev, next)
-    }
-}
-
-impl Machine for CreditBalanceLow {
-    fn object_id(&self) -> &str {
-        &self.object_id
-    }
-    fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
-        envelope_ts
-    }
-    fn status_name(&self) -> &str {
-        "balance_low"
-    }
-    fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
-        always_legal(prev, next)
-    }
+newest_wins! {
+    Refund: id refund_id, status |r| r.status.as_str();
+    Dispute: id dispute_id, status |d| d.dispute_status.as_str();
+    LicenseKey: id id, status |k| k.status.as_str();
+    CreditBalanceLow: id object_id, status |_b| "balance_low";
 }
 
 /// A ledger entry is immutable: one id, one entry. The same entry spelled differently
