@@ -174,16 +174,21 @@ impl Engine {
     /// Refreshes the index only when this engine committed since, or when the external
     /// check interval has passed.
     fn refresh_for_read(&self) -> Result<(), Error> {
+        if self.index_is_current() {
+            return Ok(());
+        }
+        self.refresh()
+    }
+
+    /// Nothing committed through this engine since the index was brought up to date,
+    /// and the check for other processes' commits is not due: reads need no SQLite.
+    fn index_is_current(&self) -> bool {
         let inner = &self.inner;
         let generation = inner.generation.load(Ordering::Acquire);
         let now = inner.started.elapsed().as_nanos() as u64;
         let checked = inner.checked_at.load(Ordering::Relaxed);
-        if generation == inner.synced.load(Ordering::Acquire)
+        generation == inner.synced.load(Ordering::Acquire)
             && now.saturating_sub(checked) < inner.external_interval.load(Ordering::Relaxed)
-        {
-            return Ok(());
-        }
-        self.refresh()
     }
 
     /// The database file.
@@ -341,6 +346,51 @@ impl Engine {
     ) -> Result<Access, Error> {
         self.refresh_for_read()?;
         Ok(self.index().access(customer, entitlement, policy, now))
+    }
+
+    /// Brings the in-memory access index up to date now, instead of on the next read
+    /// (which would otherwise pay for loading whatever was committed since). A shell
+    /// under write load can call it from a background thread after commits, so that
+    /// reads keep finding the index current.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the changed rows could not be read.
+    pub fn sync_index(&self) -> Result<(), Error> {
+        self.refresh_for_read()
+    }
+
+    /// [`Engine::access`] only when it can be answered from memory, without reading
+    /// SQLite first; `None` when the index must be refreshed (after a commit, or when
+    /// the check for other processes' writes is due), and then [`Engine::access`] is
+    /// the call to make, from a thread that may block. For async handlers: the common
+    /// case is answered in microseconds on the spot, the refresh goes to a blocking
+    /// pool. (It may still wait for a refresh that is putting rows into the index.)
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use entitlement_sync::Engine;
+    /// let dir = tempfile::tempdir()?;
+    /// let engine = Engine::open(dir.path().join("entitlements.db"))?;
+    /// let now = chrono::Utc::now();
+    /// let answer = match engine.access_if_current("cus_1", "ent_1", now) {
+    ///     Some(answer) => answer,
+    ///     None => engine.access("cus_1", "ent_1", now)?, // in async code: spawn_blocking
+    /// };
+    /// assert!(!answer.allowed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn access_if_current(
+        &self,
+        customer: &str,
+        entitlement: &str,
+        now: Timestamp,
+    ) -> Option<Access> {
+        self.index_is_current().then(|| {
+            self.index()
+                .access(customer, entitlement, &self.inner.policy, now)
+        })
     }
 
     /// Does `customer` have `entitlement` at `now`? Fails closed: `false` if the store

@@ -1004,8 +1004,12 @@ impl Reader {
             stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?
         };
         let rows = {
+            // INDEXED BY: without statistics the planner prefers `objects_ref` for the
+            // `kind IN (...)` term, which reads every object of those kinds on every
+            // refresh (milliseconds per commit at 100k objects) instead of the changed
+            // ones.
             let mut stmt = tx.prepare_cached(
-                "SELECT kind, id, as_of, since, body FROM objects
+                "SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_seq
                   WHERE seq > ?1 AND kind IN ('grant', 'subscription', 'payment', 'refund', 'dispute')",
             )?;
             let rows = stmt.query_map([seq], |r| {
