@@ -27,6 +27,8 @@ pub mod engine;
 pub mod event;
 pub mod fold;
 pub mod grant;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod index;
 pub mod store;
 pub mod subscription;

@@ -1,0 +1,398 @@
+//! Prometheus counters of the HTTP shell, rendered by hand in the text exposition format
+//! (version 0.0.4). Everything on the request path is a relaxed atomic add; the only
+//! locks guard the per-event-type and per-status maps and are held for one map update,
+//! never across an `.await`.
+
+use crate::delivery::Outcome;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The routes the shell serves, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Webhook,
+    Access,
+    Customer,
+    Credits,
+    Healthz,
+    Metrics,
+    NotFound,
+}
+
+impl Route {
+    const ALL: [Route; 7] = [
+        Route::Webhook,
+        Route::Access,
+        Route::Customer,
+        Route::Credits,
+        Route::Healthz,
+        Route::Metrics,
+        Route::NotFound,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Webhook => super::WEBHOOK_PATH,
+            Route::Access => super::ACCESS_PATH,
+            Route::Customer => super::CUSTOMER_PATH,
+            Route::Credits => super::CREDITS_PATH,
+            Route::Healthz => "/healthz",
+            Route::Metrics => "/metrics",
+            Route::NotFound => "(unmatched)",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Non-cumulative counts; the last slot is `+Inf`.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[slot].fetch_add(1, Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct RouteStats {
+    latency: Histogram,
+    /// Responses by status code.
+    statuses: Mutex<BTreeMap<u16, u64>>,
+}
+
+/// The type label of a delivery whose body has no readable `type`.
+const UNPARSED: &str = "(unparsed)";
+
+/// The signature failure kinds, in the order of [`crate::verify::VerifyError::kind`].
+const SIGNATURE_KINDS: [&str; 6] = [
+    "missing_header",
+    "invalid_header",
+    "invalid_timestamp",
+    "timestamp_too_old",
+    "timestamp_too_new",
+    "invalid_signature",
+];
+
+/// All counters of one [`super::Receiver`].
+pub(crate) struct Metrics {
+    routes: [RouteStats; Route::ALL.len()],
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    types: Mutex<BTreeMap<String, u64>>,
+    signature_failures: [AtomicU64; SIGNATURE_KINDS.len()],
+    too_large: AtomicU64,
+    store_failures: AtomicU64,
+    /// Unix seconds of the envelope timestamp of the newest applied event; `i64::MIN`
+    /// while unknown.
+    newest_applied: AtomicI64,
+    started: std::time::Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            routes: Default::default(),
+            outcomes: Default::default(),
+            types: Mutex::new(BTreeMap::new()),
+            signature_failures: Default::default(),
+            too_large: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+            newest_applied: AtomicI64::new(i64::MIN),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the store says at scrape time.
+pub(crate) struct Snapshot {
+    pub quarantined: Option<u64>,
+    pub grants: Option<u64>,
+    pub now_unix: f64,
+}
+
+impl Metrics {
+    pub(crate) fn observe(&self, route: Route, status: u16, elapsed: Duration) {
+        let stats = &self.routes[route as usize];
+        stats.latency.observe(elapsed);
+        *lock(&stats.statuses).entry(status).or_default() += 1;
+    }
+
+    pub(crate) fn delivery(&self, outcome: Outcome, event_type: Option<&str>) {
+        if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+            self.outcomes[i].fetch_add(1, Relaxed);
+        }
+        let event_type = event_type.unwrap_or(UNPARSED);
+        let mut types = lock(&self.types);
+        match types.get_mut(event_type) {
+            Some(n) => *n += 1,
+            None => {
+                types.insert(event_type.to_string(), 1);
+            }
+        }
+    }
+
+    pub(crate) fn signature_failure(&self, kind: &str) {
+        if let Some(i) = SIGNATURE_KINDS.iter().position(|k| *k == kind) {
+            self.signature_failures[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn too_large(&self) {
+        self.too_large.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn store_failure(&self) {
+        self.store_failures.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn applied_event_at(&self, unix: i64) {
+        self.newest_applied.fetch_max(unix, Relaxed);
+    }
+
+    /// The text exposition.
+    pub(crate) fn render(&self, snap: &Snapshot) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let w = &mut out;
+
+        header(
+            w,
+            "entsync_deliveries_total",
+            "counter",
+            "Verified deliveries stored since start, by outcome on arrival.",
+        );
+        for (o, n) in Outcome::ALL.iter().zip(&self.outcomes) {
+            let _ = writeln!(
+                w,
+                "entsync_deliveries_total{{outcome=\"{}\"}} {}",
+                o.as_str(),
+                n.load(Relaxed)
+            );
+        }
+        header(
+            w,
+            "entsync_deliveries_by_type_total",
+            "counter",
+            "Verified deliveries stored since start, by event type ((unparsed): no readable type).",
+        );
+        for (t, n) in lock(&self.types).iter() {
+            let _ = writeln!(
+                w,
+                "entsync_deliveries_by_type_total{{type=\"{}\"}} {n}",
+                escape(t)
+            );
+        }
+        header(
+            w,
+            "entsync_signature_failures_total",
+            "counter",
+            "Webhook requests refused with 401, by verification failure kind.",
+        );
+        for (k, n) in SIGNATURE_KINDS.iter().zip(&self.signature_failures) {
+            let _ = writeln!(
+                w,
+                "entsync_signature_failures_total{{kind=\"{k}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+        header(
+            w,
+            "entsync_webhook_body_too_large_total",
+            "counter",
+            "Webhook requests refused with 413.",
+        );
+        let _ = writeln!(
+            w,
+            "entsync_webhook_body_too_large_total {}",
+            self.too_large.load(Relaxed)
+        );
+        header(
+            w,
+            "entsync_store_failures_total",
+            "counter",
+            "Deliveries answered 503 because the store failed (the sender retries).",
+        );
+        let _ = writeln!(
+            w,
+            "entsync_store_failures_total {}",
+            self.store_failures.load(Relaxed)
+        );
+
+        header(
+            w,
+            "entsync_http_request_duration_seconds",
+            "histogram",
+            "Time from routing a request to its response, by route.",
+        );
+        for route in Route::ALL {
+            let h = &self.routes[route as usize].latency;
+            let label = route.label();
+            let mut cumulative = 0u64;
+            for (bound, count) in BUCKETS.iter().zip(&h.counts) {
+                cumulative += count.load(Relaxed);
+                let _ = writeln!(w, "entsync_http_request_duration_seconds_bucket{{route=\"{label}\",le=\"{bound}\"}} {cumulative}");
+            }
+            cumulative += h.counts[BUCKETS.len()].load(Relaxed);
+            let _ = writeln!(w, "entsync_http_request_duration_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {cumulative}");
+            let sum = h.sum_nanos.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(
+                w,
+                "entsync_http_request_duration_seconds_sum{{route=\"{label}\"}} {sum}"
+            );
+            let _ = writeln!(
+                w,
+                "entsync_http_request_duration_seconds_count{{route=\"{label}\"}} {cumulative}"
+            );
+        }
+        header(
+            w,
+            "entsync_http_responses_total",
+            "counter",
+            "Responses by route and status code.",
+        );
+        for route in Route::ALL {
+            for (status, n) in lock(&self.routes[route as usize].statuses).iter() {
+                let _ = writeln!(
+                    w,
+                    "entsync_http_responses_total{{route=\"{}\",code=\"{status}\"}} {n}",
+                    route.label()
+                );
+            }
+        }
+
+        if let Some(q) = snap.quarantined {
+            header(
+                w,
+                "entsync_quarantine_size",
+                "gauge",
+                "Snapshots in the quarantine (rejected as illegal transitions).",
+            );
+            let _ = writeln!(w, "entsync_quarantine_size {q}");
+        }
+        if let Some(g) = snap.grants {
+            header(
+                w,
+                "entsync_grants",
+                "gauge",
+                "Grants in the in-memory access index.",
+            );
+            let _ = writeln!(w, "entsync_grants {g}");
+        }
+        let newest = self.newest_applied.load(Relaxed);
+        if newest != i64::MIN {
+            header(
+                w,
+                "entsync_newest_applied_event_timestamp_seconds",
+                "gauge",
+                "Envelope timestamp of the newest applied event (unix seconds).",
+            );
+            let _ = writeln!(w, "entsync_newest_applied_event_timestamp_seconds {newest}");
+            header(
+                w,
+                "entsync_newest_applied_event_age_seconds",
+                "gauge",
+                "How long ago the newest applied event occurred: the freshness of the answers.",
+            );
+            let _ = writeln!(
+                w,
+                "entsync_newest_applied_event_age_seconds {}",
+                snap.now_unix - newest as f64
+            );
+        }
+        header(
+            w,
+            "entsync_uptime_seconds",
+            "gauge",
+            "Seconds since the receiver started.",
+        );
+        let _ = writeln!(
+            w,
+            "entsync_uptime_seconds {}",
+            self.started.elapsed().as_secs_f64()
+        );
+        out
+    }
+}
+
+fn header(w: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(w, "# HELP {name} {help}");
+    let _ = writeln!(w, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_escapes_labels() {
+        let m = Metrics::default();
+        m.delivery(Outcome::Applied, Some("entitlement_grant.delivered"));
+        m.delivery(Outcome::Malformed, None);
+        m.delivery(Outcome::Unhandled, Some("odd\"type\\\n"));
+        m.signature_failure("timestamp_too_old");
+        m.observe(Route::Webhook, 200, Duration::from_micros(700));
+        m.observe(Route::Webhook, 401, Duration::from_secs(20));
+        m.applied_event_at(1_000);
+        let text = m.render(&Snapshot {
+            quarantined: Some(3),
+            grants: None,
+            now_unix: 1_010.0,
+        });
+        for line in [
+            "entsync_deliveries_total{outcome=\"applied\"} 1",
+            "entsync_deliveries_total{outcome=\"malformed\"} 1",
+            "entsync_deliveries_by_type_total{type=\"entitlement_grant.delivered\"} 1",
+            "entsync_deliveries_by_type_total{type=\"(unparsed)\"} 1",
+            "entsync_deliveries_by_type_total{type=\"odd\\\"type\\\\\\n\"} 1",
+            "entsync_signature_failures_total{kind=\"timestamp_too_old\"} 1",
+            "entsync_signature_failures_total{kind=\"invalid_signature\"} 0",
+            "entsync_http_request_duration_seconds_bucket{route=\"/webhooks/dodo\",le=\"0.0005\"} 0",
+            "entsync_http_request_duration_seconds_bucket{route=\"/webhooks/dodo\",le=\"0.001\"} 1",
+            "entsync_http_request_duration_seconds_bucket{route=\"/webhooks/dodo\",le=\"10\"} 1",
+            "entsync_http_request_duration_seconds_bucket{route=\"/webhooks/dodo\",le=\"+Inf\"} 2",
+            "entsync_http_request_duration_seconds_count{route=\"/webhooks/dodo\"} 2",
+            "entsync_http_responses_total{route=\"/webhooks/dodo\",code=\"401\"} 1",
+            "entsync_quarantine_size 3",
+            "entsync_newest_applied_event_timestamp_seconds 1000",
+            "entsync_newest_applied_event_age_seconds 10",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("entsync_grants "));
+    }
+}

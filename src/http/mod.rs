@@ -1,0 +1,679 @@
+//! The HTTP shell (feature `http`): Dodo's webhook route, the read API, health and
+//! metrics, as [axum] routers over an [`Engine`]. `entsync serve` is this module plus
+//! a listener; an axum application mounts the same routes in a few lines.
+//!
+//! This is a shell, not the core: it reads the clock (to verify timestamps and to answer
+//! "now"), runs SQLite work on tokio's blocking pool, and maps results to status codes:
+//!
+//! | Route | Answers |
+//! |---|---|
+//! | `POST /webhooks/dodo` | 413 body over the limit (checked before anything else is read); 400/408 body cut off or too slow; 401 `{"error": kind}` when verification fails (nothing stored); 200 `{"outcome": ...}` for every verified delivery once it is durably committed: `applied`, `duplicate`, `stale`, `rejected` (quarantined), `unhandled`, `malformed`; 503 only when the store failed, so that Dodo retries |
+//! | `GET /v1/access/{customer_id}/{entitlement_id}` | 200 with the [`crate::Access`] answer, allowed or not |
+//! | `GET /v1/customers/{customer_id}` | 200 with the [`crate::store::CustomerView`] |
+//! | `GET /v1/credits/{customer_id}/{credit_entitlement_id}` | 200 with the balance, amounts as decimal strings |
+//! | `GET /healthz`, `GET /metrics` | liveness; Prometheus text |
+//!
+//! The read API asks for `Authorization: Bearer <token>` when [`Options::api_token`] is
+//! set (401 otherwise); webhooks never do (their signature is their authentication).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use entitlement_sync::{http::Receiver, verify::Verifier, Engine};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Engine::open("entitlements.db")?;
+//! let verifier = Verifier::from_list(&std::env::var("DODO_PAYMENTS_WEBHOOK_SECRET")?)?;
+//! let app = Receiver::new(engine, verifier).router();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod metrics;
+
+use crate::delivery::{Delivery, Outcome};
+use crate::store::StoreError;
+use crate::verify::{RawWebhookHeaders, Verifier};
+use crate::Engine;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use metrics::{Metrics, Route, Snapshot};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The webhook route.
+pub const WEBHOOK_PATH: &str = "/webhooks/dodo";
+/// The access route.
+pub const ACCESS_PATH: &str = "/v1/access/{customer_id}/{entitlement_id}";
+/// The customer view route.
+pub const CUSTOMER_PATH: &str = "/v1/customers/{customer_id}";
+/// The credit balance route.
+pub const CREDITS_PATH: &str = "/v1/credits/{customer_id}/{credit_entitlement_id}";
+/// The default largest webhook body: 256 KiB (Dodo's bodies are a few KiB).
+pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
+
+/// Settings of a [`Receiver`].
+#[derive(Clone)]
+pub struct Options {
+    /// Largest webhook body accepted, in bytes; larger ones get 413 unread.
+    pub max_body: usize,
+    /// When set, the read API (`/v1/...`) requires `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_body: DEFAULT_MAX_BODY,
+            api_token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("max_body", &self.max_body)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The HTTP front of an [`Engine`]: verifies and stores webhooks, answers the read API,
+/// counts everything for `/metrics`. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Receiver {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Engine,
+    /// Wakes the index catch-up loop (see [`Shared::catch_up`]).
+    catch_up: Arc<tokio::sync::Notify>,
+    catch_up_started: std::sync::atomic::AtomicBool,
+    verifier: Verifier,
+    max_body: usize,
+    /// SHA-256 of the API token: compared in constant time, whatever its length.
+    token: Option<[u8; 32]>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("engine", &self.shared.engine)
+            .field("verifier", &self.shared.verifier)
+            .field("max_body", &self.shared.max_body)
+            .field("api_token", &self.shared.token.map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Receiver {
+    /// A receiver with the default [`Options`].
+    ///
+    /// Reads the newest applied delivery once (one indexed query), so that `/metrics`
+    /// reports the data's age from the start.
+    pub fn new(engine: Engine, verifier: Verifier) -> Receiver {
+        Receiver::with_options(engine, verifier, Options::default())
+    }
+
+    /// A receiver with options.
+    pub fn with_options(engine: Engine, verifier: Verifier, options: Options) -> Receiver {
+        let metrics = Metrics::default();
+        if let Ok(newest) = engine.deliveries(Some(Outcome::Applied), Some(1)) {
+            if let Some(t) = newest
+                .first()
+                .and_then(|d| d.event_at.as_deref())
+                .and_then(crate::wire::parse_timestamp)
+            {
+                metrics.applied_event_at(t.timestamp());
+            }
+        }
+        Receiver {
+            shared: Arc::new(Shared {
+                engine,
+                catch_up: Arc::new(tokio::sync::Notify::new()),
+                catch_up_started: std::sync::atomic::AtomicBool::new(false),
+                verifier,
+                max_body: options.max_body,
+                token: options
+                    .api_token
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Sha256::digest(t.as_bytes()).into()),
+                metrics,
+            }),
+        }
+    }
+
+    /// The engine behind it.
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    fn timed<S>(&self, route: Route, method_router: MethodRouter<Arc<Shared>>) -> MethodRouter<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        method_router
+            .layer(middleware::from_fn_with_state(
+                (self.shared.clone(), route),
+                track,
+            ))
+            .with_state(self.shared.clone())
+    }
+
+    /// `POST /webhooks/dodo` alone: mount it in your own axum app.
+    pub fn webhook_routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new().route(WEBHOOK_PATH, self.timed(Route::Webhook, post(webhook)))
+    }
+
+    /// The read API: access, customer view, credit balance.
+    pub fn api_routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
+            .route(ACCESS_PATH, self.timed(Route::Access, get(access)))
+            .route(CUSTOMER_PATH, self.timed(Route::Customer, get(customer)))
+            .route(CREDITS_PATH, self.timed(Route::Credits, get(credits)))
+    }
+
+    /// `GET /healthz` and `GET /metrics`.
+    pub fn ops_routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
+            .route("/healthz", self.timed(Route::Healthz, get(healthz)))
+            .route("/metrics", self.timed(Route::Metrics, get(metrics_text)))
+    }
+
+    /// Everything `entsync serve` answers, with a JSON 404 for anything else.
+    pub fn router<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let shared = self.shared.clone();
+        Router::new()
+            .merge(self.webhook_routes())
+            .merge(self.api_routes())
+            .merge(self.ops_routes())
+            .fallback(move || {
+                let shared = shared.clone();
+                async move {
+                    let started = Instant::now();
+                    let resp = error(StatusCode::NOT_FOUND, "not_found");
+                    shared
+                        .metrics
+                        .observe(Route::NotFound, 404, started.elapsed());
+                    resp
+                }
+            })
+    }
+}
+
+async fn track(
+    State((shared, route)): State<(Arc<Shared>, Route)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    shared
+        .metrics
+        .observe(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+fn error(status: StatusCode, kind: &str) -> Response {
+    json(status, &ErrorBody { error: kind })
+}
+
+fn store_unavailable() -> Response {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+// ---------------------------------------------------------------------------------------
+// The webhook route
+
+/// How long a webhook body may take to arrive (Dodo gives up after 15 s).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why the body was not read in full.
+enum BodyError {
+    TooLarge,
+    Incomplete,
+    TimedOut,
+}
+
+async fn read_body(body: Body, max: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, max).collect()).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Incomplete),
+    }
+}
+
+/// The envelope's `type` and `timestamp` (Unix seconds), read without building the
+/// event: for the metrics of deliveries the engine did not parse (duplicates by id).
+fn envelope_head(body: &[u8]) -> (Option<String>, Option<i64>) {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow, rename = "type")]
+        event_type: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        timestamp: Option<std::borrow::Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Head<'_>>(body) {
+        Ok(h) => (
+            h.event_type.map(|t| t.into_owned()),
+            h.timestamp
+                .as_deref()
+                .and_then(crate::wire::parse_timestamp)
+                .map(|t| t.timestamp()),
+        ),
+        Err(_) => (None, None),
+    }
+}
+
+#[derive(Serialize)]
+struct Ack<'a> {
+    outcome: &'static str,
+    delivery_id: &'a str,
+    #[serde(rename = "type")]
+    event_type: Option<&'a str>,
+    detail: Option<&'a str>,
+}
+
+async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    // 1. The size, before anything else is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body as u64) {
+        s.metrics.too_large();
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    }
+    let body = match read_body(body, s.max_body).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            s.metrics.too_large();
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+        }
+        Err(BodyError::Incomplete) => return error(StatusCode::BAD_REQUEST, "incomplete_body"),
+        Err(BodyError::TimedOut) => return error(StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+    };
+
+    // 2. The signature, over the raw bytes, with the clock read here.
+    let raw = RawWebhookHeaders {
+        id: headers.get("webhook-id").map(HeaderValue::as_bytes),
+        timestamp: headers.get("webhook-timestamp").map(HeaderValue::as_bytes),
+        signature: headers.get("webhook-signature").map(HeaderValue::as_bytes),
+    };
+    let now = chrono::Utc::now();
+    if let Err(e) = s.verifier.verify_raw(&raw, &body, now.timestamp()) {
+        s.metrics.signature_failure(e.kind());
+        tracing::warn!(
+            kind = e.kind(),
+            webhook_id = raw.id.map(String::from_utf8_lossy).as_deref(),
+            "webhook refused: {e}"
+        );
+        return error(StatusCode::UNAUTHORIZED, e.kind());
+    }
+    // Verified: the three headers are present and visible ASCII.
+    let text = |v: Option<&[u8]>| v.map(|b| String::from_utf8_lossy(b).into_owned());
+    let delivery = Delivery {
+        id: text(raw.id).unwrap_or_default(),
+        webhook_timestamp: text(raw.timestamp),
+        webhook_signature: text(raw.signature),
+        body: body.to_vec(),
+        received_at: now,
+    };
+
+    // 3. Store and apply on the engine's writer thread, never on this async worker:
+    //    concurrent deliveries share one transaction and its fsync, and we are woken
+    //    once ours committed (no thread parked per delivery).
+    let id = delivery.id.clone();
+    let (done, committed) = tokio::sync::oneshot::channel();
+    s.engine.ingest_then(delivery, move |result| {
+        let _ = done.send(result);
+    });
+    let result = committed.await.unwrap_or_else(|_| {
+        Err(StoreError::Commit {
+            message: "the writer dropped the delivery".into(),
+            retryable: true,
+        })
+    });
+    if result.is_ok() {
+        s.catch_up();
+    }
+    match result {
+        Ok(applied) => {
+            let (head_type, event_at) =
+                if applied.outcome == Outcome::Applied || applied.event_type.is_none() {
+                    envelope_head(&body)
+                } else {
+                    (None, None)
+                };
+            s.metrics.delivery(
+                applied.outcome,
+                applied.event_type.as_deref().or(head_type.as_deref()),
+            );
+            if applied.outcome == Outcome::Applied {
+                if let Some(t) = event_at {
+                    s.metrics.applied_event_at(t);
+                }
+            }
+            match applied.outcome {
+                Outcome::Rejected | Outcome::Malformed => tracing::warn!(
+                    webhook_id = %id,
+                    event_type = applied.event_type.as_deref(),
+                    outcome = applied.outcome.as_str(),
+                    detail = applied.detail.as_deref(),
+                    "delivery stored"
+                ),
+                _ => tracing::debug!(
+                    webhook_id = %id,
+                    event_type = applied.event_type.as_deref(),
+                    outcome = applied.outcome.as_str(),
+                    "delivery stored"
+                ),
+            }
+            json(
+                StatusCode::OK,
+                &Ack {
+                    outcome: applied.outcome.as_str(),
+                    delivery_id: &id,
+                    event_type: applied.event_type.as_deref(),
+                    detail: applied.detail.as_deref(),
+                },
+            )
+        }
+        Err(e) => {
+            s.metrics.store_failure();
+            tracing::error!(
+                webhook_id = %id,
+                retryable = e.is_retryable(),
+                error = %e,
+                "delivery not stored; answering 503 so that the sender retries"
+            );
+            store_unavailable()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The read API
+
+/// [`Engine::access`] for async code: answered on the spot from the in-memory index
+/// when it is current (microseconds); when it must first be refreshed from SQLite
+/// (after a commit), on tokio's blocking pool, so that no async worker waits on IO.
+///
+/// # Errors
+///
+/// [`StoreError`] when the index could not be refreshed.
+pub async fn access_answer(
+    engine: &Engine,
+    customer: String,
+    entitlement: String,
+    now: crate::wire::Timestamp,
+) -> Result<crate::Access, StoreError> {
+    if let Some(answer) = engine.access_if_current(&customer, &entitlement, now) {
+        return Ok(answer);
+    }
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.access(&customer, &entitlement, now))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("access task failed: {e}"))))
+}
+
+/// [`Engine::has_access`] for async handlers, the way [`access_answer`] is: gate a
+/// route with it. Fails closed (`false`) when the store cannot be read.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn handler(engine: entitlement_sync::Engine, customer: String) {
+/// let now = chrono::Utc::now();
+/// if entitlement_sync::http::has_access(&engine, &customer, "ent_reports", now).await {
+///     // serve the report
+/// }
+/// # }
+/// ```
+pub async fn has_access(
+    engine: &Engine,
+    customer: &str,
+    entitlement: &str,
+    now: crate::wire::Timestamp,
+) -> bool {
+    access_answer(engine, customer.to_string(), entitlement.to_string(), now)
+        .await
+        .is_ok_and(|a| a.allowed)
+}
+
+impl Shared {
+    /// After a commit: have the access index brought up to date on the blocking pool,
+    /// so that reads find it current instead of paying for everything committed since
+    /// the last read (after a burst of webhooks, a long pause for the first reader).
+    /// One catch-up runs at a time; commits made meanwhile coalesce into the next one.
+    fn catch_up(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if !self.catch_up_started.swap(true, Ordering::AcqRel) {
+            let wake = Arc::clone(&self.catch_up);
+            let shared = Arc::downgrade(self);
+            tokio::spawn(async move {
+                loop {
+                    wake.notified().await;
+                    let Some(engine) = shared.upgrade().map(|s| s.engine.clone()) else {
+                        break;
+                    };
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || engine.sync_index()).await
+                    {
+                        tracing::warn!(error = %e, "access index catch-up failed; the next read retries");
+                    }
+                }
+            });
+        }
+        self.catch_up.notify_one();
+    }
+
+    /// The 401 to answer unless the request carries `Authorization: Bearer <token>`
+    /// (when a token is configured).
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        let expected = self.token.as_ref()?;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .and_then(|v| {
+                let (scheme, rest) = v.split_at_checked(7)?;
+                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+            });
+        let ok = given.is_some_and(|token| {
+            let digest: [u8; 32] = Sha256::digest(token).into();
+            digest
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        });
+        if ok {
+            return None;
+        }
+        let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"entsync\""),
+        );
+        Some(resp)
+    }
+
+    /// Runs a store read on the blocking pool; `None` when it failed (logged).
+    async fn read<T, F>(&self, f: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Engine) -> Result<T, StoreError> + Send + 'static,
+    {
+        let engine = self.engine.clone();
+        match tokio::task::spawn_blocking(move || f(&engine)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "store read failed");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store read task failed");
+                None
+            }
+        }
+    }
+}
+
+async fn access(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((customer, entitlement)): Path<(String, String)>,
+) -> Response {
+    if let Some(refusal) = s.refuse(&headers) {
+        return refusal;
+    }
+    match access_answer(&s.engine, customer, entitlement, chrono::Utc::now()).await {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(e) => {
+            tracing::error!(error = %e, "access index refresh failed");
+            store_unavailable()
+        }
+    }
+}
+
+async fn customer(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(customer): Path<String>,
+) -> Response {
+    if let Some(refusal) = s.refuse(&headers) {
+        return refusal;
+    }
+    match s.read(move |e| e.customer(&customer)).await {
+        Some(view) => json(StatusCode::OK, &view),
+        None => store_unavailable(),
+    }
+}
+
+#[derive(Serialize)]
+struct NoBalance<'a> {
+    customer_id: &'a str,
+    credit_entitlement_id: &'a str,
+    balance: &'static str,
+    overage: &'static str,
+    entries: u64,
+    entry_id: Option<()>,
+    as_of: Option<()>,
+    balance_low: Option<()>,
+}
+
+async fn credits(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((customer, credit_entitlement)): Path<(String, String)>,
+) -> Response {
+    if let Some(refusal) = s.refuse(&headers) {
+        return refusal;
+    }
+    let (c, ce) = (customer.clone(), credit_entitlement.clone());
+    match s.read(move |e| e.credit_balance(&c, &ce)).await {
+        Some(Some(balance)) => json(StatusCode::OK, &balance),
+        Some(None) => json(
+            StatusCode::OK,
+            &NoBalance {
+                customer_id: &customer,
+                credit_entitlement_id: &credit_entitlement,
+                balance: "0",
+                overage: "0",
+                entries: 0,
+                entry_id: None,
+                as_of: None,
+                balance_low: None,
+            },
+        ),
+        None => store_unavailable(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Operations
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
+    let (quarantined, grants) = s
+        .read(|e| {
+            Ok((
+                e.rejected().map(|q| q.len() as u64).ok(),
+                e.grant_count() as u64,
+            ))
+        })
+        .await
+        .unwrap_or((None, 0));
+    let now = chrono::Utc::now();
+    let text = s.metrics.render(&Snapshot {
+        quarantined,
+        grants: Some(grants),
+        now_unix: now.timestamp_micros() as f64 / 1e6,
+    });
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
