@@ -1,0 +1,1149 @@
+//! `entsync serve` over real HTTP: the real binary on 127.0.0.1:0 with a real SQLite
+//! file, spoken to by a minimal HTTP/1.1 client (so that the tests can send what a
+//! well-behaved client would refuse to: bytes outside ASCII in headers, a declared
+//! length without the body).
+
+use entitlement_sync::verify::{sign, Secret};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const BIN: &str = env!("CARGO_BIN_EXE_entsync");
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/http")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under test
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    db: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `entsync serve` on `db` with the test secret and extra environment, and
+    /// waits for its `listening on http://ADDR` line.
+    fn start(db: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
+        let log = db.with_extension(format!("{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("server log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--db")
+            .arg(db)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("DODO_PAYMENTS_WEBHOOK_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .env_remove("ENTSYNC_API_TOKEN")
+            .env_remove("ENTSYNC_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start entsync serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no `listening on` line; server log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Server {
+            child,
+            addr,
+            db: db.to_path_buf(),
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, now.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `entsync deliveries --json` on the server's database.
+    fn deliveries(&self) -> Vec<Value> {
+        cli_json(&self.db, &["deliveries", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn post(&self, id: &str, body: &[u8]) -> Response {
+        post_webhook(self.addr, SECRET, id, now(), body)
+    }
+
+    fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path, &[], b"")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs an `entsync` command and parses its stdout as JSON.
+fn cli_json(db: &Path, args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .expect("run entsync");
+    assert!(
+        out.status.success(),
+        "entsync {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+// ---------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body {:?} is not json: {e}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// Sends raw request bytes on a fresh connection and reads the answer until the server
+/// closes it.
+fn exchange(addr: SocketAddr, raw: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream.write_all(raw).expect("send request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read response");
+    parse_response(&answer)
+}
+
+fn head(method: &str, path: &str, headers: &[(&str, &[u8])], length: Option<usize>) -> Vec<u8> {
+    let mut raw =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n").into_bytes();
+    if let Some(n) = length {
+        raw.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
+    }
+    for (k, v) in headers {
+        raw.extend_from_slice(k.as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(v);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Response {
+    let mut raw = head(method, path, headers, Some(body.len()));
+    raw.extend_from_slice(body);
+    exchange(addr, &raw)
+}
+
+fn post_webhook(addr: SocketAddr, secret: &str, id: &str, ts: i64, body: &[u8]) -> Response {
+    let key = Secret::parse(secret).expect("test secret");
+    let signature = sign(&key, id, ts, body);
+    let ts = ts.to_string();
+    request(
+        addr,
+        "POST",
+        "/webhooks/dodo",
+        &[
+            ("Content-Type", b"application/json"),
+            ("webhook-id", id.as_bytes()),
+            ("webhook-timestamp", ts.as_bytes()),
+            ("webhook-signature", signature.as_bytes()),
+        ],
+        body,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests
+
+/// One row of the status-code table: a request and what must come back.
+struct Case {
+    name: &'static str,
+    send: Box<dyn Fn(&Server) -> Response>,
+    status: u16,
+    /// `error` of a 4xx body, or `outcome` of a 2xx body.
+    field: Option<(&'static str, &'static str)>,
+    /// The webhook id this row stores, when it must be stored.
+    stored: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    status: u16,
+    field: Option<(&'static str, &'static str)>,
+    stored: Option<&'static str>,
+    send: impl Fn(&Server) -> Response + 'static,
+) -> Case {
+    Case {
+        name,
+        send: Box::new(send),
+        status,
+        field,
+        stored,
+    }
+}
+
+fn signed_headers(secret: &str, id: &str, ts: &str, body: &[u8]) -> (String, String) {
+    let key = Secret::parse(secret).expect("test secret");
+    let ts_num = ts.parse().unwrap_or(0);
+    (ts.to_string(), sign(&key, id, ts_num, body))
+}
+
+fn webhook_with(
+    s: &Server,
+    id: Option<&[u8]>,
+    ts: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let mut headers: Vec<(&str, &[u8])> = vec![("Content-Type", b"application/json")];
+    if let Some(id) = id {
+        headers.push(("webhook-id", id));
+    }
+    if let Some(ts) = ts {
+        headers.push(("webhook-timestamp", ts.as_bytes()));
+    }
+    if let Some(sig) = signature {
+        headers.push(("webhook-signature", sig.as_bytes()));
+    }
+    request(s.addr, "POST", "/webhooks/dodo", &headers, body)
+}
+
+/// Every status code of the `serve` contract, in an order that tells one grant's story;
+/// then: what was stored, what was not, and what `/metrics` counted.
+#[test]
+fn every_status_code_of_the_contract() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("e.db"), &[], &["--max-body", "64KiB"]);
+
+    let cases = vec![
+        // Refused by the signature check: 401 with the error kind, nothing stored.
+        case(
+            "no webhook-id",
+            401,
+            Some(("error", "missing_header")),
+            None,
+            |s| {
+                let (ts, sig) = signed_headers(SECRET, "msg_x", &now().to_string(), b"{}");
+                webhook_with(s, None, Some(&ts), Some(&sig), b"{}")
+            },
+        ),
+        case(
+            "no signature",
+            401,
+            Some(("error", "missing_header")),
+            None,
+            |s| webhook_with(s, Some(b"msg_nosig"), Some(&now().to_string()), None, b"{}"),
+        ),
+        case(
+            "id not visible ascii",
+            401,
+            Some(("error", "invalid_header")),
+            None,
+            |s| {
+                let (ts, sig) = signed_headers(SECRET, "msg_x", &now().to_string(), b"{}");
+                webhook_with(s, Some(b"msg_\xff"), Some(&ts), Some(&sig), b"{}")
+            },
+        ),
+        case(
+            "timestamp not an integer",
+            401,
+            Some(("error", "invalid_timestamp")),
+            None,
+            |s| webhook_with(s, Some(b"msg_badts"), Some("1.5"), Some("v1,AAAA"), b"{}"),
+        ),
+        case(
+            "stale timestamp",
+            401,
+            Some(("error", "timestamp_too_old")),
+            None,
+            |s| {
+                let body = fixture("grant_delivered.json");
+                post_webhook(s.addr, SECRET, "msg_old", now() - 301, &body)
+            },
+        ),
+        case(
+            "future timestamp",
+            401,
+            Some(("error", "timestamp_too_new")),
+            None,
+            |s| {
+                let body = fixture("grant_delivered.json");
+                post_webhook(s.addr, SECRET, "msg_future", now() + 301, &body)
+            },
+        ),
+        case(
+            "wrong secret",
+            401,
+            Some(("error", "invalid_signature")),
+            None,
+            |s| {
+                let body = fixture("grant_delivered.json");
+                post_webhook(s.addr, OTHER_SECRET, "msg_wrong", now(), &body)
+            },
+        ),
+        case(
+            "body changed after signing",
+            401,
+            Some(("error", "invalid_signature")),
+            None,
+            |s| {
+                let body = fixture("grant_delivered.json");
+                let (ts, sig) = signed_headers(SECRET, "msg_tamper", &now().to_string(), &body);
+                let mut changed = body.clone();
+                changed.push(b'\n');
+                webhook_with(s, Some(b"msg_tamper"), Some(&ts), Some(&sig), &changed)
+            },
+        ),
+        case(
+            "signed over re-serialized json",
+            401,
+            Some(("error", "invalid_signature")),
+            None,
+            |s| {
+                let body = fixture("grant_delivered.json");
+                let value: Value = serde_json::from_slice(&body).expect("fixture is json");
+                let compact = serde_json::to_vec(&value).expect("encode");
+                let (ts, sig) = signed_headers(SECRET, "msg_reser", &now().to_string(), &compact);
+                webhook_with(s, Some(b"msg_reser"), Some(&ts), Some(&sig), &body)
+            },
+        ),
+        // Too large: refused before the body is read (it is never even sent here).
+        case(
+            "declared length over the limit",
+            413,
+            Some(("error", "body_too_large")),
+            None,
+            |s| {
+                let (ts, sig) = signed_headers(SECRET, "msg_big", &now().to_string(), b"");
+                let raw = head(
+                    "POST",
+                    "/webhooks/dodo",
+                    &[
+                        ("webhook-id", b"msg_big"),
+                        ("webhook-timestamp", ts.as_bytes()),
+                        ("webhook-signature", sig.as_bytes()),
+                    ],
+                    Some(64 * 1024 + 1),
+                );
+                exchange(s.addr, &raw)
+            },
+        ),
+        // Verified: 200 for every outcome.
+        case(
+            "pending grant",
+            200,
+            Some(("outcome", "applied")),
+            Some("msg_pending"),
+            |s| s.post("msg_pending", &fixture("grant_pending.json")),
+        ),
+        case(
+            "delivered grant",
+            200,
+            Some(("outcome", "applied")),
+            Some("msg_delivered"),
+            |s| s.post("msg_delivered", &fixture("grant_delivered.json")),
+        ),
+        case(
+            "redelivery, same id",
+            200,
+            Some(("outcome", "duplicate")),
+            Some("msg_delivered"),
+            |s| s.post("msg_delivered", &fixture("grant_delivered.json")),
+        ),
+        case(
+            "same snapshot, another id",
+            200,
+            Some(("outcome", "duplicate")),
+            Some("msg_replayed"),
+            |s| s.post("msg_replayed", &fixture("grant_delivered.json")),
+        ),
+        case(
+            "older snapshot, later",
+            200,
+            Some(("outcome", "stale")),
+            Some("msg_pending_again"),
+            |s| {
+                // Legal, but older than what the grant already reflects.
+                s.post("msg_pending_again", &fixture("grant_pending_new_link.json"))
+            },
+        ),
+        case(
+            "manual revocation",
+            200,
+            Some(("outcome", "applied")),
+            Some("msg_manual"),
+            |s| s.post("msg_manual", &fixture("grant_revoked_manual.json")),
+        ),
+        case(
+            "restoring a manual revocation",
+            200,
+            Some(("outcome", "rejected")),
+            Some("msg_restore"),
+            |s| s.post("msg_restore", &fixture("grant_restored_after_manual.json")),
+        ),
+        case(
+            "unknown event type",
+            200,
+            Some(("outcome", "unhandled")),
+            Some("msg_unknown"),
+            |s| s.post("msg_unknown", &fixture("unknown_type.json")),
+        ),
+        case(
+            "not json",
+            200,
+            Some(("outcome", "malformed")),
+            Some("msg_notjson"),
+            |s| s.post("msg_notjson", &fixture("not_json.txt")),
+        ),
+        case(
+            "not utf-8",
+            200,
+            Some(("outcome", "malformed")),
+            Some("msg_notutf8"),
+            |s| s.post("msg_notutf8", &fixture("not_utf8.bin")),
+        ),
+        case(
+            "payload missing fields",
+            200,
+            Some(("outcome", "malformed")),
+            Some("msg_nocustomer"),
+            |s| s.post("msg_nocustomer", &fixture("grant_without_customer.json")),
+        ),
+        case(
+            "credit ledger entry",
+            200,
+            Some(("outcome", "applied")),
+            Some("msg_credit"),
+            |s| s.post("msg_credit", &fixture("credit_added.json")),
+        ),
+        case(
+            "secret rotation: a second signature entry",
+            200,
+            Some(("outcome", "duplicate")),
+            Some("msg_credit"),
+            |s| {
+                let body = fixture("credit_added.json");
+                let ts = now();
+                let sigs = format!(
+                    "{} {}",
+                    sign(
+                        &Secret::parse(OTHER_SECRET).expect("secret"),
+                        "msg_credit",
+                        ts,
+                        &body
+                    ),
+                    sign(
+                        &Secret::parse(SECRET).expect("secret"),
+                        "msg_credit",
+                        ts,
+                        &body
+                    )
+                );
+                webhook_with(
+                    s,
+                    Some(b"msg_credit"),
+                    Some(&ts.to_string()),
+                    Some(&sigs),
+                    &body,
+                )
+            },
+        ),
+        // Routing.
+        case(
+            "unknown route",
+            404,
+            Some(("error", "not_found")),
+            None,
+            |s| s.get("/v1/nothing/here"),
+        ),
+        case(
+            "webhook route with a suffix",
+            404,
+            Some(("error", "not_found")),
+            None,
+            |s| request(s.addr, "POST", "/webhooks/dodo/extra", &[], b"{}"),
+        ),
+        case("GET on the webhook route", 405, None, None, |s| {
+            s.get("/webhooks/dodo")
+        }),
+        case("healthz", 200, Some(("status", "ok")), None, |s| {
+            s.get("/healthz")
+        }),
+    ];
+
+    let mut failures = Vec::new();
+    for c in &cases {
+        let r = (c.send)(&server);
+        let got_field = c.field.map(|(k, _)| {
+            serde_json::from_slice::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v.get(k)?.as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("<{}>", r.text()))
+        });
+        if r.status != c.status || got_field.as_deref() != c.field.map(|(_, v)| v) {
+            failures.push(format!(
+                "{}: expected {} {:?}, got {} {:?}",
+                c.name, c.status, c.field, r.status, got_field
+            ));
+        }
+        if (200..300).contains(&r.status) && r.header("content-type") != Some("application/json") {
+            failures.push(format!(
+                "{}: content-type {:?}",
+                c.name,
+                r.header("content-type")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\nserver log:\n{}",
+        failures.join("\n"),
+        server.log()
+    );
+
+    // Exactly the verified deliveries are stored, with the outcome they were answered.
+    let stored: BTreeMap<String, String> = server
+        .deliveries()
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d["delivery_id"].as_str()?.to_string(),
+                d["outcome"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let expected: BTreeSet<&str> = cases.iter().filter_map(|c| c.stored).collect();
+    assert_eq!(
+        stored.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        expected,
+        "signature failures must store nothing; every 2xx must be stored"
+    );
+    for (id, outcome) in [
+        ("msg_delivered", "applied"),
+        ("msg_replayed", "duplicate"),
+        ("msg_pending_again", "stale"),
+        ("msg_restore", "rejected"),
+        ("msg_unknown", "unhandled"),
+        ("msg_notjson", "malformed"),
+    ] {
+        assert_eq!(stored.get(id).map(String::as_str), Some(outcome), "{id}");
+    }
+    let quarantine = cli_json(&server.db, &["rejected", "--json"]);
+    assert_eq!(quarantine[0]["delivery_id"], "msg_restore", "{quarantine}");
+
+    // The read API sees the story's end: revoked for manual, the restoration refused.
+    let access = server.get("/v1/access/cus_http_1/ent_http_1").json();
+    assert_eq!(
+        (
+            &access["allowed"],
+            &access["status"],
+            &access["reason"],
+            &access["grant_id"]
+        ),
+        (
+            &Value::Bool(false),
+            &Value::from("revoked"),
+            &Value::from("manual"),
+            &Value::from("grant_http_1")
+        )
+    );
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/plain")));
+    let text = metrics.text();
+    for line in [
+        "entsync_signature_failures_total{kind=\"missing_header\"} 2",
+        "entsync_signature_failures_total{kind=\"invalid_header\"} 1",
+        "entsync_signature_failures_total{kind=\"invalid_timestamp\"} 1",
+        "entsync_signature_failures_total{kind=\"timestamp_too_old\"} 1",
+        "entsync_signature_failures_total{kind=\"timestamp_too_new\"} 1",
+        "entsync_signature_failures_total{kind=\"invalid_signature\"} 3",
+        "entsync_webhook_body_too_large_total 1",
+        "entsync_deliveries_total{outcome=\"applied\"} 4",
+        "entsync_deliveries_total{outcome=\"duplicate\"} 3",
+        "entsync_deliveries_total{outcome=\"stale\"} 1",
+        "entsync_deliveries_total{outcome=\"rejected\"} 1",
+        "entsync_deliveries_total{outcome=\"unhandled\"} 1",
+        "entsync_deliveries_total{outcome=\"malformed\"} 3",
+        "entsync_deliveries_by_type_total{type=\"loyalty_points.sparkled\"} 1",
+        "entsync_deliveries_by_type_total{type=\"entitlement_grant.delivered\"} 5",
+        "entsync_quarantine_size 1",
+        "entsync_http_responses_total{route=\"/webhooks/dodo\",code=\"401\"} 9",
+        "entsync_http_responses_total{route=\"/webhooks/dodo\",code=\"413\"} 1",
+        "entsync_http_responses_total{route=\"(unmatched)\",code=\"404\"} 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("entsync_newest_applied_event_age_seconds ")),
+        "{text}"
+    );
+    // Logs name failures but never carry the secret or a body.
+    let log = server.log();
+    assert!(log.contains("timestamp_too_old"), "{log}");
+    assert!(
+        !log.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") && !log.contains("oauth2/authorize"),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// A body over the limit sent in chunks (no declared length) is cut off at the limit.
+#[test]
+fn a_chunked_body_over_the_limit_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("e.db"), &[], &["--max-body", "1KiB"]);
+    let mut raw = head(
+        "POST",
+        "/webhooks/dodo",
+        &[
+            ("Transfer-Encoding", b"chunked"),
+            ("webhook-id", b"msg_chunked"),
+        ],
+        None,
+    );
+    for _ in 0..2 {
+        raw.extend_from_slice(format!("{:x}\r\n", 600).as_bytes());
+        raw.extend_from_slice(&[b'a'; 600]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = exchange(server.addr, &raw);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (413, Some("body_too_large"))
+    );
+    // Under the limit, the same route verifies as usual.
+    let small = server.post("msg_small", &fixture("unknown_type.json"));
+    assert_eq!(
+        (small.status, small.json()["outcome"].as_str()),
+        (200, Some("unhandled"))
+    );
+    assert!(server
+        .deliveries()
+        .iter()
+        .all(|d| d["delivery_id"] != "msg_chunked"));
+    Ok(())
+}
+
+/// The read API: open without ENTSYNC_API_TOKEN, bearer-only with it; webhooks,
+/// health and metrics never ask for it.
+#[test]
+fn the_read_api_with_and_without_a_token() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let paths = [
+        "/v1/access/cus_http_1/ent_http_1",
+        "/v1/customers/cus_http_1",
+        "/v1/credits/cus_http_1/cent_http_1",
+    ];
+    {
+        let open = Server::start(&dir.path().join("open.db"), &[], &[]);
+        for (id, f) in [
+            ("msg_d", "grant_delivered.json"),
+            ("msg_c", "credit_added.json"),
+        ] {
+            assert_eq!(open.post(id, &fixture(f)).status, 200);
+        }
+        for p in paths {
+            assert_eq!(open.get(p).status, 200, "{p}");
+        }
+        let access = open.get(paths[0]).json();
+        assert_eq!(access["allowed"], true, "{access}");
+        assert_eq!(access["status"], "delivered");
+        assert_eq!(access["reason"], Value::Null);
+        assert_eq!(access["as_of"], "2026-05-01T10:00:00.250Z");
+        let denied = open.get("/v1/access/cus_http_1/ent_other").json();
+        assert_eq!(
+            (&denied["allowed"], &denied["reason"]),
+            (&Value::Bool(false), &Value::from("no_grant"))
+        );
+        let view = open.get(paths[1]).json();
+        assert_eq!(view["customer_id"], "cus_http_1");
+        assert_eq!(view["grants"][0]["grant_id"], "grant_http_1", "{view}");
+        assert_eq!(view["credits"][0]["balance"], "1000.500", "{view}");
+        let balance = open.get(paths[2]).json();
+        assert_eq!(
+            (&balance["balance"], &balance["overage"]),
+            (&Value::from("1000.500"), &Value::from("0")),
+            "{balance}"
+        );
+        let none = open.get("/v1/credits/cus_http_1/cent_none").json();
+        assert_eq!(none["balance"], "0", "{none}");
+        // Percent-encoded path segments are decoded.
+        assert_eq!(
+            open.get("/v1/access/cus%5Fhttp%5F1/ent%5Fhttp%5F1").json()["allowed"],
+            true
+        );
+    }
+    let token = "s3cret-token";
+    let locked = Server::start(
+        &dir.path().join("locked.db"),
+        &[("ENTSYNC_API_TOKEN", token)],
+        &[],
+    );
+    assert_eq!(
+        locked
+            .post("msg_d", &fixture("grant_delivered.json"))
+            .status,
+        200
+    );
+    let bearer = format!("Bearer {token}");
+    let lower = format!("bearer {token}");
+    for p in paths {
+        for (auth, expected) in [
+            (None, 401),
+            (Some("Bearer wrong-token".to_string()), 401),
+            (Some(format!("Bearer {token}x")), 401),
+            (Some(format!("Basic {token}")), 401),
+            (Some(token.to_string()), 401),
+            (Some(bearer.clone()), 200),
+            (Some(lower.clone()), 200),
+        ] {
+            let headers: Vec<(&str, &[u8])> = auth
+                .as_deref()
+                .map(|a| vec![("Authorization", a.as_bytes())])
+                .unwrap_or_default();
+            let r = request(locked.addr, "GET", p, &headers, b"");
+            assert_eq!(r.status, expected, "{p} with {auth:?}: {}", r.text());
+            if expected == 401 {
+                assert_eq!(r.json()["error"], "unauthorized");
+                assert!(r
+                    .header("www-authenticate")
+                    .is_some_and(|h| h.starts_with("Bearer")));
+            }
+        }
+    }
+    assert_eq!(locked.get("/healthz").status, 200);
+    assert_eq!(locked.get("/metrics").status, 200);
+    Ok(())
+}
+
+/// Runs `entsync simulate` against a server; returns its JSON report.
+fn simulate(url: &str, seed: u64, epoch: i64, extra: &[&str]) -> (bool, Value) {
+    let out = Command::new(BIN)
+        .args(["simulate", "--url", url, "--secret", SECRET, "--json"])
+        .args(["--seed", &seed.to_string(), "--epoch", &epoch.to_string()])
+        .args(extra)
+        .env_remove("ENTSYNC_API_TOKEN")
+        .output()
+        .expect("run entsync simulate");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "simulate output is not json ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+/// The grants of a database, minus which delivery carried the state snapshot (two
+/// deliveries may carry the same snapshot; which arrived first depends on the order).
+fn grants(db: &Path) -> Vec<Value> {
+    let mut list = cli_json(db, &["grants", "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for g in &mut list {
+        if let Some(o) = g.as_object_mut() {
+            o.remove("delivery_id");
+        }
+    }
+    list
+}
+
+/// In order without duplicates, or shuffled with many: the same answers and the same
+/// state (simulate's own model is the in-order answer).
+#[test]
+fn duplicates_and_reordering_give_the_same_answers() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let epoch = now();
+    let mut states = Vec::new();
+    for (name, duplicates) in [("a", "0"), ("b", "1.5")] {
+        let db = dir.path().join(format!("{name}.db"));
+        let server = Server::start(&db, &[], &[]);
+        let (ok, report) = simulate(
+            &server.url(),
+            3,
+            epoch,
+            &[
+                "--customers",
+                "40",
+                "--concurrency",
+                "8",
+                "--duplicates",
+                duplicates,
+                "--verify",
+            ],
+        );
+        assert!(ok, "{report}\n{}", server.log());
+        assert_eq!(report["verify"]["mismatches"], 0, "{report}");
+        assert!(
+            report["verify"]["access_checked"].as_u64() > Some(40),
+            "{report}"
+        );
+        if duplicates != "0" {
+            assert!(
+                report["outcomes"]["duplicate"].as_u64() > Some(0),
+                "{report}"
+            );
+        }
+        states.push((grants(&db), cli_json(&db, &["rejected", "--json"])));
+    }
+    assert!(!states[0].0.is_empty());
+    assert_eq!(states[0].0, states[1].0, "grants differ");
+    let quarantined = |q: &Value| -> BTreeSet<String> {
+        q.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                Some(format!(
+                    "{} {}",
+                    r["object_id"].as_str()?,
+                    r["to"].as_str()?
+                ))
+            })
+            .collect()
+    };
+    assert_eq!(
+        quarantined(&states[0].1),
+        quarantined(&states[1].1),
+        "quarantines differ"
+    );
+    Ok(())
+}
+
+/// SIGKILL in the middle of a load: every delivery acknowledged before the kill is
+/// stored; after a restart, re-sending everything converges to a clean run's state.
+#[test]
+fn sigkill_during_load_loses_no_acknowledged_delivery() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let epoch = now();
+    let args = ["--customers", "120", "--concurrency", "16"];
+    let db = dir.path().join("crash.db");
+    let acks = dir.path().join("acks.txt");
+    let ack_arg = acks.to_string_lossy().into_owned();
+
+    let server = Server::start(&db, &[], &[]);
+    let url = server.url();
+    let load = std::thread::spawn({
+        let ack_arg = ack_arg.clone();
+        move || {
+            simulate(
+                &url,
+                9,
+                epoch,
+                &[&args[..], &["--ack-log", &ack_arg]].concat(),
+            )
+        }
+    });
+    // Kill once a good part of the load was acknowledged, while the rest is in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = std::fs::read_to_string(&acks)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if n >= 300 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the load did not get going:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill();
+    let (ok, report) = load.join().map_err(|_| "simulate thread panicked")?;
+    assert!(!ok, "the load should have seen the server die: {report}");
+    assert!(report["transport_errors"].as_u64() > Some(0), "{report}");
+
+    let acked: BTreeSet<String> = std::fs::read_to_string(&acks)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let stored: BTreeSet<String> = cli_json(&db, &["deliveries", "--json"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["delivery_id"].as_str().map(str::to_string))
+        .collect();
+    let lost: Vec<&String> = acked.difference(&stored).take(10).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged deliveries lost, e.g. {lost:?}",
+        acked.difference(&stored).count()
+    );
+    assert!(acked.len() >= 100, "{} acknowledged", acked.len());
+
+    // Restart on the same file and send everything again: all 2xx, answers as expected.
+    let again = Server::start(&db, &[], &[]);
+    let (ok, report) = simulate(&again.url(), 9, epoch, &[&args[..], &["--verify"]].concat());
+    assert!(ok, "{report}\n{}", again.log());
+    assert_eq!(report["non_2xx"], 0);
+    assert!(
+        report["outcomes"]["duplicate"].as_u64() >= Some(acked.len() as u64),
+        "{report}"
+    );
+    drop(again);
+
+    // A clean run of the same deliveries ends in the same state.
+    let clean_db = dir.path().join("clean.db");
+    let clean = Server::start(&clean_db, &[], &[]);
+    let (ok, report) = simulate(&clean.url(), 9, epoch, &[&args[..], &["--verify"]].concat());
+    assert!(ok, "{report}");
+    drop(clean);
+    assert_eq!(grants(&db), grants(&clean_db));
+    Ok(())
+}
+
+/// SIGTERM: the listener closes, the request in flight completes (and is stored), then
+/// the process exits 0.
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(&dir.path().join("e.db"), &[], &[]);
+    let body = fixture("grant_delivered.json");
+    let ts = now();
+    let sig = sign(&Secret::parse(SECRET)?, "msg_inflight", ts, &body);
+    let ts = ts.to_string();
+    let mut raw = head(
+        "POST",
+        "/webhooks/dodo",
+        &[
+            ("webhook-id", b"msg_inflight"),
+            ("webhook-timestamp", ts.as_bytes()),
+            ("webhook-signature", sig.as_bytes()),
+        ],
+        Some(body.len()),
+    );
+    let split = body.len() / 2;
+    raw.extend_from_slice(&body[..split]);
+    let mut stream = TcpStream::connect(server.addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(&raw)?;
+    std::thread::sleep(Duration::from_millis(200));
+
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait()?.is_none(),
+        "exited with a request in flight"
+    );
+    assert!(
+        TcpStream::connect(server.addr).is_err(),
+        "still accepting connections after SIGTERM"
+    );
+
+    stream.write_all(&body[split..])?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let r = parse_response(&answer);
+    assert_eq!(
+        (r.status, r.json()["outcome"].as_str()),
+        (200, Some("applied"))
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .ok_or("still running after the drain")?;
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(server
+        .deliveries()
+        .iter()
+        .any(|d| d["delivery_id"] == "msg_inflight"));
+    Ok(())
+}
+
+/// Without a secret `serve` refuses to start and says how to set one; a bad secret or a
+/// bad flag is a usage error too.
+#[test]
+fn serve_refuses_to_start_without_a_usable_secret() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("e.db");
+    for (env, args, needle) in [
+        (None, vec![], "DODO_PAYMENTS_WEBHOOK_SECRET"),
+        (Some(" , "), vec![], "DODO_PAYMENTS_WEBHOOK_SECRET"),
+        (Some("whsec_not base64!"), vec![], "secret"),
+        (Some(SECRET), vec!["--max-body", "0"], "max-body"),
+        (
+            Some(SECRET),
+            vec!["--listen", "not-an-address"],
+            "not-an-address",
+        ),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--db"]).arg(&db).args(&args);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.env_remove("DODO_PAYMENTS_WEBHOOK_SECRET")
+            .env_remove("ENTSYNC_LISTEN");
+        if let Some(v) = env {
+            cmd.env("DODO_PAYMENTS_WEBHOOK_SECRET", v);
+        }
+        let out = cmd.stdin(Stdio::null()).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?} {args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{env:?} {args:?}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+    }
+    // --secret on the command line works without the environment.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--db"])
+        .arg(&db)
+        .args(["--listen", "127.0.0.1:0", "--secret", SECRET])
+        .env_remove("DODO_PAYMENTS_WEBHOOK_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("stdout")?).read_line(&mut line)?;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("listening on http://127.0.0.1:"),
+        "{line:?}"
+    );
+    Ok(())
+}
