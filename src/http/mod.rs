@@ -359,7 +359,11 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
         s.metrics.signature_failure(e.kind());
         tracing::warn!(
             kind = e.kind(),
-            webhook_id = raw.id.map(String::from_utf8_lossy).as_deref(),
+            // Unverified input: at most 100 bytes of it in the log.
+            webhook_id = raw
+                .id
+                .map(|id| String::from_utf8_lossy(&id[..id.len().min(100)]))
+                .as_deref(),
             "webhook refused: {e}"
         );
         return error(StatusCode::UNAUTHORIZED, e.kind());
