@@ -288,23 +288,24 @@ impl Engine {
         }
         let since = sync.seq;
         let (mut rows, mut seq, epoch) = sync.reader.changed_since(since)?;
-        let mut fresh = None;
-        if epoch != sync.epoch {
+        let full = epoch != sync.epoch;
+        if full {
             // First load, or a rebuild replaced every row: load everything anew.
             (rows, seq, _) = sync.reader.changed_since(0)?;
-            fresh = Some(Index::default());
         }
-        {
-            let mut guard = self.inner.index.write().unwrap_or_else(|p| p.into_inner());
-            let index = match fresh.as_mut() {
-                Some(f) => f,
-                None => &mut *guard,
-            };
-            for decoded in decode_rows(&rows)? {
-                index.apply_decoded(decoded);
+        // Decode (and for a full load, build) without holding the index: readers keep
+        // answering from the previous state meanwhile.
+        let decoded = decode_rows(&rows)?;
+        if full {
+            let mut fresh = Index::default();
+            for d in decoded {
+                fresh.apply_decoded(d);
             }
-            if let Some(f) = fresh {
-                *guard = f;
+            *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        } else {
+            let mut index = self.inner.index.write().unwrap_or_else(|p| p.into_inner());
+            for d in decoded {
+                index.apply_decoded(d);
             }
         }
         sync.data_version = dv;
@@ -556,8 +557,13 @@ fn writer_loop(mut writer: Writer, queue: mpsc::Receiver<Job>, generation: &Atom
                 Err(_) => return,
             },
         };
-        match first {
-            Job::Exec(f) => f(&mut writer, generation),
+        // A panic here is a bug; it must not stop the writer for good. The transaction in
+        // flight rolls back as it unwinds, and callers whose replies were dropped see an
+        // error (the HTTP shell answers 5xx, so Dodo retries).
+        let writer = &mut writer;
+        let pending = &mut pending;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match first {
+            Job::Exec(f) => f(writer, generation),
             Job::Deliver { delivery, reply } => {
                 let mut deliveries = vec![delivery];
                 let mut replies = vec![reply];
@@ -568,16 +574,21 @@ fn writer_loop(mut writer: Writer, queue: mpsc::Receiver<Job>, generation: &Atom
                             replies.push(reply);
                         }
                         Ok(exec) => {
-                            pending = Some(exec);
+                            *pending = Some(exec);
                             break;
                         }
                         Err(_) => break,
                     }
                 }
-                commit(&mut writer, &deliveries, replies, generation);
+                commit(writer, &deliveries, replies, generation);
             }
-        }
+        }));
     }
+}
+
+/// Calls one caller's callback; a panicking callback affects no one else.
+fn answer(reply: Reply, result: Result<Applied, StoreError>) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(result)));
 }
 
 fn commit(
@@ -592,17 +603,20 @@ fn commit(
     match result {
         Ok(results) => {
             for (reply, r) in replies.into_iter().zip(results) {
-                reply(r);
+                answer(reply, r);
             }
         }
         Err(e) => {
             let retryable = e.is_retryable();
             let message = e.to_string();
             for reply in replies {
-                reply(Err(StoreError::Commit {
-                    message: message.clone(),
-                    retryable,
-                }));
+                answer(
+                    reply,
+                    Err(StoreError::Commit {
+                        message: message.clone(),
+                        retryable,
+                    }),
+                );
             }
         }
     }

@@ -610,3 +610,24 @@ fn ingest_then_check_gives_the_same_answer_whatever_the_line_order() {
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
 }
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path().join("e.db")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    engine.ingest_then(
+        delivery("m1", grant("grant_1", St::Pending, t0()).body()),
+        move |r| {
+            tx.send(r.map(|a| a.outcome)).unwrap();
+            panic!("a caller's bug");
+        },
+    );
+    assert_eq!(rx.recv().unwrap().unwrap(), Outcome::Applied);
+    let next = grant("grant_1", St::Delivered, t0() + ms(1_000)).body();
+    assert_eq!(
+        engine.ingest(delivery("m2", next)).unwrap(),
+        Outcome::Applied
+    );
+    assert!(engine.has_access("cus_a", "ent_pro", t0()));
+}
