@@ -394,6 +394,28 @@ impl Engine {
         })
     }
 
+    /// The access answer computed from the pair's own rows in SQLite, without loading
+    /// (or consulting) the in-memory index: for one-shot callers such as `entsync check`
+    /// on a large store. Same answer as [`Engine::access_with`].
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors, or a row that does not decode.
+    pub fn access_direct(
+        &self,
+        customer: &str,
+        entitlement: &str,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Result<Access, Error> {
+        let rows = self.listing().pair_rows(customer, entitlement)?;
+        let mut index = Index::default();
+        for d in decode_rows(&rows)? {
+            index.apply_decoded(d);
+        }
+        Ok(index.access(customer, entitlement, policy, now))
+    }
+
     /// Does `customer` have `entitlement` at `now`? Fails closed: `false` if the store
     /// could not be read.
     pub fn has_access(&self, customer: &str, entitlement: &str, now: Timestamp) -> bool {

@@ -333,7 +333,9 @@ pub fn check(db: &Path, args: CheckArgs) -> ExitCode {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let answer = match engine.access(&args.customer, &args.entitlement, now) {
+    // One answer: read the pair's rows, not the whole index.
+    let answer = match engine.access_direct(&args.customer, &args.entitlement, now, engine.policy())
+    {
         Ok(a) => a,
         Err(e) => return error(e),
     };
