@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 /// One verified webhook delivery, raw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
-    /// The `webhook-id` header (stable across retries): the idempotency key. For a bare
+    /// The `webhook-id` header (stable across retries). With the body's hash it is the
+    /// idempotency key: a retry may carry a newer payload under the same id. For a bare
     /// envelope without headers, `sha256:` + hex of its bytes.
     pub id: String,
     /// The `webhook-timestamp` header, as received.

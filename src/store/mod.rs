@@ -1018,15 +1018,7 @@ impl Reader {
                   WHERE seq > ?1 AND kind IN ('grant', 'subscription', 'payment', 'refund', 'dispute')"
             };
             let mut stmt = tx.prepare_cached(sql)?;
-            let rows = stmt.query_map([seq], |r| {
-                Ok(ObjectRow {
-                    kind: r.get(0)?,
-                    id: r.get(1)?,
-                    as_of: r.get(2)?,
-                    since: r.get(3)?,
-                    body: r.get(4)?,
-                })
-            })?;
+            let rows = stmt.query_map([seq], ObjectRow::from_row)?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
         tx.commit()?;
@@ -1057,15 +1049,7 @@ impl Reader {
               WHERE kind IN ('refund', 'dispute')
                 AND ref_id IN (SELECT json_extract(body, '$.payment_id') FROM g)",
         )?;
-        let rows = stmt.query_map(params![customer, entitlement], |r| {
-            Ok(ObjectRow {
-                kind: r.get(0)?,
-                id: r.get(1)?,
-                as_of: r.get(2)?,
-                since: r.get(3)?,
-                body: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![customer, entitlement], ObjectRow::from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 

@@ -24,6 +24,19 @@ pub struct ObjectRow {
     pub body: String,
 }
 
+impl ObjectRow {
+    /// Reads `kind, id, as_of, since, body` (in that order) from a result row.
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<ObjectRow> {
+        Ok(ObjectRow {
+            kind: r.get(0)?,
+            id: r.get(1)?,
+            as_of: r.get(2)?,
+            since: r.get(3)?,
+            body: r.get(4)?,
+        })
+    }
+}
+
 /// One stored delivery (`entsync deliveries --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeliveryRecord {

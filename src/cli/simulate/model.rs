@@ -471,15 +471,15 @@ impl Gen<'_> {
         if roll < 0.35 {
             self.expect(&g, true, None);
         } else if roll < 0.8 {
-            let at = self.step(&mut t);
-            self.subscription(
+            let who = (c, sub.as_str(), product.as_str(), created);
+            self.subscription_revokes(
+                who,
+                &mut t,
                 "subscription.on_hold",
-                (c, &sub, &product, created),
                 "on_hold",
-                at,
+                &mut g,
+                "subscription_on_hold",
             );
-            let at = self.step(&mut t);
-            self.revoke(&mut g, "subscription_on_hold", at);
             if self.rng.chance(0.6) {
                 let at = self.step(&mut t);
                 self.payment(c, Some(&sub), &product, at);
@@ -497,29 +497,46 @@ impl Gen<'_> {
                 self.expect(&g, false, Some("subscription_on_hold"));
             }
         } else if roll < 0.9 {
-            let at = self.step(&mut t);
-            self.subscription(
-                "subscription.paused",
-                (c, &sub, &product, created),
-                "paused",
-                at,
-            );
-            let at = self.step(&mut t);
+            let who = (c, sub.as_str(), product.as_str(), created);
             // Dodo spells this reason in PascalCase.
-            self.revoke(&mut g, "SubscriptionPaused", at);
+            self.subscription_revokes(
+                who,
+                &mut t,
+                "subscription.paused",
+                "paused",
+                &mut g,
+                "SubscriptionPaused",
+            );
             self.expect(&g, false, Some("subscription_paused"));
         } else {
-            let at = self.step(&mut t);
-            self.subscription(
+            let who = (c, sub.as_str(), product.as_str(), created);
+            self.subscription_revokes(
+                who,
+                &mut t,
                 "subscription.cancelled",
-                (c, &sub, &product, created),
                 "cancelled",
-                at,
+                &mut g,
+                "subscription_cancelled",
             );
-            let at = self.step(&mut t);
-            self.revoke(&mut g, "subscription_cancelled", at);
             self.expect(&g, false, Some("subscription_cancelled"));
         }
+    }
+
+    /// The subscription moves to `status` (event `event_type`), then Dodo revokes the
+    /// grant for `reason` (as spelled on the wire).
+    fn subscription_revokes(
+        &mut self,
+        who: (&Customer, &str, &str, DateTime<Utc>),
+        t: &mut DateTime<Utc>,
+        event_type: &'static str,
+        status: &'static str,
+        g: &mut Grant,
+        reason: &'static str,
+    ) {
+        let at = self.step(t);
+        self.subscription(event_type, who, status, at);
+        let at = self.step(t);
+        self.revoke(g, reason, at);
     }
 
     /// Revoked by the merchant. Sometimes a newer snapshot then claims the grant is
