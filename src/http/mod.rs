@@ -33,9 +33,9 @@
 mod metrics;
 
 use crate::delivery::{Delivery, Outcome};
-use crate::store::StoreError;
 use crate::verify::{RawWebhookHeaders, Verifier};
 use crate::Engine;
+use crate::EngineError;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -386,12 +386,9 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
     s.engine.ingest_then(delivery, move |result| {
         let _ = done.send(result);
     });
-    let result = committed.await.unwrap_or_else(|_| {
-        Err(StoreError::Commit {
-            message: "the writer dropped the delivery".into(),
-            retryable: true,
-        })
-    });
+    let result = committed
+        .await
+        .unwrap_or_else(|_| Err(EngineError::WriterStopped));
     if result.is_ok() {
         s.catch_up();
     }
@@ -459,20 +456,20 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
 ///
 /// # Errors
 ///
-/// [`StoreError`] when the index could not be refreshed.
+/// [`EngineError`] when the index could not be refreshed.
 pub async fn access_answer(
     engine: &Engine,
     customer: String,
     entitlement: String,
     now: crate::wire::Timestamp,
-) -> Result<crate::Access, StoreError> {
+) -> Result<crate::Access, EngineError> {
     if let Some(answer) = engine.access_if_current(&customer, &entitlement, now) {
         return Ok(answer);
     }
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.access(&customer, &entitlement, now))
         .await
-        .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("access task failed: {e}"))))
+        .unwrap_or_else(|_| Err(EngineError::WriterStopped))
 }
 
 /// [`Engine::has_access`] for async handlers, the way [`access_answer`] is: gate a
@@ -560,7 +557,7 @@ impl Shared {
     async fn read<T, F>(&self, f: F) -> Option<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Engine) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
     {
         let engine = self.engine.clone();
         match tokio::task::spawn_blocking(move || f(&engine)).await {
@@ -657,12 +654,7 @@ async fn healthz() -> Response {
 
 async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
     let (quarantined, grants) = s
-        .read(|e| {
-            Ok((
-                e.rejected().map(|q| q.len() as u64).ok(),
-                e.grant_count() as u64,
-            ))
-        })
+        .read(|e| Ok((e.quarantine_size().ok(), e.grant_count() as u64)))
         .await
         .unwrap_or((None, 0));
     let now = chrono::Utc::now();
