@@ -2,7 +2,7 @@
 -- (delivery id, body hash). Applied by src/store/migrate.rs after schema.sql (version 1).
 
 -- One row per distinct snapshot of an object, in key order: what the fold did with it
--- and the state after it (a projection, rebuilt from `deliveries` + `overrides`). A
+-- (a projection, rebuilt from `deliveries` + `overrides`). A
 -- snapshot arriving out of order re-folds from its place only until the fold meets a
 -- stored row again, so its cost does not grow with the object's history. The rows with a
 -- `code` are the quarantine.
@@ -13,7 +13,6 @@ CREATE TABLE history (
     delivery_seq INTEGER NOT NULL,          -- deliveries.seq of the representative delivery
     delivery_id  TEXT NOT NULL,             -- the smallest delivery id that carried it
     accepted     INTEGER NOT NULL,          -- an operator accepted it (`entsync accept`)
-    state_key    TEXT NOT NULL,             -- version key of the state after this step
     starts_run   INTEGER NOT NULL,          -- applied, and the status changed here
     forced       INTEGER NOT NULL,          -- applied only because it was accepted
     code         TEXT,                      -- rejected: illegal_transition, ... (NULL: applied)

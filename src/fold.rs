@@ -200,7 +200,9 @@ pub struct Step {
     pub accepted: bool,
     /// What happened to it.
     pub verdict: Verdict,
-    /// The key of the state snapshot after this step.
+    /// The key of the state snapshot after this step: its own key when applied, the
+    /// state it met when rejected. (Stores need not keep it: it follows from the steps
+    /// before.)
     pub state: VersionKey,
     /// Applied, and the object's status differs from the one before (or it is the
     /// first): the current status began here. `since` of a state is the key instant of

@@ -117,7 +117,8 @@ pub struct Refold<T> {
 /// What a [`Refold`] decided.
 #[derive(Debug, Clone)]
 pub struct RefoldPlan<T> {
-    /// History rows to insert or replace (those that changed, in key order).
+    /// History rows to insert or replace (those whose stored form changed, in key
+    /// order; the first is the inserted snapshot, when there is one).
     pub writes: Vec<Step>,
     /// The object's new state, when the fold ran to the end of the history without
     /// meeting it again (`None`: the state stays as stored; its `since` may still have
@@ -162,7 +163,14 @@ impl<T: Machine> Refold<T> {
                     return Flow::Converged;
                 }
                 self.flipped |= step.is_rejected() != old.is_rejected();
-                self.writes.push(step);
+                // The state a step met is not stored (it follows from the steps before):
+                // a rejected step that met another state but says the same needs no write.
+                let stored_same = step.verdict == old.verdict
+                    && step.accepted == old.accepted
+                    && step.starts_run == old.starts_run;
+                if !stored_same {
+                    self.writes.push(step);
+                }
                 Flow::More
             }
         }

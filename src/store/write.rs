@@ -11,6 +11,7 @@ use crate::plan::{self, Flow, Place, Refold};
 use crate::wire::{format_timestamp, hex, parse_timestamp, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// How many stored steps a re-fold reads at a time.
@@ -435,26 +436,33 @@ fn refold<T: Stored>(
     seq: i64,
 ) -> Result<Outcome> {
     let kind = T::KIND;
-    let mut refold = Refold::new(state_before::<T>(tx, id, &from)?);
-    // Where each written step's representative delivery is.
-    let mut delivery_seqs: Vec<i64> = Vec::new();
+    let before = state_before::<T>(tx, id, &from)?;
+    // The state each stored step met, as stored: followed along the old history.
+    let mut stored_state = before.as_ref().map(|c| c.snap.key);
+    let mut refold = Refold::new(before);
+    // Where each fed step's representative delivery is.
+    let mut delivery_seqs: HashMap<VersionKey, i64> = HashMap::new();
     let mut after = from.encode();
     let mut inclusive = true;
     if let Some((snap, delivery_id, delivery_seq)) = new {
         refold.feed(snap, delivery_id, None, false);
-        delivery_seqs.push(delivery_seq);
+        delivery_seqs.insert(snap.key, delivery_seq);
         inclusive = false;
     }
     'read: loop {
         let rows = load_steps_from(tx, kind, id, &after, inclusive, REFOLD_CHUNK)?;
         let n = rows.len();
-        for (stored, delivery_seq) in rows {
+        for (mut stored, delivery_seq) in rows {
+            if !stored.is_rejected() {
+                stored_state = Some(stored.key);
+            }
+            stored.state = stored_state.unwrap_or(stored.key);
             let snap = load_snap::<T>(tx, delivery_seq)?;
             let accepted = stored.accepted || accept.contains(&stored.key);
             if refold.feed(&snap, &stored.delivery_id, Some(&stored), accepted) == Flow::Converged {
                 break 'read;
             }
-            delivery_seqs.push(delivery_seq);
+            delivery_seqs.insert(stored.key, delivery_seq);
             after = stored.key.encode();
         }
         if n < REFOLD_CHUNK {
@@ -463,8 +471,9 @@ fn refold<T: Stored>(
         inclusive = false;
     }
     let planned = refold.finish(Some(&head.state_key));
-    for (step, delivery_seq) in planned.writes.iter().zip(&delivery_seqs) {
-        write_step(tx, kind, id, step, *delivery_seq)?;
+    for step in &planned.writes {
+        let delivery_seq = delivery_seqs.get(&step.key).copied().unwrap_or_default();
+        write_step(tx, kind, id, step, delivery_seq)?;
     }
     let since = since_of(tx, kind, id)?;
     match planned.state {
@@ -490,28 +499,23 @@ fn refold<T: Stored>(
     Ok(planned.outcome)
 }
 
-/// The state just before key `key`: the state after the step before it.
+/// The state just before key `key`: the snapshot of the last applied step before it.
 fn state_before<T: Stored>(
     tx: &Connection,
     id: &str,
     key: &VersionKey,
 ) -> Result<Option<Current<T>>> {
-    let state_key: Option<String> = tx
+    let delivery_seq: Option<i64> = tx
         .prepare_cached(
-            "SELECT state_key FROM history WHERE kind = ?1 AND object_id = ?2 AND version_key < ?3
+            "SELECT delivery_seq FROM history
+              WHERE kind = ?1 AND object_id = ?2 AND version_key < ?3 AND code IS NULL
               ORDER BY version_key DESC LIMIT 1",
         )?
         .query_row(params![T::KIND.as_str(), id, key.encode()], |r| r.get(0))
         .optional()
-        .context("load the step before")?;
-    let Some(state_key) = state_key else {
+        .context("load the state before")?;
+    let Some(delivery_seq) = delivery_seq else {
         return Ok(None);
-    };
-    let Some((_, delivery_seq)) = load_step(tx, T::KIND, id, &state_key)? else {
-        return Err(StoreError::Corrupt(format!(
-            "{} {id}: no step {state_key}",
-            T::KIND
-        )));
     };
     let snap = load_snap::<T>(tx, delivery_seq)?;
     // `since` does not steer the fold; the store recomputes it from `starts_run`.
@@ -532,7 +536,7 @@ fn load_snap<T: Stored>(tx: &Connection, delivery_seq: i64) -> Result<Snap<T>> {
 }
 
 const STEP_COLUMNS: &str =
-    "version_key, delivery_id, accepted, state_key, starts_run, forced, rejection, delivery_seq";
+    "version_key, delivery_id, accepted, starts_run, forced, rejection, delivery_seq";
 
 fn step_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Step, i64)> {
     let bad = |i: usize, what: &str| {
@@ -543,24 +547,25 @@ fn step_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Step, i64)> {
         )
     };
     let key: String = r.get(0)?;
-    let state: String = r.get(3)?;
-    let rejection: Option<String> = r.get(6)?;
+    let key = decode_key(&key).ok_or_else(|| bad(0, "version key"))?;
+    let rejection: Option<String> = r.get(5)?;
     let verdict = match rejection {
-        None => Verdict::Applied { forced: r.get(5)? },
+        None => Verdict::Applied { forced: r.get(4)? },
         Some(json) => Verdict::Rejected(
-            serde_json::from_str::<Rejection>(&json).map_err(|_| bad(6, "rejection"))?,
+            serde_json::from_str::<Rejection>(&json).map_err(|_| bad(5, "rejection"))?,
         ),
     };
     Ok((
         Step {
-            key: decode_key(&key).ok_or_else(|| bad(0, "version key"))?,
+            key,
             delivery_id: r.get(1)?,
             accepted: r.get(2)?,
             verdict,
-            state: decode_key(&state).ok_or_else(|| bad(3, "state key"))?,
-            starts_run: r.get(4)?,
+            // Not stored: the loader sets the state the step met.
+            state: key,
+            starts_run: r.get(3)?,
         },
-        r.get(7)?,
+        r.get(6)?,
     ))
 }
 
@@ -627,11 +632,10 @@ pub(super) fn write_step(
     };
     tx.prepare_cached(
         "INSERT INTO history (kind, object_id, version_key, delivery_seq, delivery_id, accepted,
-                              state_key, starts_run, forced, code, reason, from_state, to_state,
-                              rejection)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                              starts_run, forced, code, reason, from_state, to_state, rejection)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (kind, object_id, version_key) DO UPDATE SET accepted = excluded.accepted,
-             state_key = excluded.state_key, starts_run = excluded.starts_run,
+             starts_run = excluded.starts_run,
              forced = excluded.forced, code = excluded.code, reason = excluded.reason,
              from_state = excluded.from_state, to_state = excluded.to_state,
              rejection = excluded.rejection",
@@ -643,7 +647,6 @@ pub(super) fn write_step(
         delivery_seq,
         step.delivery_id,
         step.accepted,
-        step.state.encode(),
         step.starts_run,
         forced,
         rejection.map(|r| r.reason.code()),

@@ -5,6 +5,7 @@
 mod core;
 mod families;
 mod fixtures;
+mod hardening;
 mod http;
 mod store;
 mod support;

@@ -52,7 +52,7 @@ fn dump(path: &Path) -> Dump {
         ),
         history: rows(
             "SELECT kind, object_id, version_key, delivery_id,
-                    CAST(accepted AS TEXT), state_key, CAST(starts_run AS TEXT),
+                    CAST(accepted AS TEXT), CAST(starts_run AS TEXT),
                     CAST(forced AS TEXT), rejection
                FROM history ORDER BY kind, object_id, version_key",
         ),
