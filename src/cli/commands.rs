@@ -228,7 +228,9 @@ pub fn ingest(db: &Path, args: IngestArgs) -> Result<ExitCode, CliError> {
                         }
                         Err(e) => {
                             failed += 1;
-                            eprintln!("entsync: delivery not stored: {e}");
+                            // Reported as it happens (like ripgrep does a file it cannot read); the
+                            // count ends the command as `CliError::NotStored`.
+                            eprintln!("entsync ingest: delivery not stored: {e}");
                         }
                     }
                 }
@@ -236,7 +238,7 @@ pub fn ingest(db: &Path, args: IngestArgs) -> Result<ExitCode, CliError> {
             }
             Err(e) => {
                 failed += n as u64;
-                eprintln!("entsync: batch not stored: {e}");
+                eprintln!("entsync ingest: batch not stored: {e}");
             }
         }
     };
