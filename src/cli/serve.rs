@@ -1,10 +1,9 @@
 //! `entsync serve`: the webhook receiver and the read API ([`entitlement_sync::http`])
 //! on a TCP listener, with logs, signals and graceful shutdown.
 
-use super::{open_engine, PolicyArgs};
+use super::{open_engine, webhook_verifier, CliError, PolicyArgs};
 use clap::Args;
 use entitlement_sync::http::{Options, Receiver};
-use entitlement_sync::verify::Verifier;
 use std::future::IntoFuture;
 use std::path::Path;
 use std::process::ExitCode;
@@ -52,32 +51,10 @@ fn parse_size(s: &str) -> Result<usize, String> {
     }
 }
 
-const NO_SECRET: &str = "entsync serve: no webhook secret. Copy the endpoint's signing secret \
-(whsec_...) from the Dodo dashboard (Developer > Webhooks) and set it:\n  \
-export DODO_PAYMENTS_WEBHOOK_SECRET=whsec_...\n\
-(several secrets, e.g. during a rotation, separated by spaces or commas), or pass --secret.";
-
 /// `entsync serve`.
-pub fn run(db: &Path, args: ServeArgs) -> ExitCode {
+pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
     init_logging();
-    let list = if args.secrets.is_empty() {
-        std::env::var("DODO_PAYMENTS_WEBHOOK_SECRET").unwrap_or_default()
-    } else {
-        args.secrets.join(" ")
-    };
-    if list.trim().is_empty() {
-        eprintln!("{NO_SECRET}");
-        return ExitCode::from(2);
-    }
-    let verifier = match Verifier::from_list(&list) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!(
-                "entsync serve: bad webhook secret in DODO_PAYMENTS_WEBHOOK_SECRET/--secret: {e}"
-            );
-            return ExitCode::from(2);
-        }
-    };
+    let verifier = webhook_verifier(&args.secrets)?;
     let api_token = match std::env::var("ENTSYNC_API_TOKEN") {
         Ok(t) if t.trim().is_empty() => {
             tracing::warn!("ENTSYNC_API_TOKEN is set but empty: the read API stays open");
@@ -86,25 +63,16 @@ pub fn run(db: &Path, args: ServeArgs) -> ExitCode {
         Ok(t) => Some(t),
         Err(_) => None,
     };
-    let engine = match open_engine(db, args.policy.policy()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+    let engine = open_engine(db, args.policy.policy())?;
     // Load the access index now, so that the first requests do not pay for it.
     let grants = engine.grant_count();
     // Deliveries are stored by the engine's writer thread; the blocking pool only serves
     // the SQLite reads of /v1/customers, /v1/credits and /metrics.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("entsync")
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("entsync serve: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
+        .map_err(CliError::io("cannot start the runtime"))?;
     let options = Options {
         max_body: args.max_body,
         api_token,
@@ -137,21 +105,13 @@ async fn serve(
     listen: &str,
     (db, grants, protected): (&Path, usize, bool),
     grace: Duration,
-) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("entsync serve: cannot listen on {listen}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let addr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("entsync serve: cannot read the bound address: {e}");
-            return ExitCode::from(2);
-        }
-    };
+) -> Result<ExitCode, CliError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(CliError::io(format!("cannot listen on {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(CliError::io("cannot read the bound address"))?;
     tracing::info!(
         %addr,
         db = %db.display(),
@@ -181,16 +141,13 @@ async fn serve(
         result = server.into_future() => match result {
             Ok(()) => {
                 tracing::info!("stopped");
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
-                tracing::error!(error = %e, "server failed");
-                ExitCode::from(1)
-            }
+            Err(e) => Err(CliError::Server(e)),
         },
         () = deadline => {
             tracing::warn!(seconds = grace.as_secs(), "requests still in flight after the shutdown timeout; exiting (unacknowledged deliveries will be retried by the sender)");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
