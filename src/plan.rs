@@ -7,7 +7,7 @@
 //! cases it is ([`place`]), and for each what to write:
 //!
 //! - **append** ([`append`]): newer than everything (the in-order case): one
-//!   [`fold::step`] from the head, one new history row;
+//!   [`crate::fold::step`] from the head, one new history row;
 //! - **duplicate**: its key is already in the history (the same snapshot under another
 //!   delivery id): nothing changes but, perhaps, which delivery represents it
 //!   ([`representative`]);
@@ -18,7 +18,7 @@
 //!   history.
 //!
 //! Every case ends in an [`Outcome`] with the same rules as a whole re-fold
-//! ([`fold::outcome`]): `rejected` if the fold refuses the snapshot, `applied` if the
+//! ([`crate::fold::outcome`]): `rejected` if the fold refuses the snapshot, `applied` if the
 //! state or the set of rejected snapshots changed, `stale` otherwise. The stores
 //! (SQLite, and any other) execute these plans and decide nothing.
 

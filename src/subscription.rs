@@ -37,14 +37,6 @@ pub fn transition(from: &SubscriptionStatus, to: &SubscriptionStatus) -> Result<
     }
 }
 
-/// Is this status terminal?
-pub fn is_terminal(status: &SubscriptionStatus) -> bool {
-    matches!(
-        status,
-        SubscriptionStatus::Cancelled | SubscriptionStatus::Failed | SubscriptionStatus::Expired
-    )
-}
-
 /// Lifecycle rank, to order two snapshots of the same instant.
 pub fn rank(status: &SubscriptionStatus) -> u8 {
     use SubscriptionStatus::*;

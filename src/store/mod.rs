@@ -16,12 +16,14 @@
 //! | `mod.rs` | errors, opening a file, the two traits |
 //! | `migrate.rs` | append-only migrations (`schema.sql`, `migrations/*.sql`) |
 //! | `families.rs` | the families as stored objects: [`Kind`] to type, lookup columns |
-//! | `write.rs` | the writer: deliveries, plans carried out, the history, accept |
+//! | `write.rs` | the writer: deliveries, plans carried out, accept |
+//! | `history.rs` | the history rows (one per distinct snapshot; the quarantine) |
 //! | `rebuild.rs` | every projection recomputed from `deliveries` + `overrides` |
 //! | `read.rs` | the reader: change feed for the index, one pair's rows |
 //! | `records.rs` | listings and views (`deliveries`, `rejected`, `grants`, ...) |
 
 mod families;
+mod history;
 mod migrate;
 mod read;
 mod rebuild;

@@ -15,9 +15,12 @@ use crate::event::Kind;
 use crate::index::{Decoded, Index, IndexError};
 use crate::store::{
     self, Applied, Balance, CustomerView, DeliveryRecord, GrantRecord, ObjectRow, QuarantineRecord,
-    ReadStore, Reader, RebuildStats, StoreError, StoreStats, WriteStore, Writer,
+    ReadStore, Reader, RebuildStats, StoreError, StoreStats, Writer,
 };
 use crate::wire::Timestamp;
+use writer::{writer_loop, Job, Store};
+
+mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
@@ -60,9 +63,6 @@ impl EngineError {
 /// Errors of the engine.
 pub type Error = EngineError;
 
-/// How many deliveries one group commit takes at most.
-const MAX_GROUP: usize = 512;
-
 /// Default of [`Engine::set_external_check_interval`].
 const DEFAULT_EXTERNAL_CHECK: Duration = Duration::from_millis(1);
 
@@ -96,23 +96,6 @@ impl std::fmt::Debug for Engine {
             .field("policy", &self.inner.policy)
             .finish_non_exhaustive()
     }
-}
-
-/// What to do with a delivery's result once its transaction committed (or failed).
-type Reply = Box<dyn FnOnce(Result<Applied, Error>) + Send>;
-
-/// The store the writer thread owns.
-type Store = Box<dyn WriteStore>;
-
-/// A closure run on the writer thread; it bumps the generation after writing.
-type WriterTask = Box<dyn FnOnce(&mut Store, &AtomicU64) + Send>;
-
-/// Work for the writer thread.
-enum Job {
-    /// One delivery of a group commit.
-    Deliver { delivery: Delivery, reply: Reply },
-    /// Anything else that needs the writer (bulk ingest, accept, rebuild), in order.
-    Exec(WriterTask),
 }
 
 struct Sync {
@@ -653,82 +636,4 @@ fn decode_rows(rows: &[ObjectRow]) -> (Vec<Decoded>, Vec<IndexError>) {
 
 fn writer_gone() -> Error {
     EngineError::WriterStopped
-}
-
-/// The writer thread: takes whatever is queued (up to [`MAX_GROUP`] deliveries) and
-/// commits it as one transaction, so concurrent deliveries share one fsync. Exits when
-/// every [`Engine`] clone is gone.
-fn writer_loop(mut writer: Store, queue: mpsc::Receiver<Job>, generation: &AtomicU64) {
-    let mut pending: Option<Job> = None;
-    loop {
-        let first = match pending.take() {
-            Some(job) => job,
-            None => match queue.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-        };
-        // A panic here is a bug; it must not stop the writer for good. The transaction in
-        // flight rolls back as it unwinds, and callers whose replies were dropped see an
-        // error (the HTTP shell answers 5xx, so Dodo retries).
-        let writer = &mut writer;
-        let pending = &mut pending;
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match first {
-            Job::Exec(f) => f(writer, generation),
-            Job::Deliver { delivery, reply } => {
-                let mut deliveries = vec![delivery];
-                let mut replies = vec![reply];
-                while deliveries.len() < MAX_GROUP {
-                    match queue.try_recv() {
-                        Ok(Job::Deliver { delivery, reply }) => {
-                            deliveries.push(delivery);
-                            replies.push(reply);
-                        }
-                        Ok(exec) => {
-                            *pending = Some(exec);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                commit(writer, &deliveries, replies, generation);
-            }
-        }));
-    }
-}
-
-/// Calls one caller's callback; a panicking callback affects no one else.
-fn answer(reply: Reply, result: Result<Applied, Error>) {
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(result)));
-}
-
-fn commit(
-    writer: &mut Store,
-    deliveries: &[Delivery],
-    replies: Vec<Reply>,
-    generation: &AtomicU64,
-) {
-    let result = writer.apply_batch(deliveries);
-    // Before anyone hears of the commit, so that their next read sees it.
-    generation.fetch_add(1, Ordering::AcqRel);
-    match result {
-        Ok(results) => {
-            for (reply, r) in replies.into_iter().zip(results) {
-                answer(reply, r.map_err(Error::from));
-            }
-        }
-        Err(e) => {
-            let retryable = e.is_retryable();
-            let message = e.to_string();
-            for reply in replies {
-                answer(
-                    reply,
-                    Err(Error::Store(StoreError::Commit {
-                        message: message.clone(),
-                        retryable,
-                    })),
-                );
-            }
-        }
-    }
 }
