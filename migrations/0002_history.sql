@@ -23,7 +23,6 @@ CREATE TABLE history (
     PRIMARY KEY (kind, object_id, version_key)
 ) WITHOUT ROWID;
 CREATE INDEX history_rejected ON history (delivery_id) WHERE code IS NOT NULL;
-CREATE INDEX history_runs ON history (kind, object_id, version_key) WHERE starts_run = 1;
 
 DROP TABLE quarantine;
 

@@ -109,7 +109,10 @@ pub struct Refold<T> {
     writes: Vec<Step>,
     /// An existing step went from applied to rejected or back.
     flipped: bool,
-    converged: bool,
+    /// The stored step the fold met again.
+    converged: Option<VersionKey>,
+    /// The last fed step (written or not) that started a run of its status.
+    run_start: Option<VersionKey>,
     /// The verdict of the snapshot the re-fold is for (the first fed with no stored step).
     subject: Option<bool>,
 }
@@ -126,6 +129,27 @@ pub struct RefoldPlan<T> {
     pub state: Option<Current<T>>,
     /// The outcome for the snapshot the re-fold is for.
     pub outcome: Outcome,
+    /// The stored step the fold met again (`None`: it ran to the end of the history).
+    pub converged: Option<VersionKey>,
+    /// The last step the re-fold went through that starts a run of its status.
+    pub run_start: Option<VersionKey>,
+}
+
+impl<T> RefoldPlan<T> {
+    /// `since` of the object afterwards, when the re-fold alone tells: `old_since` is the
+    /// stored `since`. `None`: the store must look it up (the run's start moved before
+    /// the re-folded steps, or instants tie).
+    pub fn since(&self, old_since: crate::wire::Timestamp) -> Option<crate::wire::Timestamp> {
+        match (self.converged, self.run_start) {
+            // The run that makes `since` starts at or after the stored step met again:
+            // untouched.
+            (Some(k), _) if old_since > k.at => Some(old_since),
+            (Some(k), _) if old_since == k.at => None,
+            // Otherwise the last run start is among the re-folded steps, if any is.
+            (_, Some(start)) => Some(start.at),
+            (_, None) => None,
+        }
+    }
 }
 
 impl<T: Machine> Refold<T> {
@@ -135,7 +159,8 @@ impl<T: Machine> Refold<T> {
             folder: Folder::new(before),
             writes: Vec::new(),
             flipped: false,
-            converged: false,
+            converged: None,
+            run_start: None,
             subject: None,
         }
     }
@@ -152,16 +177,22 @@ impl<T: Machine> Refold<T> {
     ) -> Flow {
         let step = self.folder.push(snap, delivery_id, accepted);
         match stored {
+            Some(old) if &step == old => {
+                self.converged = Some(step.key);
+                return Flow::Converged;
+            }
+            _ => {}
+        }
+        if step.starts_run {
+            self.run_start = Some(step.key);
+        }
+        match stored {
             None => {
                 self.subject = Some(step.is_rejected());
                 self.writes.push(step);
                 Flow::More
             }
             Some(old) => {
-                if &step == old {
-                    self.converged = true;
-                    return Flow::Converged;
-                }
                 self.flipped |= step.is_rejected() != old.is_rejected();
                 // The state a step met is not stored (it follows from the steps before):
                 // a rejected step that met another state but says the same needs no write.
@@ -178,7 +209,7 @@ impl<T: Machine> Refold<T> {
 
     /// The plan. `stored_state`: the key of the object's stored state.
     pub fn finish(self, stored_state: Option<&VersionKey>) -> RefoldPlan<T> {
-        let state = if self.converged {
+        let state = if self.converged.is_some() {
             None
         } else {
             self.folder.into_state()
@@ -196,6 +227,8 @@ impl<T: Machine> Refold<T> {
             writes: self.writes,
             state,
             outcome,
+            converged: self.converged,
+            run_start: self.run_start,
         }
     }
 }

@@ -75,11 +75,13 @@ pub(super) fn load_steps_from(
     rows.collect::<Result<_, _>>().context("load steps")
 }
 
-/// `since` of the object's state: the key instant of its last run-starting step.
+/// `since` of the object's state: the key instant of its last run-starting step. Walks
+/// the object's history back from its newest step (no index: the re-fold knows the
+/// answer itself in all but rare cases, see `write::refold`).
 pub(super) fn since_of(tx: &Connection, kind: Kind, id: &str) -> Result<Option<Timestamp>> {
     let key: Option<String> = tx
         .prepare_cached(
-            "SELECT version_key FROM history INDEXED BY history_runs
+            "SELECT version_key FROM history
               WHERE kind = ?1 AND object_id = ?2 AND starts_run = 1
               ORDER BY version_key DESC LIMIT 1",
         )?

@@ -477,7 +477,10 @@ fn refold<T: Stored>(
         let delivery_seq = delivery_seqs.get(&step.key).copied().unwrap_or_default();
         write_step(tx, kind, id, step, delivery_seq)?;
     }
-    let since = since_of(tx, kind, id)?;
+    let since = match planned.since(head.since) {
+        Some(since) => Some(since),
+        None => since_of(tx, kind, id)?,
+    };
     match planned.state {
         Some(mut state) => {
             state.since = since.unwrap_or(state.snap.key.at);
