@@ -111,6 +111,18 @@ pub(super) fn write_step(
     step: &Step,
     delivery_seq: i64,
 ) -> Result<()> {
+    write_step_keyed(tx, kind, id, step, &step.key.encode(), delivery_seq)
+}
+
+/// [`write_step`] with the step's key already encoded.
+pub(super) fn write_step_keyed(
+    tx: &Connection,
+    kind: Kind,
+    id: &str,
+    step: &Step,
+    key: &str,
+    delivery_seq: i64,
+) -> Result<()> {
     let (forced, rejection) = match &step.verdict {
         Verdict::Applied { forced } => (*forced, None),
         Verdict::Rejected(r) => (false, Some(r)),
@@ -128,7 +140,7 @@ pub(super) fn write_step(
     .execute(params![
         kind.as_str(),
         id,
-        step.key.encode(),
+        key,
         delivery_seq,
         step.delivery_id,
         step.accepted,

@@ -4,6 +4,7 @@
 
 use super::families::{kind_of, with_family, Stored};
 pub(super) use super::history::write_step;
+use super::history::write_step_keyed;
 use super::history::{load_step, load_steps_from, representative_of, since_of};
 use super::{Context, RebuildStats, Result, StoreError, WriteStore};
 use crate::delivery::{Delivery, Outcome};
@@ -364,10 +365,10 @@ fn apply_snapshot<T: Stored>(
         Place::Newest => {
             let current = head.as_ref().map(current_of::<T>).transpose()?;
             let append = plan::append(current.as_ref(), &snap, at.delivery_id);
-            write_step(tx, T::KIND, &id, &append.step, at.delivery_seq)?;
+            write_step_keyed(tx, T::KIND, &id, &append.step, &key, at.delivery_seq)?;
             match &append.state {
                 Some(state) => {
-                    upsert_object(tx, &id, state, &snap.key, at.delivery_id, at.seq)?;
+                    upsert_object_keyed(tx, &id, state, &key, &key, at.delivery_id, at.seq)?;
                 }
                 None => {
                     tx.prepare_cached(
@@ -548,6 +549,20 @@ pub(super) fn upsert_object<T: Stored>(
     delivery_id: &str,
     seq: i64,
 ) -> Result<()> {
+    let (state_key, max_key) = (state.snap.key.encode(), max_key.encode());
+    upsert_object_keyed(tx, id, state, &state_key, &max_key, delivery_id, seq)
+}
+
+/// [`upsert_object`] with the state's and the newest key already encoded.
+fn upsert_object_keyed<T: Stored>(
+    tx: &Connection,
+    id: &str,
+    state: &Current<T>,
+    state_key: &str,
+    max_key: &str,
+    delivery_id: &str,
+    seq: i64,
+) -> Result<()> {
     let body = serde_json::to_string(&state.snap.body)
         .map_err(|e| StoreError::Corrupt(format!("encode {}: {e}", T::KIND)))?;
     tx.prepare_cached(
@@ -567,8 +582,8 @@ pub(super) fn upsert_object<T: Stored>(
         state.snap.body.status_name(),
         format_timestamp(&state.snap.key.at),
         format_timestamp(&state.since),
-        state.snap.key.encode(),
-        max_key.encode(),
+        state_key,
+        max_key,
         delivery_id,
         body,
         seq,
