@@ -9,34 +9,29 @@
 //!    changing nothing, sticky manual revocations, restorations, subscriptions, outcomes,
 //!    timestamps as instants, and a parser that never panics.
 
-use crate::support::model::{self, MKey};
+use crate::support::model::{self, Family, MKey};
 use crate::support::{
     self, at, delivery_ids, entry, fold_by_object, grant, grant_lifecycles, ms, parse_grant,
-    rejected_keys, shuffled_with_duplicates, subscription, subscription_history, summaries,
-    summary, t0, ts_form, GrantSpec, Meta, St, SubSpec, Timestamp, TsForm, REASONS,
+    payment, rejected_keys, shuffled_with_duplicates, subscription, subscription_history,
+    summaries, summary, t0, ts_form, GrantSpec, Meta, PaymentRefunds, PaymentSpec, RefundSpec, St,
+    SubSpec, Timestamp, TsForm, REASONS,
 };
 use chrono::Duration;
 use entitlement_sync::access::{decide, GrantView, Policy, SubscriptionFacts};
 use entitlement_sync::event::{self, Event, Grant, Subscription};
-use entitlement_sync::fold::{self, outcome, step, Entry, Folded, Snap, Verdict, VersionKey};
-use entitlement_sync::Outcome;
+use entitlement_sync::fold::{self, outcome, Entry, Folded, Snap, Verdict, VersionKey};
+use entitlement_sync::{Delivery, Engine, Outcome};
 use proptest::prelude::*;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
 use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
+use std::path::Path;
 
 /// Where proptest keeps this module's failures (committed).
 const REGRESSIONS: &str = support::regressions_path!("core");
 
 fn config() -> proptest::test_runner::Config {
     support::proptest_config(REGRESSIONS)
-}
-
-fn to_key(k: &MKey) -> VersionKey {
-    VersionKey {
-        at: k.0,
-        rank: k.1,
-        hash: k.2,
-    }
 }
 
 fn from_key(k: &VersionKey) -> MKey {
@@ -66,132 +61,409 @@ fn views_by_pair(
 }
 
 // =======================================================================================
-// 1. Model-based: the naive model against the engine
+// 1. Model-based: the naive model against the real engine on a real store
 // =======================================================================================
 
-/// The grants of the model test: two share a pair (access is an OR), two have pairs of
-/// their own.
-const GRANTS: [(&str, &str, &str); 4] = [
-    ("grant_1", "cus_a", "ent_pro"),
-    ("grant_2", "cus_a", "ent_pro"),
-    ("grant_3", "cus_a", "ent_files"),
-    ("grant_4", "cus_b", "ent_pro"),
-];
-
-/// The model's world: every delivery ever made, the operator's accepts, the clock.
-#[derive(Clone, Debug)]
-pub struct World {
-    now: Timestamp,
-    /// `(webhook id, snapshot)` of every accepted delivery, in arrival order.
-    deliveries: Vec<(String, GrantSpec)>,
-    /// Keys an operator accepted.
-    forced: BTreeSet<MKey>,
-    /// Next fresh webhook id.
-    next_id: u32,
-    /// What the last delivery should report (`None` after a non-delivery transition).
-    expected: Option<&'static str>,
+/// A store the model test runs against: opens (or reopens) an [`Engine`] with the default
+/// policy on the store that belongs to `dir` (a fresh directory per test case, kept for the
+/// whole case). SQLite keeps a file in it; a PostgreSQL backend would derive a schema name
+/// from it and call `Engine::open(url)`.
+pub trait Backend {
+    /// Opens the engine; panics if it cannot.
+    fn open(dir: &Path) -> Engine;
 }
 
-impl World {
-    fn webhook_seen(&self, id: &str) -> bool {
-        self.deliveries.iter().any(|(w, _)| w == id)
+/// The default store: a SQLite file.
+pub struct Sqlite;
+
+impl Backend for Sqlite {
+    fn open(dir: &Path) -> Engine {
+        Engine::open(dir.join("model.db")).expect("open the SQLite store")
+    }
+}
+
+/// The grants of the model test: (id, customer, entitlement, subscription, payment). Two
+/// share a pair (access is an OR); `grant_1` belongs to a subscription (whose payment's
+/// refunds must not deny it), `grant_2` to a one-time purchase (a full refund denies it),
+/// `grant_4` to nothing (license keys only).
+const GRANTS: [(&str, &str, &str, Option<&str>, Option<&str>); 4] = [
+    (
+        "grant_1",
+        "cus_a",
+        "ent_pro",
+        Some("sub_1"),
+        Some("pay_sub"),
+    ),
+    ("grant_2", "cus_a", "ent_pro", None, Some("pay_1")),
+    ("grant_3", "cus_a", "ent_files", Some("sub_2"), None),
+    ("grant_4", "cus_b", "ent_pro", None, None),
+];
+
+/// Subscriptions of the model test.
+const SUBS: [&str; 2] = ["sub_1", "sub_2"];
+
+/// Payments: (id, subscription).
+const PAYMENTS: [(&str, Option<&str>); 2] = [("pay_1", None), ("pay_sub", Some("sub_1"))];
+
+/// Refunds: (id, payment).
+const REFUNDS: [(&str, &str); 3] = [("re_1", "pay_1"), ("re_2", "pay_1"), ("re_3", "pay_sub")];
+
+/// The on_hold grace of the second policy every answer is asked under.
+const GRACE_HOURS: i64 = 2;
+
+/// Any snapshot the model test delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Snapshot {
+    /// An entitlement grant.
+    Grant(GrantSpec),
+    /// A subscription.
+    Sub(SubSpec),
+    /// A payment.
+    Payment(PaymentSpec),
+    /// A refund.
+    Refund(RefundSpec),
+}
+
+impl Snapshot {
+    fn body(&self) -> Vec<u8> {
+        match self {
+            Snapshot::Grant(s) => s.body(),
+            Snapshot::Sub(s) => s.body(),
+            Snapshot::Payment(s) => s.body(),
+            Snapshot::Refund(s) => s.body(),
+        }
     }
 
-    fn grant_fold(&self, grant_id: &str) -> model::GrantFold {
-        model::fold_grant(
-            self.deliveries
-                .iter()
-                .map(|(_, g)| g)
-                .filter(|g| g.id == grant_id),
-            &self.forced,
-        )
+    fn key(&self) -> MKey {
+        match self {
+            Snapshot::Grant(s) => s.key(),
+            Snapshot::Sub(s) => s.key(),
+            Snapshot::Payment(s) => s.key(),
+            Snapshot::Refund(s) => s.key(),
+        }
     }
 
-    fn folds(&self) -> BTreeMap<String, model::GrantFold> {
-        GRANTS
-            .iter()
-            .map(|(id, _, _)| (id.to_string(), self.grant_fold(id)))
-            .filter(|(_, f)| f.state.is_some())
-            .collect()
+    /// (kind, id) of the object, as `rejected()` names it.
+    fn object(&self) -> (&'static str, &str) {
+        match self {
+            Snapshot::Grant(s) => ("grant", &s.id),
+            Snapshot::Sub(s) => ("subscription", &s.id),
+            Snapshot::Payment(s) => ("payment", &s.id),
+            Snapshot::Refund(s) => ("refund", &s.id),
+        }
+    }
+}
+
+/// One stored delivery of the model: webhook id, snapshot, its bytes and key.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    webhook_id: String,
+    snap: Snapshot,
+    body: Vec<u8>,
+    key: MKey,
+}
+
+/// What the last transition should report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing to check (clock, rebuild, reopen).
+    Nothing,
+    /// `ingest` returns this outcome.
+    Outcome(&'static str),
+    /// `accept` returns this object.
+    Accepted(&'static str, String),
+}
+
+/// The model's world: every stored delivery, the operator's accepts, the clock.
+///
+/// `ALL`: every sequence. Without it, sequences that run into the known bugs of retries
+/// under one webhook id (see [`World::hits_known_bug`]) are not generated, so that the
+/// suite passes and still catches everything else.
+#[derive(Clone, Debug)]
+pub struct World<const ALL: bool> {
+    now: Timestamp,
+    /// Every stored delivery (unique by webhook id and body), in arrival order.
+    deliveries: Vec<Stored>,
+    /// Keys of the snapshots an operator accepted.
+    forced: BTreeSet<MKey>,
+    /// Webhook ids an operator named in `accept`.
+    accepted_ids: BTreeSet<String>,
+    /// Counter for fresh webhook ids.
+    next_id: u32,
+    /// What the last transition should report.
+    expected: Expect,
+}
+
+/// Every object's fold, keyed by (kind, id).
+struct Folds {
+    grants: BTreeMap<String, model::Fold<GrantSpec>>,
+    subs: BTreeMap<String, model::Fold<SubSpec>>,
+    payments: BTreeMap<String, model::Fold<PaymentSpec>>,
+    refunds: BTreeMap<String, model::Fold<RefundSpec>>,
+}
+
+impl Folds {
+    /// (kind, id, key) of every rejected snapshot.
+    fn rejected(&self) -> Vec<(&'static str, String, MKey)> {
+        fn of<S>(
+            kind: &'static str,
+            m: &BTreeMap<String, model::Fold<S>>,
+        ) -> Vec<(&'static str, String, MKey)> {
+            m.iter()
+                .flat_map(|(id, f)| f.rejected.iter().map(move |k| (kind, id.clone(), *k)))
+                .collect()
+        }
+        let mut out = of("grant", &self.grants);
+        out.extend(of("subscription", &self.subs));
+        out.extend(of("payment", &self.payments));
+        out.extend(of("refund", &self.refunds));
+        out
     }
 
-    fn rejected(&self) -> Vec<MKey> {
-        self.folds()
-            .values()
-            .flat_map(|f| f.rejected.iter().copied())
-            .collect()
+    /// What the policy may use about a grant.
+    fn facts<'a>(&self, g: &'a GrantSpec) -> model::GrantFacts<'a> {
+        let subscription = g.subscription_id.as_ref().and_then(|s| {
+            let (spec, key, since) = self.subs.get(s)?.state.as_ref()?;
+            Some(model::SubFacts {
+                status: spec.status.canonical,
+                as_of: key.0,
+                since: *since,
+            })
+        });
+        // The earliest full refund of the payment: by a refund object whose state is a
+        // succeeded, non-partial refund (its version), or by the payment's own snapshot.
+        let refunded_at = g.payment_id.as_ref().and_then(|p| {
+            let by_refunds = self.refunds.values().filter_map(|f| {
+                let (r, key, _) = f.state.as_ref()?;
+                (&r.payment_id == p && model::refund_is_full(r)).then_some(key.0)
+            });
+            let by_payment = self
+                .payments
+                .get(p)
+                .and_then(|f| f.state.as_ref())
+                .and_then(|(spec, _, _)| model::payment_refunded_at(spec));
+            by_refunds.chain(by_payment).min()
+        });
+        model::GrantFacts {
+            grant: g,
+            subscription,
+            refunded_at,
+        }
+    }
+}
+
+impl<const ALL: bool> World<ALL> {
+    /// Nothing delivered yet, at [`t0`].
+    fn empty() -> World<ALL> {
+        World {
+            now: t0(),
+            deliveries: Vec::new(),
+            forced: BTreeSet::new(),
+            accepted_ids: BTreeSet::new(),
+            next_id: 0,
+            expected: Expect::Nothing,
+        }
     }
 
-    fn newest(&self, grant_id: &str) -> Option<Timestamp> {
+    fn folds(&self) -> Folds {
+        fn family<'a, S: model::Family + 'a>(
+            deliveries: &'a [Stored],
+            forced: &BTreeSet<MKey>,
+            pick: impl Fn(&'a Snapshot) -> Option<&'a S>,
+        ) -> BTreeMap<String, model::Fold<S>> {
+            let mut by_id: BTreeMap<String, Vec<(MKey, &S)>> = BTreeMap::new();
+            for d in deliveries {
+                if let Some(s) = pick(&d.snap) {
+                    by_id
+                        .entry(d.snap.object().1.to_string())
+                        .or_default()
+                        .push((d.key, s));
+                }
+            }
+            by_id
+                .into_iter()
+                .map(|(id, snaps)| (id, model::fold_keyed(snaps, forced)))
+                .collect()
+        }
+        let (d, f) = (&self.deliveries[..], &self.forced);
+        Folds {
+            grants: family(d, f, |s| match s {
+                Snapshot::Grant(g) => Some(g),
+                _ => None,
+            }),
+            subs: family(d, f, |s| match s {
+                Snapshot::Sub(g) => Some(g),
+                _ => None,
+            }),
+            payments: family(d, f, |s| match s {
+                Snapshot::Payment(g) => Some(g),
+                _ => None,
+            }),
+            refunds: family(d, f, |s| match s {
+                Snapshot::Refund(g) => Some(g),
+                _ => None,
+            }),
+        }
+    }
+
+    /// The fold of one object: (rejected keys, every key, state key) before a delivery.
+    fn object_fold(&self, snap: &Snapshot) -> model::Fold<()> {
+        let (kind, id) = snap.object();
+        let folds = self.folds();
+        fn erase<S>(f: Option<&model::Fold<S>>) -> model::Fold<()> {
+            f.map(|f| model::Fold {
+                state: f.state.as_ref().map(|(_, k, since)| ((), *k, *since)),
+                rejected: f.rejected.clone(),
+                keys: f.keys.clone(),
+                forced_applied: f.forced_applied.clone(),
+            })
+            .unwrap_or_default()
+        }
+        match kind {
+            "grant" => erase(folds.grants.get(id)),
+            "subscription" => erase(folds.subs.get(id)),
+            "payment" => erase(folds.payments.get(id)),
+            _ => erase(folds.refunds.get(id)),
+        }
+    }
+
+    /// Webhook ids carrying each snapshot: (kind, id, key) -> ids.
+    fn carriers(&self, kind: &str, id: &str, key: &MKey) -> BTreeSet<String> {
         self.deliveries
             .iter()
-            .filter(|(_, g)| g.id == grant_id)
-            .map(|(_, g)| g.at)
+            .filter(|d| d.snap.object() == (kind, id) && &d.key == key)
+            .map(|d| d.webhook_id.clone())
+            .collect()
+    }
+
+    /// Webhook ids that carry exactly one currently rejected snapshot, with its key.
+    fn acceptable(&self) -> BTreeMap<String, ((&'static str, String), MKey)> {
+        let mut by_id: BTreeMap<String, Vec<((&'static str, String), MKey)>> = BTreeMap::new();
+        for (kind, id, key) in self.folds().rejected() {
+            for w in self.carriers(kind, &id, &key) {
+                by_id.entry(w).or_default().push(((kind, id.clone()), key));
+            }
+        }
+        by_id
+            .into_iter()
+            .filter(|(_, v)| v.len() == 1)
+            .map(|(w, mut v)| (w, v.remove(0)))
+            .collect()
+    }
+
+    /// The known bugs of the current store, all about one webhook id carrying several
+    /// bodies (Dodo retries a webhook id with the latest payload):
+    ///
+    /// 1. `overrides` is keyed by webhook id alone, so a later body under an accepted id
+    ///    is forced too, but only by a re-fold (an out-of-order delivery to the object,
+    ///    or a rebuild): live and rebuild disagree. PRODUCT.md: "accept is recorded per
+    ///    (delivery id, body hash)".
+    /// 2. `quarantine` is keyed by webhook id alone: two rejected snapshots carried by
+    ///    one id keep only one quarantine row.
+    fn hits_known_bug(&self) -> bool {
+        let mut bodies: BTreeMap<&str, usize> = BTreeMap::new();
+        for d in &self.deliveries {
+            *bodies.entry(&d.webhook_id).or_default() += 1;
+        }
+        let retried_after_accept = self
+            .accepted_ids
+            .iter()
+            .any(|w| bodies.get(w.as_str()).copied().unwrap_or(0) > 1);
+        let mut rejected_per_id: BTreeMap<String, usize> = BTreeMap::new();
+        for (kind, id, key) in self.folds().rejected() {
+            for w in self.carriers(kind, &id, &key) {
+                *rejected_per_id.entry(w).or_default() += 1;
+            }
+        }
+        retried_after_accept || rejected_per_id.values().any(|&n| n > 1)
+    }
+
+    /// The newest version instant of anything delivered (where new snapshots start).
+    fn newest(&self) -> Timestamp {
+        self.deliveries
+            .iter()
+            .map(|d| d.key.0)
             .max()
+            .unwrap_or_else(t0)
     }
 }
 
 /// A transition of the model test.
 #[derive(Clone, Debug)]
 pub enum Tr {
-    /// A new delivery of some grant snapshot (newer or older than what is known).
+    /// A delivery: a new snapshot under a fresh webhook id; an earlier delivery again
+    /// (same id, same bytes: a retry); an earlier snapshot under a fresh id (a dashboard
+    /// replay); or a newer payload under an earlier webhook id (a retry carrying the
+    /// latest state). Snapshots may be older than what is known (reordering).
     Deliver {
+        /// The webhook id.
         webhook_id: String,
-        snap: Box<GrantSpec>,
+        /// The payload.
+        snap: Box<Snapshot>,
     },
-    /// An earlier delivery again: a retry (same webhook id) or a replay (new id).
-    Redeliver {
-        index: usize,
-        webhook_id: Option<String>,
+    /// The operator accepts the quarantined snapshot carried by this delivery.
+    Accept {
+        /// The webhook id named.
+        webhook_id: String,
     },
-    /// The operator accepts a quarantined snapshot.
-    Accept { key: MKey },
-    /// Time passes.
-    Advance { by_ms: i64 },
+    /// `rebuild`: every projection from the stored deliveries and overrides.
+    Rebuild,
+    /// Drop the engine and open the same store again.
+    Reopen,
+    /// Time passes (the `now` of every access question).
+    Advance {
+        /// By this many milliseconds.
+        by_ms: i64,
+    },
 }
 
-/// Any grant snapshot of one of [`GRANTS`], every status and every reason of
-/// [`REASONS`]; usually newer than what the grant has (`after`), sometimes older.
-fn any_snapshot(newest: [Option<Timestamp>; 4]) -> impl Strategy<Value = GrantSpec> {
+/// Shifts of a new snapshot's version from the newest one known: mostly newer (ties
+/// included), sometimes older (an out-of-order delivery).
+fn shift() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        3 => prop::sample::select(vec![0i64, 250, 1_000, 60_000, 600_000, 1_800_000]),
+        1 => prop::sample::select(vec![-250i64, -1_000, -60_000, -600_000, -3_600_000]),
+    ]
+    .prop_map(ms)
+}
+
+/// Any snapshot of grant `g` of [`GRANTS`]: every status, every reason of [`REASONS`]
+/// (recoverable and final), license keys expiring around `base`, odd shapes and
+/// identity changes.
+fn grant_snapshot(g: usize, base: Timestamp) -> impl Strategy<Value = Snapshot> {
     let kind = prop_oneof![
         1 => Just((St::Pending, None)),
         3 => Just((St::Delivered, None)),
         1 => Just((St::Failed, None)),
         4 => (0..REASONS.len()).prop_map(|r| (St::Revoked, Some(REASONS[r]))),
     ];
-    let timing = prop_oneof![
-        3 => prop::sample::select(vec![0i64, 250, 1_000, 60_000, 600_000]),
-        1 => prop::sample::select(vec![-250i64, -1_000, -60_000, -600_000, -1_800_000]),
-    ];
     (
-        (0..GRANTS.len(), kind, 0..3usize, timing, ts_form()),
+        (kind, 0..3usize, shift(), ts_form()),
         (
-            prop::option::of(prop::option::of(0..90i64)),
+            prop::option::of(prop::option::of(0..240i64)),
             prop::option::of(prop::sample::select(vec![
                 "github_permission_denied",
                 "discord_guild_missing",
             ])),
-            0..16u8,
+            0..20u8,
             0..3u32,
             0..4u8,
             prop::sample::select(vec![0i64, 0, 1_500, -1_000]),
         ),
     )
         .prop_map(
-            move |(
-                (g, (status, reason), spelling, shift, form),
-                (lic, err, odd, rev, meta, lag),
-            )| {
-                let (id, customer, entitlement) = GRANTS[g];
-                let base = newest[g].unwrap_or_else(t0);
-                let mut s = grant(id, status, base + ms(shift))
+            move |(((status, reason), spelling, shift, form), (lic, err, odd, rev, meta, lag))| {
+                let (id, customer, entitlement, sub, pay) = GRANTS[g];
+                let mut s = grant(id, status, base + shift)
                     .customer(customer)
                     .entitlement(entitlement)
                     .spelled(status.spellings()[spelling])
                     .form(form)
                     .revision(rev);
+                s.subscription_id = sub.map(str::to_string);
+                s.payment_id = pay.map(str::to_string);
                 s.reason = reason;
-                s.license = lic.map(|m| m.map(|m| t0() + Duration::minutes(m)));
+                s.license = lic.map(|m| m.map(|m| base + Duration::minutes(m)));
                 s.error_code = if status == St::Failed {
                     err.map(str::to_string)
                 } else {
@@ -212,296 +484,574 @@ fn any_snapshot(newest: [Option<Timestamp>; 4]) -> impl Strategy<Value = GrantSp
                     5 => s.business_id = "bus_other".to_string(),
                     _ => {}
                 }
-                s
+                Snapshot::Grant(s)
             },
         )
 }
 
-impl ReferenceStateMachine for World {
-    type State = World;
+/// Any snapshot of subscription `i` of [`SUBS`]: every status (on_hold, paused,
+/// past_due, cancelled, expired, failed, one unknown), rarely another customer.
+fn sub_snapshot(i: usize, base: Timestamp) -> impl Strategy<Value = Snapshot> {
+    (
+        prop::sample::select(support::SUB_STATUSES.to_vec()),
+        shift(),
+        ts_form(),
+        0..3u32,
+        any::<bool>(),
+        0..12u8,
+    )
+        .prop_map(
+            move |(status, shift, form, revision, amount_as_string, odd)| {
+                let mut s = subscription(SUBS[i], status.wire, base + shift);
+                s.form = form;
+                s.revision = revision;
+                s.amount_as_string = amount_as_string;
+                if odd == 0 {
+                    s.customer_id = "cus_intruder".to_string();
+                }
+                Snapshot::Sub(s)
+            },
+        )
+}
+
+/// Any snapshot of payment `i` of [`PAYMENTS`]: no refund, a full one, a partial one, or
+/// partial ones adding up to full.
+fn payment_snapshot(i: usize, base: Timestamp) -> impl Strategy<Value = Snapshot> {
+    (shift(), ts_form(), 0..2u32, 0..4u8, 0..3_600_000i64).prop_map(
+        move |(shift, form, revision, refunds, before)| {
+            let (id, sub) = PAYMENTS[i];
+            let at = base + shift;
+            let mut p = payment(id, at);
+            p.subscription_id = sub.map(str::to_string);
+            p.form = form;
+            p.revision = revision;
+            p.refunds = match refunds {
+                0 => PaymentRefunds::None,
+                1 => PaymentRefunds::Full(at - ms(before)),
+                2 => PaymentRefunds::Partial(at - ms(before)),
+                _ => PaymentRefunds::FullByParts(at - ms(before), at - ms(before / 2)),
+            };
+            Snapshot::Payment(p)
+        },
+    )
+}
+
+/// Any snapshot of refund `i` of [`REFUNDS`]: succeeded, pending or failed, partial or not.
+fn refund_snapshot(i: usize, base: Timestamp) -> impl Strategy<Value = Snapshot> {
+    (
+        prop::sample::select(vec!["succeeded", "succeeded", "pending", "failed"]),
+        prop::sample::select(vec![false, false, false, true]),
+        shift(),
+        ts_form(),
+    )
+        .prop_map(move |(status, partial, shift, form)| {
+            let (id, payment_id) = REFUNDS[i];
+            Snapshot::Refund(RefundSpec {
+                id: id.to_string(),
+                payment_id: payment_id.to_string(),
+                status,
+                partial,
+                at: base + shift,
+                form,
+            })
+        })
+}
+
+/// Any snapshot of any object, grants most often.
+fn any_snapshot(base: Timestamp) -> BoxedStrategy<Snapshot> {
+    prop_oneof![
+        4 => (0..GRANTS.len()).prop_flat_map(move |g| grant_snapshot(g, base)),
+        2 => (0..SUBS.len()).prop_flat_map(move |i| sub_snapshot(i, base)),
+        1 => (0..PAYMENTS.len()).prop_flat_map(move |i| payment_snapshot(i, base)),
+        1 => (0..REFUNDS.len()).prop_flat_map(move |i| refund_snapshot(i, base)),
+    ]
+    .boxed()
+}
+
+/// Another snapshot of the object `of` is about (a retry's newer payload).
+fn snapshot_like(of: &Snapshot, base: Timestamp) -> BoxedStrategy<Snapshot> {
+    let index = |ids: &[&str], id: &str| ids.iter().position(|x| *x == id).unwrap_or(0);
+    match of {
+        Snapshot::Grant(g) => {
+            let ids: Vec<&str> = GRANTS.iter().map(|g| g.0).collect();
+            grant_snapshot(index(&ids, &g.id), base).boxed()
+        }
+        Snapshot::Sub(s) => sub_snapshot(index(&SUBS, &s.id), base).boxed(),
+        Snapshot::Payment(p) => {
+            let ids: Vec<&str> = PAYMENTS.iter().map(|p| p.0).collect();
+            payment_snapshot(index(&ids, &p.id), base).boxed()
+        }
+        Snapshot::Refund(r) => {
+            let ids: Vec<&str> = REFUNDS.iter().map(|r| r.0).collect();
+            refund_snapshot(index(&ids, &r.id), base).boxed()
+        }
+    }
+}
+
+impl<const ALL: bool> ReferenceStateMachine for World<ALL> {
+    type State = World<ALL>;
     type Transition = Tr;
 
-    fn init_state() -> BoxedStrategy<World> {
-        Just(World {
-            now: t0(),
-            deliveries: Vec::new(),
-            forced: BTreeSet::new(),
-            next_id: 0,
-            expected: None,
-        })
-        .boxed()
+    fn init_state() -> BoxedStrategy<World<ALL>> {
+        Just(World::empty()).boxed()
     }
 
-    fn transitions(state: &World) -> BoxedStrategy<Tr> {
-        let newest = [0, 1, 2, 3].map(|i| state.newest(GRANTS[i].0));
-        let webhook_id = format!("wh_{}", state.next_id);
-        let fresh = webhook_id.clone();
+    fn transitions(state: &World<ALL>) -> BoxedStrategy<Tr> {
+        let base = state.newest();
+        let fresh = format!("wh_{}", state.next_id);
+        let deliver = |webhook_id: String, snap: Snapshot| Tr::Deliver {
+            webhook_id,
+            snap: Box::new(snap),
+        };
+        let f = fresh.clone();
         let mut options: Vec<(u32, BoxedStrategy<Tr>)> = vec![
             (
                 8,
-                any_snapshot(newest)
-                    .prop_map(move |snap| Tr::Deliver {
-                        webhook_id: fresh.clone(),
-                        snap: Box::new(snap),
-                    })
+                any_snapshot(base)
+                    .prop_map(move |s| deliver(f.clone(), s))
                     .boxed(),
             ),
             (
                 2,
-                prop::sample::select(vec![0i64, 250, 60_000, 600_000, 1_800_000, 3_600_000])
-                    .prop_map(|by_ms| Tr::Advance { by_ms })
-                    .boxed(),
+                prop::sample::select(vec![
+                    0i64, 250, 60_000, 600_000, 1_800_000, 3_600_000, 7_200_000,
+                ])
+                .prop_map(|by_ms| Tr::Advance { by_ms })
+                .boxed(),
             ),
+            (1, Just(Tr::Rebuild).boxed()),
+            (1, Just(Tr::Reopen).boxed()),
         ];
         if !state.deliveries.is_empty() {
-            let n = state.deliveries.len();
+            let earlier: Vec<(String, Snapshot)> = state
+                .deliveries
+                .iter()
+                .map(|d| (d.webhook_id.clone(), d.snap.clone()))
+                .collect();
+            // A retry: the same id and bytes.
             options.push((
-                3,
-                (0..n, any::<bool>())
-                    .prop_map(move |(index, replay)| Tr::Redeliver {
-                        index,
-                        webhook_id: replay.then(|| webhook_id.clone()),
+                2,
+                prop::sample::select(earlier.clone())
+                    .prop_map(move |(w, s)| deliver(w, s))
+                    .boxed(),
+            ));
+            // A replay: an earlier snapshot under a fresh id.
+            let f = fresh.clone();
+            options.push((
+                1,
+                prop::sample::select(earlier.clone())
+                    .prop_map(move |(_, s)| deliver(f.clone(), s))
+                    .boxed(),
+            ));
+            // A retry carrying a newer payload of the same object under the same id.
+            options.push((
+                2,
+                prop::sample::select(earlier)
+                    .prop_flat_map(move |(w, s)| {
+                        snapshot_like(&s, base).prop_map(move |n| deliver(w.clone(), n))
                     })
                     .boxed(),
             ));
         }
-        let rejected = state.rejected();
-        if !rejected.is_empty() {
+        let acceptable: Vec<String> = state.acceptable().into_keys().collect();
+        if !acceptable.is_empty() {
             options.push((
-                2,
-                prop::sample::select(rejected)
-                    .prop_map(|key| Tr::Accept { key })
+                3,
+                prop::sample::select(acceptable)
+                    .prop_map(|webhook_id| Tr::Accept { webhook_id })
                     .boxed(),
             ));
         }
         prop::strategy::Union::new_weighted(options).boxed()
     }
 
-    fn preconditions(state: &World, tr: &Tr) -> bool {
-        match tr {
-            Tr::Deliver { webhook_id, .. } => !state.webhook_seen(webhook_id),
-            Tr::Redeliver { index, webhook_id } => {
-                *index < state.deliveries.len()
-                    && webhook_id.as_ref().is_none_or(|w| !state.webhook_seen(w))
-            }
-            Tr::Accept { key } => state.rejected().contains(key),
-            Tr::Advance { .. } => true,
-        }
+    fn preconditions(state: &World<ALL>, tr: &Tr) -> bool {
+        let valid = match tr {
+            Tr::Accept { webhook_id } => state.acceptable().contains_key(webhook_id),
+            _ => true,
+        };
+        valid && (ALL || !Self::apply(state.clone(), tr).hits_known_bug())
     }
 
-    fn apply(mut state: World, tr: &Tr) -> World {
-        state.expected = None;
+    fn apply(mut state: World<ALL>, tr: &Tr) -> World<ALL> {
+        state.expected = Expect::Nothing;
+        state.next_id += 1;
         match tr {
             Tr::Deliver { webhook_id, snap } => {
-                let before = state.grant_fold(&snap.id);
-                state
+                let body = snap.body();
+                let seen = state
                     .deliveries
-                    .push((webhook_id.clone(), (**snap).clone()));
-                let after = state.grant_fold(&snap.id);
-                state.expected = Some(model::expected_outcome(
-                    &before,
-                    &after,
-                    &model::grant_key(snap),
-                ));
-                state.next_id += 1;
+                    .iter()
+                    .any(|d| &d.webhook_id == webhook_id && d.body == body);
+                state.expected = if seen {
+                    // The same webhook id with the same bytes: dropped unread.
+                    Expect::Outcome("duplicate")
+                } else {
+                    let key = snap.key();
+                    let before = state.object_fold(snap);
+                    state.deliveries.push(Stored {
+                        webhook_id: webhook_id.clone(),
+                        snap: (**snap).clone(),
+                        body,
+                        key,
+                    });
+                    let after = state.object_fold(snap);
+                    Expect::Outcome(model::expected_outcome(&before, &after, &key))
+                };
             }
-            Tr::Redeliver { index, webhook_id } => {
-                let snap = state.deliveries[*index].1.clone();
-                if let Some(w) = webhook_id {
-                    state.deliveries.push((w.clone(), snap));
-                    state.next_id += 1;
+            Tr::Accept { webhook_id } => {
+                if let Some(((kind, id), key)) = state.acceptable().remove(webhook_id) {
+                    state.forced.insert(key);
+                    state.accepted_ids.insert(webhook_id.clone());
+                    state.expected = Expect::Accepted(kind, id);
                 }
-                // A retry is dropped by its webhook id; a replay is a known snapshot.
-                state.expected = Some("duplicate");
-            }
-            Tr::Accept { key } => {
-                state.forced.insert(*key);
             }
             Tr::Advance { by_ms } => state.now += ms(*by_ms),
+            Tr::Rebuild | Tr::Reopen => {}
         }
         state
     }
 }
 
-/// The system under test: the pure core driven the way the store will drive it (dedupe
-/// by webhook id, keep each object's history, one `step` when a snapshot is the newest,
-/// else a re-fold).
-pub struct Engine {
-    now: Timestamp,
-    webhooks: BTreeSet<String>,
-    histories: BTreeMap<String, Vec<Entry<Grant>>>,
-    folded: BTreeMap<String, Folded<Grant>>,
-    last: Option<Outcome>,
+/// The system under test: the real [`Engine`] on a store of backend `B`.
+pub struct Sut<B, const ALL: bool> {
+    dir: tempfile::TempDir,
+    engine: Option<Engine>,
+    last: Expect,
+    backend: PhantomData<B>,
 }
 
-impl Engine {
-    fn deliver(&mut self, webhook_id: &str, body: &[u8]) {
-        if !self.webhooks.insert(webhook_id.to_string()) {
-            self.last = Some(Outcome::Duplicate);
-            return;
-        }
-        let snap = parse_grant(body);
-        let id = snap.body.id.clone();
-        let before = self.folded.get(&id).cloned().unwrap_or(Folded {
-            state: None,
-            steps: Vec::new(),
-        });
-        let history = self.histories.entry(id.clone()).or_default();
-        history.push(entry(snap.clone(), webhook_id));
-        let after = fold::fold(history.clone());
-        // In order, one step on the current state must agree with the re-fold.
-        if before.max_key().is_none_or(|k| snap.key > k) {
-            let (verdict, next) = step(before.state.as_ref(), &snap, false);
-            let last = after.steps.last().expect("a step");
-            assert_eq!(last.key, snap.key);
-            assert_eq!(last.verdict, verdict, "step and fold disagree on {id}");
-            assert_eq!(
-                after.state,
-                next.or(before.state.clone()),
-                "step and fold disagree on {id}"
-            );
-        }
-        self.last = Some(outcome(&before, &after, &snap.key));
-        self.folded.insert(id, after);
-    }
-
-    fn accept(&mut self, key: &VersionKey) {
-        let (grant_id, delivery_id) = self
-            .folded
-            .iter()
-            .find_map(|(id, f)| {
-                f.rejected()
-                    .find(|(s, _)| &s.key == key)
-                    .map(|(s, _)| (id.clone(), s.delivery_id.clone()))
-            })
-            .expect("the engine quarantined the snapshot the model says is rejected");
-        let history = self.histories.get_mut(&grant_id).expect("a history");
-        for e in history.iter_mut().filter(|e| e.delivery_id == delivery_id) {
-            e.forced = true;
-        }
-        self.folded.insert(grant_id, fold::fold(history.clone()));
+impl<B: Backend, const ALL: bool> Sut<B, ALL> {
+    fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("an open engine")
     }
 }
 
-impl StateMachineTest for Engine {
-    type SystemUnderTest = Engine;
-    type Reference = World;
+/// The model's answer for every pair under one policy, in the engine's terms.
+fn model_answer(a: &entitlement_sync::access::Access) -> model::ModelAccess {
+    model::ModelAccess {
+        allowed: a.allowed,
+        status: a.status.clone(),
+        reason: a.reason.clone(),
+        grant_id: a.grant_id.clone(),
+        oauth_url: a.oauth_url.clone(),
+        grants: a.grants,
+        as_of: a.as_of,
+        grace_until: a.grace_until,
+    }
+}
 
-    fn init_test(ref_state: &World) -> Engine {
-        Engine {
-            now: ref_state.now,
-            webhooks: BTreeSet::new(),
-            histories: BTreeMap::new(),
-            folded: BTreeMap::new(),
-            last: None,
+impl<B: Backend, const ALL: bool> StateMachineTest for Sut<B, ALL> {
+    type SystemUnderTest = Sut<B, ALL>;
+    type Reference = World<ALL>;
+
+    fn init_test(_: &World<ALL>) -> Sut<B, ALL> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = B::open(dir.path());
+        assert_eq!(
+            engine.policy(),
+            &Policy::default(),
+            "backends open with the default policy"
+        );
+        Sut {
+            dir,
+            engine: Some(engine),
+            last: Expect::Nothing,
+            backend: PhantomData,
         }
     }
 
-    fn apply(mut sut: Engine, ref_state: &World, tr: Tr) -> Engine {
-        sut.last = None;
+    fn apply(mut sut: Sut<B, ALL>, world: &World<ALL>, tr: Tr) -> Sut<B, ALL> {
+        sut.last = Expect::Nothing;
         match tr {
-            Tr::Deliver { webhook_id, snap } => sut.deliver(&webhook_id, &snap.body()),
-            Tr::Redeliver { index, webhook_id } => {
-                let (original_id, snap) = &ref_state.deliveries[index];
-                let id = webhook_id.unwrap_or_else(|| original_id.clone());
-                sut.deliver(&id, &snap.body());
+            Tr::Deliver { webhook_id, snap } => {
+                let d = Delivery::new(webhook_id, snap.body(), world.now);
+                let outcome = sut.engine().ingest(d).expect("ingest");
+                sut.last = Expect::Outcome(outcome.as_str());
             }
-            Tr::Accept { key } => sut.accept(&to_key(&key)),
-            Tr::Advance { by_ms } => sut.now += ms(by_ms),
+            Tr::Accept { webhook_id } => {
+                let (kind, id) = sut.engine().accept(&webhook_id, world.now).expect("accept");
+                let kind = ["grant", "subscription", "payment", "refund"]
+                    .into_iter()
+                    .find(|k| *k == kind)
+                    .unwrap_or("other");
+                sut.last = Expect::Accepted(kind, id);
+            }
+            Tr::Rebuild => {
+                let stats = sut.engine().rebuild().expect("rebuild");
+                assert_eq!(stats.deliveries, world.deliveries.len() as u64, "{stats:?}");
+                assert_eq!(stats.malformed, 0, "{stats:?}");
+            }
+            Tr::Reopen => {
+                drop(sut.engine.take());
+                sut.engine = Some(B::open(sut.dir.path()));
+            }
+            Tr::Advance { .. } => {}
         }
         sut
     }
 
-    fn check_invariants(sut: &Engine, world: &World) {
-        assert_eq!(sut.now, world.now);
+    fn check_invariants(sut: &Sut<B, ALL>, world: &World<ALL>) {
+        let engine = sut.engine();
         assert_eq!(
-            sut.last.map(Outcome::as_str),
-            world.expected,
-            "outcome of the last delivery"
+            sut.last, world.expected,
+            "what the last transition reported"
+        );
+        assert_eq!(
+            engine.deliveries(None, None).expect("deliveries").len(),
+            world.deliveries.len(),
+            "stored deliveries"
         );
         let folds = world.folds();
-        let engine_ids: BTreeSet<&String> = sut.folded.keys().collect();
-        assert_eq!(engine_ids, folds.keys().collect(), "known grants");
-        for (id, want) in &folds {
-            let got = &sut.folded[id];
-            let (spec, key, since) = want.state.as_ref().expect("a state");
-            let cur = got.state.as_ref().expect("the engine has a state");
-            assert_eq!(from_key(&cur.snap.key), *key, "state of {id}");
-            assert_eq!(cur.since, *since, "since of {id}");
-            let g = &cur.snap.body;
-            assert_eq!(g.status.as_str(), spec.status.canonical(), "status of {id}");
-            assert_eq!(
-                g.revocation_reason.as_ref().map(|r| r.as_str()),
-                spec.reason.map(|r| r.canonical),
-                "reason of {id}"
-            );
-            assert_eq!(
-                (&g.customer_id, &g.entitlement_id),
-                (&spec.customer_id, &spec.entitlement_id)
-            );
-            let rejected: BTreeSet<MKey> = got.rejected().map(|(s, _)| from_key(&s.key)).collect();
-            assert_eq!(rejected, want.rejected, "rejected snapshots of {id}");
-            let forced: BTreeSet<MKey> = got
-                .steps
+
+        // The quarantine: each rejected snapshot once, named by a delivery carrying it.
+        let mut records: Vec<(String, String, String)> = engine
+            .rejected()
+            .expect("rejected")
+            .into_iter()
+            .map(|q| (q.object_kind, q.object_id, q.delivery_id))
+            .collect();
+        records.sort();
+        // Distinct entries: `rejected()` lists a snapshot once per body its webhook id
+        // carries (known bug, see `known_bug_rejected_lists_a_snapshot_once_per_body`).
+        records.dedup();
+        let want = folds.rejected();
+        let mut unused = records.clone();
+        for (kind, id, key) in &want {
+            let carriers = world.carriers(kind, id, key);
+            let found = unused
                 .iter()
-                .filter(|s| s.verdict == Verdict::Applied { forced: true })
-                .map(|s| from_key(&s.key))
+                .position(|(k, i, w)| k == kind && i == id && carriers.contains(w));
+            match found {
+                Some(n) => {
+                    unused.remove(n);
+                }
+                None => panic!(
+                    "rejected {kind} {id} (carried by {carriers:?}) is not in the quarantine {records:?}"
+                ),
+            }
+        }
+        assert!(
+            unused.is_empty(),
+            "quarantined but not rejected by the model: {unused:?} (model: {want:?})"
+        );
+
+        // Grants as listed.
+        let got: BTreeSet<(String, String, String, String, Option<String>)> = engine
+            .grants(None)
+            .expect("grants")
+            .into_iter()
+            .map(|g| {
+                (
+                    g.grant_id,
+                    g.customer_id,
+                    g.entitlement_id,
+                    g.status,
+                    g.revocation_reason,
+                )
+            })
+            .collect();
+        let states: Vec<&GrantSpec> = folds
+            .grants
+            .values()
+            .filter_map(|f| f.state.as_ref().map(|s| &s.0))
+            .collect();
+        let want: BTreeSet<(String, String, String, String, Option<String>)> = states
+            .iter()
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    g.customer_id.clone(),
+                    g.entitlement_id.clone(),
+                    g.status.canonical().to_string(),
+                    g.reason.map(|r| r.canonical.to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "grants");
+
+        // Subscriptions as the customer view lists them.
+        for customer in ["cus_a", "cus_intruder"] {
+            let got: BTreeSet<(String, String)> = engine
+                .customer(customer)
+                .expect("customer")
+                .subscriptions
+                .into_iter()
+                .map(|s| (s.subscription_id, s.status))
                 .collect();
-            assert_eq!(forced, want.forced_applied, "operator-forced steps of {id}");
-            let keys: BTreeSet<MKey> = got.steps.iter().map(|s| from_key(&s.key)).collect();
-            assert_eq!(keys, want.keys, "distinct snapshots of {id}");
+            let want: BTreeSet<(String, String)> = folds
+                .subs
+                .values()
+                .filter_map(|f| f.state.as_ref())
+                .filter(|(s, _, _)| s.customer_id == customer)
+                .map(|(s, _, _)| (s.id.clone(), s.status.canonical.to_string()))
+                .collect();
+            assert_eq!(got, want, "subscriptions of {customer}");
         }
-        // Access, for every pair either side knows of, plus pairs nobody has.
-        let mut model_pairs: BTreeMap<(String, String), Vec<&GrantSpec>> = BTreeMap::new();
-        for f in folds.values() {
-            let (g, _, _) = f.state.as_ref().expect("a state");
-            model_pairs
-                .entry((g.customer_id.clone(), g.entitlement_id.clone()))
-                .or_default()
-                .push(g);
-        }
-        let engine_pairs = views_by_pair(&sut.folded);
+
+        // Access, for every pair either side knows of and one nobody has, under the
+        // default policy and with an on_hold grace.
         let mut pairs: BTreeSet<(String, String)> = GRANTS
             .iter()
-            .map(|(_, c, e)| (c.to_string(), e.to_string()))
+            .map(|g| (g.1.to_string(), g.2.to_string()))
             .collect();
         pairs.insert(("cus_nobody".into(), "ent_pro".into()));
-        pairs.extend(model_pairs.keys().cloned());
-        pairs.extend(engine_pairs.keys().cloned());
-        let policy = Policy::default();
-        for pair in &pairs {
-            let views = engine_pairs.get(pair).cloned().unwrap_or_default();
-            let got = decide(&pair.0, &pair.1, &views, &policy, sut.now);
-            let want = model::access(
-                model_pairs.get(pair).map(Vec::as_slice).unwrap_or(&[]),
-                world.now,
-            );
-            let got_m = model::ModelAccess {
-                allowed: got.allowed,
-                status: got.status.clone(),
-                reason: got.reason.clone(),
-                grant_id: got.grant_id.clone(),
-                oauth_url: got.oauth_url.clone(),
-                grants: got.grants,
-                as_of: got.as_of,
-            };
-            assert_eq!(got_m, want, "access of {pair:?} at {}", world.now);
-            assert_eq!((&got.customer_id, &got.entitlement_id), (&pair.0, &pair.1));
-            assert_eq!(got.evaluated_at, sut.now);
-            let mut reversed = views.clone();
-            reversed.reverse();
-            let again = decide(&pair.0, &pair.1, &reversed, &policy, sut.now);
-            assert_eq!(again, got, "access depends on the order of the grants");
+        pairs.extend(got.iter().map(|g| (g.1.clone(), g.2.clone())));
+        pairs.extend(want.iter().map(|g| (g.1.clone(), g.2.clone())));
+        let grace = Policy {
+            on_hold_grace: Some(Duration::hours(GRACE_HOURS)),
+            ..Policy::default()
+        };
+        let policies = [
+            (Policy::default(), model::ModelPolicy { grace: None }),
+            (
+                grace,
+                model::ModelPolicy {
+                    grace: Some(Duration::hours(GRACE_HOURS)),
+                },
+            ),
+        ];
+        for (c, e) in &pairs {
+            let facts: Vec<model::GrantFacts<'_>> = states
+                .iter()
+                .filter(|g| (&g.customer_id, &g.entitlement_id) == (c, e))
+                .map(|g| folds.facts(g))
+                .collect();
+            for (n, (policy, mp)) in policies.iter().enumerate() {
+                let got = if n == 0 {
+                    engine.access(c, e, world.now)
+                } else {
+                    engine.access_with(c, e, world.now, policy)
+                }
+                .expect("access");
+                let want = model::access(&facts, *mp, world.now);
+                assert_eq!(
+                    model_answer(&got),
+                    want,
+                    "access of ({c}, {e}) at {} under {policy:?}\nfacts: {facts:?}",
+                    world.now
+                );
+                assert_eq!(got.evaluated_at, world.now);
+                if n == 0 {
+                    assert_eq!(engine.has_access(c, e, world.now), want.allowed);
+                }
+            }
         }
     }
+}
+
+/// Runs one sequence of transitions through the model test on SQLite.
+fn replay<const ALL: bool>(transitions: Vec<Tr>) {
+    <Sut<Sqlite, ALL> as StateMachineTest>::test_sequential(
+        config(),
+        World::<ALL>::empty(),
+        transitions,
+        None,
+    );
+}
+
+/// A delivery of `grant_2` (one-time purchase) in `status` at `t0 + minutes`.
+fn grant_2(webhook_id: &str, status: St, minutes: i64, reason: Option<&str>) -> Tr {
+    let (id, customer, entitlement, _, payment) = GRANTS[1];
+    let mut g = grant(id, status, t0() + Duration::minutes(minutes))
+        .customer(customer)
+        .entitlement(entitlement);
+    g.payment_id = payment.map(str::to_string);
+    if let Some(r) = reason {
+        g = g.reason(r);
+    }
+    Tr::Deliver {
+        webhook_id: webhook_id.to_string(),
+        snap: Box::new(Snapshot::Grant(g)),
+    }
+}
+
+/// The lifecycle the model test covers, as one readable example: a manual revocation,
+/// a rejected restoration, the operator's accept, a newer snapshot on the fast path,
+/// a replay, an older snapshot (re-fold), a rebuild and a reopen.
+#[test]
+fn model_example_accept_then_newer_snapshots_under_new_ids() {
+    replay::<false>(vec![
+        grant_2("wh_1", St::Revoked, 0, Some("manual")),
+        grant_2("wh_2", St::Delivered, 1, None),
+        Tr::Accept {
+            webhook_id: "wh_2".into(),
+        },
+        grant_2("wh_3", St::Revoked, 3, Some("subscription_on_hold")),
+        grant_2("wh_4", St::Revoked, 3, Some("subscription_on_hold")),
+        grant_2("wh_5", St::Delivered, 2, None),
+        Tr::Rebuild,
+        Tr::Reopen,
+        Tr::Advance { by_ms: 3_600_000 },
+    ]);
+}
+
+/// Known bug 1 (live != rebuild): `overrides` is keyed by webhook id alone. The operator
+/// accepts `wh_2` (a restoration after `manual`); Dodo then retries `wh_2` with a newer
+/// payload (`pending`, illegal after `delivered`). Live, the retry takes the fast path,
+/// unforced: rejected, as the model says (an accept is recorded per delivery id and body
+/// hash). A rebuild forces every body of `wh_2`: the grant becomes `pending` and the
+/// quarantine empties.
+#[test]
+#[ignore = "known bug: overrides are keyed by webhook id alone, so a rebuild forces a later retry's payload (live != rebuild); fixed by store work"]
+fn known_bug_a_retry_under_an_accepted_webhook_id_is_forced_by_a_rebuild() {
+    replay::<true>(vec![
+        grant_2("wh_1", St::Revoked, 0, Some("manual")),
+        grant_2("wh_2", St::Delivered, 1, None),
+        Tr::Accept {
+            webhook_id: "wh_2".into(),
+        },
+        grant_2("wh_2", St::Pending, 2, None),
+        Tr::Rebuild,
+    ]);
+}
+
+/// Known bug 2: `quarantine` is keyed by webhook id alone. Two rejected snapshots carried
+/// by one webhook id (a restoration after `manual`, then its retry with a newer payload)
+/// keep one quarantine row: the operator never sees the other.
+#[test]
+#[ignore = "known bug: the quarantine is keyed by webhook id alone and loses a rejected retry payload; fixed by store work"]
+fn known_bug_two_rejected_payloads_under_one_webhook_id_keep_one_quarantine_row() {
+    replay::<true>(vec![
+        grant_2("wh_1", St::Revoked, 0, Some("manual")),
+        grant_2("wh_2", St::Delivered, 1, None),
+        grant_2("wh_2", St::Delivered, 2, None),
+    ]);
+}
+
+/// Known bug 3: `rejected()` joins the quarantine to `deliveries` by webhook id alone, so
+/// a quarantined snapshot is listed once per body its webhook id carries.
+#[test]
+#[ignore = "known bug: rejected() lists a quarantined snapshot once per body of its webhook id; fixed by store work"]
+fn known_bug_rejected_lists_a_snapshot_once_per_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Sqlite::open(dir.path());
+    let active = subscription("sub_1", "active", t0()).body();
+    let pending = subscription("sub_1", "pending", t0() + Duration::minutes(1)).body();
+    assert_eq!(
+        engine.ingest(Delivery::new("wh_1", active, t0())).unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        engine.ingest(Delivery::new("wh_1", pending, t0())).unwrap(),
+        Outcome::Rejected
+    );
+    let q = engine.rejected().expect("rejected");
+    assert_eq!(q.len(), 1, "{q:?}");
 }
 
 prop_state_machine! {
     #![proptest_config(config())]
 
-    /// The engine agrees with the naive model after every transition.
+    /// The real engine on SQLite agrees with the naive model after every transition
+    /// (sequences that hit the known bugs of [`World::hits_known_bug`] excluded).
     #[test]
-    fn engine_matches_the_naive_model(sequential 1..48 => Engine);
+    fn sqlite_engine_matches_the_naive_model(sequential 1..40 => Sut<Sqlite, false>);
+
+    /// Every sequence, known bugs 1 and 2 included: fails on the current store.
+    #[test]
+    #[ignore = "known bug: overrides and quarantine rows are keyed by webhook id alone (retries under one id with a newer payload); fixed by store work"]
+    fn sqlite_engine_matches_the_naive_model_with_retries_under_accepted_ids(sequential 1..40 => Sut<Sqlite, true>);
 }
 
 // =======================================================================================

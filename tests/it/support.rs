@@ -662,6 +662,143 @@ impl SubSpec {
 }
 
 // ---------------------------------------------------------------------------------------
+// Payment and refund snapshots
+// ---------------------------------------------------------------------------------------
+
+/// What a payment snapshot says about refunds of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentRefunds {
+    /// None: `refunds: []`, `refund_status: null`.
+    None,
+    /// One succeeded, non-partial refund created at that instant (`refund_status: full`).
+    Full(Timestamp),
+    /// One succeeded partial refund (`refund_status: partial`): no denial.
+    Partial(Timestamp),
+    /// Two succeeded partial refunds that add up (`refund_status: full`), created at these
+    /// instants.
+    FullByParts(Timestamp, Timestamp),
+}
+
+/// One payment snapshot. The version is `data.updated_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentSpec {
+    /// `payment_id`.
+    pub id: String,
+    /// `customer.customer_id`.
+    pub customer_id: String,
+    /// `subscription_id` (a subscription's payment) or none (a one-time purchase).
+    pub subscription_id: Option<String>,
+    /// `updated_at` = version.
+    pub at: Timestamp,
+    /// `refunds[]` and `refund_status`.
+    pub refunds: PaymentRefunds,
+    /// How timestamps are written.
+    pub form: TsForm,
+    /// Content counter (`metadata.revision`).
+    pub revision: u32,
+}
+
+/// A payment snapshot with plain defaults (customer `cus_a`, one-time, no refunds).
+pub fn payment(id: &str, at: Timestamp) -> PaymentSpec {
+    PaymentSpec {
+        id: id.to_string(),
+        customer_id: "cus_a".to_string(),
+        subscription_id: None,
+        at,
+        refunds: PaymentRefunds::None,
+        form: TsForm::Z,
+        revision: 0,
+    }
+}
+
+impl PaymentSpec {
+    /// `data`, in the SDK's `Payment` shape (trimmed to what matters).
+    pub fn data(&self) -> Value {
+        let r = |t: Timestamp| Value::String(self.form.render(t));
+        let entry = |n: u32, at: Timestamp, partial: bool| {
+            json!({"refund_id": format!("re_{}_{n}", self.id), "status": "succeeded",
+                   "is_partial": partial, "created_at": r(at), "amount": if partial { 1000 } else { 2999 }})
+        };
+        let (refunds, status) = match self.refunds {
+            PaymentRefunds::None => (json!([]), Value::Null),
+            PaymentRefunds::Full(at) => (json!([entry(0, at, false)]), json!("full")),
+            PaymentRefunds::Partial(at) => (json!([entry(0, at, true)]), json!("partial")),
+            PaymentRefunds::FullByParts(a, b) => {
+                (json!([entry(0, a, true), entry(1, b, true)]), json!("full"))
+            }
+        };
+        json!({
+            "payload_type": "Payment",
+            "payment_id": self.id,
+            "status": "succeeded",
+            "customer": {"customer_id": self.customer_id, "email": "a@example.com", "name": "A"},
+            "subscription_id": self.subscription_id,
+            "total_amount": 2999,
+            "currency": "USD",
+            "refund_status": status,
+            "refunds": refunds,
+            "disputes": [],
+            "created_at": r(t0()),
+            "updated_at": r(self.at),
+            "metadata": {"revision": self.revision},
+        })
+    }
+
+    /// The raw body (`payment.succeeded`, whatever the refunds say: state comes from data).
+    pub fn body(&self) -> Vec<u8> {
+        let env = envelope("payment.succeeded", &self.form.render(self.at), self.data());
+        serde_json::to_vec(&env).expect("serialisable")
+    }
+}
+
+/// One refund snapshot. Refunds carry no `updated_at`: the version is the envelope
+/// timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundSpec {
+    /// `refund_id`.
+    pub id: String,
+    /// `payment_id`.
+    pub payment_id: String,
+    /// `succeeded`, `pending` or `failed`.
+    pub status: &'static str,
+    /// `is_partial`.
+    pub partial: bool,
+    /// Envelope timestamp = version.
+    pub at: Timestamp,
+    /// How timestamps are written.
+    pub form: TsForm,
+}
+
+impl RefundSpec {
+    /// `data`, in the SDK's `Refund` shape.
+    pub fn data(&self) -> Value {
+        json!({
+            "payload_type": "Refund",
+            "refund_id": self.id,
+            "payment_id": self.payment_id,
+            "business_id": BUSINESS,
+            "status": self.status,
+            "is_partial": self.partial,
+            "amount": if self.partial { 1000 } else { 2999 },
+            "currency": "USD",
+            "customer": {"customer_id": "cus_a", "email": "a@example.com", "name": "A"},
+            "created_at": self.form.render(self.at),
+            "reason": null,
+        })
+    }
+
+    /// The raw body (`refund.<status>`).
+    pub fn body(&self) -> Vec<u8> {
+        let env = envelope(
+            &format!("refund.{}", self.status),
+            &self.form.render(self.at),
+            self.data(),
+        );
+        serde_json::to_vec(&env).expect("serialisable")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Folding helpers
 // ---------------------------------------------------------------------------------------
 

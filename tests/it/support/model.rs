@@ -6,7 +6,7 @@
 //! It never calls `grant::transition`, `fold::fold`, `fold::step` or `access::decide`; it
 //! works on the test's own [`GrantSpec`]/[`SubSpec`] descriptions, not on parsed values.
 
-use super::{GrantSpec, Reason, St, SubSpec, Timestamp};
+use super::{GrantSpec, PaymentRefunds, PaymentSpec, Reason, RefundSpec, St, SubSpec, Timestamp};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 
@@ -60,11 +60,92 @@ pub fn legal(prev: &GrantSpec, next: &GrantSpec) -> bool {
     }
 }
 
-/// The model's idea of one grant after all its snapshots.
-#[derive(Debug, Clone, Default)]
-pub struct GrantFold {
+/// What the model needs of a family's snapshot description.
+pub trait Family: Clone {
+    /// Its version key (instant, lifecycle rank, content hash).
+    fn key(&self) -> MKey;
+    /// The canonical status, to tell when the current status began.
+    fn status(&self) -> &'static str;
+    /// The version instant.
+    fn at(&self) -> Timestamp {
+        self.key().0
+    }
+    /// May the object move from `prev` to `next`?
+    fn legal(prev: &Self, next: &Self) -> bool;
+}
+
+impl Family for GrantSpec {
+    fn key(&self) -> MKey {
+        grant_key(self)
+    }
+    fn status(&self) -> &'static str {
+        self.status.canonical()
+    }
+    fn legal(prev: &Self, next: &Self) -> bool {
+        legal(prev, next)
+    }
+}
+
+/// Subscription lifecycle rank (docs/semantics.md, "Ordering"): pending < active <
+/// past_due < on_hold = paused < unknown < terminal.
+pub fn sub_rank(status: &str) -> u8 {
+    match status {
+        "pending" => 0,
+        "active" => 1,
+        "past_due" => 2,
+        "on_hold" | "paused" => 3,
+        "cancelled" | "failed" | "expired" => 5,
+        _ => 4,
+    }
+}
+
+impl Family for SubSpec {
+    fn key(&self) -> MKey {
+        (
+            self.at,
+            sub_rank(self.status.canonical),
+            content_hash(&self.data()),
+        )
+    }
+    fn status(&self) -> &'static str {
+        self.status.canonical
+    }
+    fn legal(prev: &Self, next: &Self) -> bool {
+        sub_legal(prev, next)
+    }
+}
+
+/// Payments: the newest snapshot wins (no transition is illegal).
+impl Family for PaymentSpec {
+    fn key(&self) -> MKey {
+        (self.at, 0, content_hash(&self.data()))
+    }
+    fn status(&self) -> &'static str {
+        "succeeded"
+    }
+    fn legal(_: &Self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Refunds: the newest snapshot wins.
+impl Family for RefundSpec {
+    fn key(&self) -> MKey {
+        (self.at, 0, content_hash(&self.data()))
+    }
+    fn status(&self) -> &'static str {
+        self.status
+    }
+    fn legal(_: &Self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// The model's idea of one object after all its snapshots.
+#[derive(Debug, Clone)]
+pub struct Fold<S> {
     /// The snapshot that is the state, its key, and when its status began.
-    pub state: Option<(GrantSpec, MKey, Timestamp)>,
+    pub state: Option<(S, MKey, Timestamp)>,
     /// Keys of the rejected snapshots.
     pub rejected: BTreeSet<MKey>,
     /// Keys of every distinct snapshot.
@@ -73,30 +154,53 @@ pub struct GrantFold {
     pub forced_applied: BTreeSet<MKey>,
 }
 
-/// Recomputes a grant from all its snapshots (any order, any duplicates). Snapshots whose
-/// key is in `forced` were accepted by an operator: they apply whatever the rules say.
-pub fn fold_grant<'a>(
-    snaps: impl IntoIterator<Item = &'a GrantSpec>,
+impl<S> Default for Fold<S> {
+    fn default() -> Self {
+        Fold {
+            state: None,
+            rejected: BTreeSet::new(),
+            keys: BTreeSet::new(),
+            forced_applied: BTreeSet::new(),
+        }
+    }
+}
+
+/// The model's idea of one grant.
+pub type GrantFold = Fold<GrantSpec>;
+
+/// Recomputes an object from all its snapshots (any order, any duplicates): sort by key,
+/// drop repeated keys, walk the list applying what is legal. Snapshots whose key is in
+/// `forced` were accepted by an operator: they apply whatever the rules say.
+pub fn fold<'a, S: Family + 'a>(
+    snaps: impl IntoIterator<Item = &'a S>,
     forced: &BTreeSet<MKey>,
-) -> GrantFold {
-    let mut all: Vec<(MKey, &GrantSpec)> = snaps.into_iter().map(|g| (grant_key(g), g)).collect();
+) -> Fold<S> {
+    fold_keyed(snaps.into_iter().map(|g| (g.key(), g)), forced)
+}
+
+/// [`fold`] of snapshots whose keys are already known.
+pub fn fold_keyed<'a, S: Family + 'a>(
+    snaps: impl IntoIterator<Item = (MKey, &'a S)>,
+    forced: &BTreeSet<MKey>,
+) -> Fold<S> {
+    let mut all: Vec<(MKey, &S)> = snaps.into_iter().collect();
     all.sort_by_key(|a| a.0);
     all.dedup_by(|a, b| a.0 == b.0);
-    let mut out = GrantFold::default();
+    let mut out = Fold::default();
     for (key, g) in all {
         out.keys.insert(key);
         let next = match &out.state {
-            None => Some((g.clone(), key, g.at)),
+            None => Some((g.clone(), key, g.at())),
             Some((prev, _, since)) => {
-                let ok = legal(prev, g);
+                let ok = S::legal(prev, g);
                 if ok || forced.contains(&key) {
                     if !ok {
                         out.forced_applied.insert(key);
                     }
-                    let since = if prev.status == g.status {
+                    let since = if prev.status() == g.status() {
                         *since
                     } else {
-                        g.at
+                        g.at()
                     };
                     Some((g.clone(), key, since))
                 } else {
@@ -112,10 +216,18 @@ pub fn fold_grant<'a>(
     out
 }
 
+/// [`fold`] of a grant's snapshots.
+pub fn fold_grant<'a>(
+    snaps: impl IntoIterator<Item = &'a GrantSpec>,
+    forced: &BTreeSet<MKey>,
+) -> GrantFold {
+    fold(snaps, forced)
+}
+
 /// What the model expects a new snapshot's delivery to report (PRODUCT.md §3, §8):
 /// `duplicate` if that snapshot was seen, `rejected` if the rules refuse it, `applied` if
 /// it changed the state or which snapshots are rejected, `stale` otherwise.
-pub fn expected_outcome(before: &GrantFold, after: &GrantFold, key: &MKey) -> &'static str {
+pub fn expected_outcome<S>(before: &Fold<S>, after: &Fold<S>, key: &MKey) -> &'static str {
     if before.keys.contains(key) {
         "duplicate"
     } else if after.rejected.contains(key) {
@@ -129,8 +241,7 @@ pub fn expected_outcome(before: &GrantFold, after: &GrantFold, key: &MKey) -> &'
     }
 }
 
-/// The model's access answer (PRODUCT.md §6, default policy, no subscription or payment
-/// facts).
+/// The model's access answer (PRODUCT.md §6, docs/semantics.md "Access").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelAccess {
     /// Allowed?
@@ -147,36 +258,132 @@ pub struct ModelAccess {
     pub grants: usize,
     /// The most relevant grant's version.
     pub as_of: Option<Timestamp>,
+    /// Until when an on_hold grace keeps access.
+    pub grace_until: Option<Timestamp>,
 }
 
-/// Access for one pair, given the current snapshot of each of its grants.
+/// What the model knows of a grant's subscription: its status, the version of that
+/// snapshot, and when the status began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubFacts {
+    /// Canonical status.
+    pub status: &'static str,
+    /// Version of the snapshot that is the state.
+    pub as_of: Timestamp,
+    /// When the current status began.
+    pub since: Timestamp,
+}
+
+/// One grant of a pair with what the policy may use.
+#[derive(Debug, Clone)]
+pub struct GrantFacts<'a> {
+    /// The grant's current snapshot.
+    pub grant: &'a GrantSpec,
+    /// Its subscription's state, if known.
+    pub subscription: Option<SubFacts>,
+    /// When its payment was refunded in full, if it was.
+    pub refunded_at: Option<Timestamp>,
+}
+
+/// The policy knobs the model knows: the defaults (backstop on, refunds deny, disputes
+/// never), with an optional on_hold grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelPolicy {
+    /// `on_hold` grace.
+    pub grace: Option<chrono::Duration>,
+}
+
+/// When a payment is refunded in full, by its own snapshot (docs/semantics.md: a
+/// `refunds[]` entry that succeeded and is not partial, or `refund_status: full`, which
+/// counts once the last refund that adds up to it was made).
+pub fn payment_refunded_at(p: &PaymentSpec) -> Option<Timestamp> {
+    match p.refunds {
+        PaymentRefunds::None | PaymentRefunds::Partial(_) => None,
+        PaymentRefunds::Full(at) => Some(at),
+        PaymentRefunds::FullByParts(a, b) => Some(a.max(b)),
+    }
+}
+
+/// Does a refund's current state refund its payment in full (succeeded, not partial)?
+pub fn refund_is_full(r: &RefundSpec) -> bool {
+    r.status == "succeeded" && !r.partial
+}
+
+/// Subscription statuses the backstop denies on.
+const BACKSTOP: [&str; 5] = ["on_hold", "paused", "cancelled", "expired", "failed"];
+
+/// The verdict on one grant: (allowed, reason, grace_until).
+fn judge(
+    f: &GrantFacts<'_>,
+    policy: ModelPolicy,
+    now: Timestamp,
+) -> (bool, Option<String>, Option<Timestamp>) {
+    let g = f.grant;
+    // The policy only uses facts newer than the grant's own version.
+    let newer = |t: Timestamp| t > g.at;
+    let in_grace = |began: Timestamp| policy.grace.map(|d| began + d).filter(|until| now < *until);
+    match g.status {
+        St::Pending => (false, None, None),
+        St::Failed => (
+            false,
+            Some(g.error_code.clone().unwrap_or_else(|| "failed".into())),
+            None,
+        ),
+        St::Revoked => {
+            let reason = canonical(g.reason);
+            // A newer subscription snapshot in another denying status ends the hold.
+            let hold_ended = f.subscription.as_ref().is_some_and(|s| {
+                newer(s.as_of) && BACKSTOP.contains(&s.status) && s.status != "on_hold"
+            });
+            if reason == Some("subscription_on_hold") && !hold_ended {
+                // The hold began when the subscription went on_hold, else when the grant
+                // was revoked (these snapshots carry `revoked_at` = their version).
+                let began = match &f.subscription {
+                    Some(s) if s.status == "on_hold" => s.since,
+                    _ => g.at,
+                };
+                if let Some(until) = in_grace(began) {
+                    return (true, None, Some(until));
+                }
+            }
+            (false, Some(reason.unwrap_or("revoked").to_string()), None)
+        }
+        St::Delivered => {
+            if g.license.flatten().is_some_and(|until| now >= until) {
+                return (false, Some("license_key_expired".into()), None);
+            }
+            // Refunds deny only a one-time purchase's grants.
+            if g.subscription_id.is_none() && f.refunded_at.is_some_and(newer) {
+                return (false, Some("refund".into()), None);
+            }
+            if let Some(s) = &f.subscription {
+                if BACKSTOP.contains(&s.status) && newer(s.as_of) {
+                    if s.status == "on_hold" {
+                        if let Some(until) = in_grace(s.since) {
+                            return (true, None, Some(until));
+                        }
+                    }
+                    return (false, Some(format!("subscription_{}", s.status)), None);
+                }
+            }
+            (true, None, None)
+        }
+    }
+}
+
+/// Access for one pair, given the current snapshot of each of its grants and what is
+/// known of their subscriptions and payments.
 ///
-/// Allowed iff some grant is delivered and its license key (if any) has not expired
-/// (`now >= expires_at` is expired). The explanation names the allowing grant with the
-/// newest version, else the most relevant denial (delivered, then pending, revoked,
-/// failed), newest first; ties by grant id. Reasons: the revocation reason, the failure's
-/// `error_code`, `license_key_expired`; none for pending; `no_grant` without grants.
-pub fn access(grants: &[&GrantSpec], now: Timestamp) -> ModelAccess {
-    let judged: Vec<(&GrantSpec, bool, Option<String>)> = grants
+/// Allowed iff some grant is delivered, its license key (if any) has not expired
+/// (`now >= expires_at` is expired) and the policy does not deny it. The explanation
+/// names the allowing grant with the newest version, else the most relevant denial
+/// (delivered, then pending, revoked, failed), newest first; ties by grant id. Reasons:
+/// the revocation reason, the failure's `error_code`, `license_key_expired`, `refund`,
+/// `subscription_<status>`; none for pending; `no_grant` without grants.
+pub fn access(grants: &[GrantFacts<'_>], policy: ModelPolicy, now: Timestamp) -> ModelAccess {
+    let judged: Vec<(&GrantSpec, (bool, Option<String>, Option<Timestamp>))> = grants
         .iter()
-        .map(|g| {
-            let (allowed, reason) = match g.status {
-                St::Delivered => match g.license.flatten() {
-                    Some(until) if now >= until => (false, Some("license_key_expired".into())),
-                    _ => (true, None),
-                },
-                St::Pending => (false, None),
-                St::Failed => (
-                    false,
-                    Some(g.error_code.clone().unwrap_or_else(|| "failed".into())),
-                ),
-                St::Revoked => (
-                    false,
-                    Some(canonical(g.reason).unwrap_or("revoked").to_string()),
-                ),
-            };
-            (*g, allowed, reason)
-        })
+        .map(|f| (f.grant, judge(f, policy, now)))
         .collect();
     let relevance = |s: St| match s {
         St::Delivered => 0,
@@ -184,20 +391,13 @@ pub fn access(grants: &[&GrantSpec], now: Timestamp) -> ModelAccess {
         St::Revoked => 2,
         St::Failed => 3,
     };
-    let best = judged.iter().min_by(|a, b| {
-        let ka = (
-            !a.1,
-            relevance(a.0.status),
-            std::cmp::Reverse(a.0.at),
-            &a.0.id,
-        );
-        let kb = (
-            !b.1,
-            relevance(b.0.status),
-            std::cmp::Reverse(b.0.at),
-            &b.0.id,
-        );
-        ka.cmp(&kb)
+    let best = judged.iter().min_by_key(|(g, (allowed, _, _))| {
+        (
+            !allowed,
+            relevance(g.status),
+            std::cmp::Reverse(g.at),
+            &g.id,
+        )
     });
     match best {
         None => ModelAccess {
@@ -208,8 +408,9 @@ pub fn access(grants: &[&GrantSpec], now: Timestamp) -> ModelAccess {
             oauth_url: None,
             grants: 0,
             as_of: None,
+            grace_until: None,
         },
-        Some((g, allowed, reason)) => ModelAccess {
+        Some((g, (allowed, reason, grace_until))) => ModelAccess {
             allowed: *allowed,
             status: g.status.canonical().into(),
             reason: reason.clone(),
@@ -221,6 +422,7 @@ pub fn access(grants: &[&GrantSpec], now: Timestamp) -> ModelAccess {
             },
             grants: grants.len(),
             as_of: Some(g.at),
+            grace_until: *grace_until,
         },
     }
 }
