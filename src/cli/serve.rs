@@ -85,7 +85,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => 1,
         "m" | "min" | "mins" => 60_000,
         "h" => 3_600_000,
-        other => return Err(format!("unknown duration unit {other:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ))
+        }
     };
     match n.checked_mul(ms_per) {
         Some(0) | None => Err(format!("{s:?} is not a usable timeout")),
@@ -229,7 +233,10 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = receiver.serve(listener, limits, async move {
         let signal = shutdown_signal().await;
-        tracing::info!(signal, "shutting down: closing idle connections, draining in-flight requests");
+        tracing::info!(
+            signal,
+            "shutting down: closing idle connections, draining in-flight requests"
+        );
         let _ = stop_tx.send(true);
     });
     let mut stop = stop_rx;

@@ -730,15 +730,21 @@ struct Health {
     cause: Option<String>,
 }
 
-/// 200 while the store and the access index are usable: the index is brought up to
-/// date with the store ([`Engine::sync_index`], on the blocking pool; no SQLite work
-/// when it is current); 503 with the cause when that fails.
+/// 200 while the store and the access index are usable, on the blocking pool: the
+/// index is brought up to date with the store ([`Engine::sync_index`]; no SQLite work
+/// when it is current) and the newest delivery row is read (one indexed row); 503 with
+/// the cause when either fails. (It cannot see a stuck writer thread: the engine has no
+/// probe for that.)
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     let engine = s.engine.clone();
-    let checked = tokio::task::spawn_blocking(move || engine.sync_index())
-        .await
-        .map_err(|e| format!("health check task failed: {e}"))
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let checked = tokio::task::spawn_blocking(move || {
+        engine.sync_index()?;
+        // One indexed row of the deliveries table: the store answers reads.
+        engine.deliveries(None, Some(1)).map(|_| ())
+    })
+    .await
+    .map_err(|e| format!("health check task failed: {e}"))
+    .and_then(|r| r.map_err(|e| e.to_string()));
     match checked {
         Ok(()) => json(
             StatusCode::OK,
