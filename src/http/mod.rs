@@ -7,25 +7,38 @@
 //!
 //! | Route | Answers |
 //! |---|---|
-//! | `POST /webhooks/dodo` | 413 body over the limit (checked before anything else is read); 400/408 body cut off or too slow; 401 `{"error": kind}` when verification fails (nothing stored); 200 `{"outcome": ...}` for every verified delivery once it is durably committed: `applied`, `duplicate`, `stale`, `rejected` (quarantined), `unhandled`, `malformed`; 503 only when the store failed, so that Dodo retries |
+//! | `POST /webhooks/dodo` | 413 body over the limit (checked before anything else is read); 400 body cut off; 408 body slower than [`Options::body_timeout`]; 401 `{"error": kind}` when verification fails (nothing stored); 503 `{"error": "queue_full"}` + `Retry-After: 1` when [`Options::max_pending`] deliveries already wait for their commit (nothing stored); 200 `{"outcome": ...}` for every verified delivery once it is durably committed: `applied`, `duplicate`, `stale`, `rejected` (quarantined), `unhandled`, `malformed`; 503 `store_unavailable` when the store failed, so that Dodo retries. 413 and 408 carry `Connection: close` (and, under [`serve`], a lingering close) |
 //! | `GET /v1/access/{customer_id}/{entitlement_id}` | 200 with the [`crate::Access`] answer, allowed or not |
 //! | `GET /v1/customers/{customer_id}` | 200 with the [`crate::store::CustomerView`] |
 //! | `GET /v1/credits/{customer_id}/{credit_entitlement_id}` | 200 with the balance, amounts as decimal strings |
-//! | `GET /healthz`, `GET /metrics` | liveness; Prometheus text |
+//! | `GET /healthz` | 200 `{"status": "ok"}` while the store and the access index are usable; 503 `{"status": "unavailable", "error": "store_unavailable", "cause": ...}` otherwise |
+//! | `GET /metrics` | Prometheus text: requests by route and status, delivery outcomes, signature failures, the writer queue, connections |
 //!
-//! The read API asks for `Authorization: Bearer <token>` when [`Options::api_token`] is
-//! set (401 otherwise); webhooks never do (their signature is their authentication).
+//! The read API and `/metrics` ask for `Authorization: Bearer <token>` when
+//! [`Options::api_token`] is set (401 otherwise); webhooks never do (their signature is
+//! their authentication), nor does `/healthz`.
+//!
+//! [`serve`] (and [`Receiver::serve`]) is the listener `entsync serve` runs: HTTP/1.1
+//! only, with a header timeout, an idle timeout, a connection cap, back-off on `accept`
+//! errors, a shutdown that closes idle connections at once, and a lingering close after
+//! an early answer ([`Limits`]; details in its module). Under `axum::serve` the routes
+//! work the same, without those limits.
 //!
 //! # Example
 //!
 //! ```no_run
-//! use entitlement_sync::{http::Receiver, verify::Verifier, Engine};
+//! use entitlement_sync::http::{Limits, Receiver};
+//! use entitlement_sync::{verify::Verifier, Engine};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let engine = Engine::open("entitlements.db")?;
 //! let verifier = Verifier::from_list(&std::env::var("DODO_PAYMENTS_WEBHOOK_SECRET")?)?;
-//! let app = Receiver::new(engine, verifier).router();
+//! let receiver = Receiver::new(engine, verifier);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
-//! axum::serve(listener, app).await?;
+//! receiver
+//!     .serve(listener, Limits::default(), async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await;
 //! # Ok(())
 //! # }
 //! ```
