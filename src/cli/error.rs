@@ -82,18 +82,14 @@ pub enum CliError {
     /// stdout (exit 1).
     #[error("{0}")]
     Unverified(#[source] VerifyError),
-    /// `serve`: the server stopped with an error after it started listening (exit 1).
-    #[error("server failed: {0}")]
-    Server(#[source] std::io::Error),
 }
 
 impl CliError {
-    /// The process exit code for this error: 1 for a delivery that does not verify and
-    /// for a server that failed while running, 2 for everything else (usage, secrets,
-    /// the store, IO).
+    /// The process exit code for this error: 1 for a delivery that does not verify, 2 for
+    /// everything else (usage, secrets, the store, IO).
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Unverified(_) | CliError::Server(_) => ExitCode::from(1),
+            CliError::Unverified(_) => ExitCode::from(1),
             CliError::Usage(_)
             | CliError::NoSecret
             | CliError::BadSecret { .. }
@@ -220,7 +216,6 @@ mod tests {
             (CliError::io("cannot read input")(io()), 2),
             (CliError::NotStored(3), 2),
             (CliError::Unverified(VerifyError::InvalidSignature), 1),
-            (CliError::Server(io()), 1),
         ] {
             assert_eq!(err.exit_code(), ExitCode::from(code), "{err}");
             let msg = err.to_string();
