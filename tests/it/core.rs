@@ -809,9 +809,6 @@ impl<B: Backend, const ALL: bool> StateMachineTest for Sut<B, ALL> {
             .map(|q| (q.object_kind, q.object_id, q.delivery_id))
             .collect();
         records.sort();
-        // Distinct entries: `rejected()` lists a snapshot once per body its webhook id
-        // carries (known bug, see `known_bug_rejected_lists_a_snapshot_once_per_body`).
-        records.dedup();
         let want = folds.rejected();
         let mut unused = records.clone();
         for (kind, id, key) in &want {
@@ -983,15 +980,14 @@ fn model_example_accept_then_newer_snapshots_under_new_ids() {
     ]);
 }
 
-/// Known bug 1 (live != rebuild): `overrides` is keyed by webhook id alone. The operator
+/// Was bug 1 (fixed by the history store, issue 8) (live != rebuild): `overrides` is keyed by webhook id alone. The operator
 /// accepts `wh_2` (a restoration after `manual`); Dodo then retries `wh_2` with a newer
 /// payload (`pending`, illegal after `delivered`). Live, the retry takes the fast path,
 /// unforced: rejected, as the model says (an accept is recorded per delivery id and body
 /// hash). A rebuild forces every body of `wh_2`: the grant becomes `pending` and the
 /// quarantine empties.
 #[test]
-#[ignore = "known bug: overrides are keyed by webhook id alone, so a rebuild forces a later retry's payload (live != rebuild); fixed by store work"]
-fn known_bug_a_retry_under_an_accepted_webhook_id_is_forced_by_a_rebuild() {
+fn was_bug_a_retry_under_an_accepted_webhook_id_is_forced_by_a_rebuild() {
     replay::<true>(vec![
         grant_2("wh_1", St::Revoked, 0, Some("manual")),
         grant_2("wh_2", St::Delivered, 1, None),
@@ -1007,8 +1003,7 @@ fn known_bug_a_retry_under_an_accepted_webhook_id_is_forced_by_a_rebuild() {
 /// by one webhook id (a restoration after `manual`, then its retry with a newer payload)
 /// keep one quarantine row: the operator never sees the other.
 #[test]
-#[ignore = "known bug: the quarantine is keyed by webhook id alone and loses a rejected retry payload; fixed by store work"]
-fn known_bug_two_rejected_payloads_under_one_webhook_id_keep_one_quarantine_row() {
+fn was_bug_two_rejected_payloads_under_one_webhook_id_keep_one_quarantine_row() {
     replay::<true>(vec![
         grant_2("wh_1", St::Revoked, 0, Some("manual")),
         grant_2("wh_2", St::Delivered, 1, None),
@@ -1019,8 +1014,7 @@ fn known_bug_two_rejected_payloads_under_one_webhook_id_keep_one_quarantine_row(
 /// Known bug 3: `rejected()` joins the quarantine to `deliveries` by webhook id alone, so
 /// a quarantined snapshot is listed once per body its webhook id carries.
 #[test]
-#[ignore = "known bug: rejected() lists a quarantined snapshot once per body of its webhook id; fixed by store work"]
-fn known_bug_rejected_lists_a_snapshot_once_per_body() {
+fn was_bug_rejected_lists_a_snapshot_once_per_body() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Sqlite::open(dir.path());
     let active = subscription("sub_1", "active", t0()).body();
@@ -1040,15 +1034,11 @@ fn known_bug_rejected_lists_a_snapshot_once_per_body() {
 prop_state_machine! {
     #![proptest_config(config())]
 
-    /// The real engine on SQLite agrees with the naive model after every transition
-    /// (sequences that hit the known bugs of [`World::hits_known_bug`] excluded).
+    /// The real engine on SQLite agrees with the naive model after every transition,
+    /// over every sequence (retries under accepted webhook ids included: the bugs of
+    /// [`World::hits_known_bug`] are fixed, issue 8).
     #[test]
-    fn sqlite_engine_matches_the_naive_model(sequential 1..40 => Sut<Sqlite, false>);
-
-    /// Every sequence, known bugs 1 and 2 included: fails on the current store.
-    #[test]
-    #[ignore = "known bug: overrides and quarantine rows are keyed by webhook id alone (retries under one id with a newer payload); fixed by store work"]
-    fn sqlite_engine_matches_the_naive_model_with_retries_under_accepted_ids(sequential 1..40 => Sut<Sqlite, true>);
+    fn sqlite_engine_matches_the_naive_model(sequential 1..40 => Sut<Sqlite, true>);
 }
 
 // =======================================================================================
