@@ -1,9 +1,13 @@
-//! Property tests of the pure core: parse -> fold/step -> outcome -> access.
+//! Property tests of the engine and its pure core: parse -> fold/step -> outcome -> access.
 //!
 //! 1. A model-based test (proptest-state-machine): a naive reference model
-//!    ([`crate::support::model`]) against the real `event::parse`, `fold::fold`,
-//!    `fold::step`, `fold::outcome` and `access::decide`, over deliveries of every kind,
-//!    redeliveries, out-of-order deliveries, clock advances and operator accepts.
+//!    ([`crate::support::model`], written from PRODUCT.md §3, §4 and §6) against the real
+//!    [`Engine`] on a real store ([`Backend`]; SQLite here): grant snapshots of every
+//!    status and revocation reason, subscriptions of every status, payments and refunds,
+//!    retries (same webhook id and bytes), replays (a new id), retries carrying a newer
+//!    payload, out-of-order deliveries, operator accepts, rebuilds, reopening the store
+//!    and clock advances, checking outcomes, the quarantine, listings and every access
+//!    answer (default policy and an on_hold grace) after every transition.
 //! 2. Plain properties over realistic lifecycles ([`crate::support::grant_lifecycles`]):
 //!    convergence under any permutation with duplicates, idempotence, rejected snapshots
 //!    changing nothing, sticky manual revocations, restorations, subscriptions, outcomes,
@@ -86,7 +90,16 @@ impl Backend for Sqlite {
 /// share a pair (access is an OR); `grant_1` belongs to a subscription (whose payment's
 /// refunds must not deny it), `grant_2` to a one-time purchase (a full refund denies it),
 /// `grant_4` to nothing (license keys only).
-const GRANTS: [(&str, &str, &str, Option<&str>, Option<&str>); 4] = [
+/// (grant id, customer, entitlement, subscription, payment).
+type GrantRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+const GRANTS: [GrantRow; 4] = [
     (
         "grant_1",
         "cus_a",
@@ -194,6 +207,9 @@ pub struct World<const ALL: bool> {
     expected: Expect,
 }
 
+/// A rejected snapshot: (object kind, object id, key).
+type RejectedSnap = (&'static str, String, MKey);
+
 /// Every object's fold, keyed by (kind, id).
 struct Folds {
     grants: BTreeMap<String, model::Fold<GrantSpec>>,
@@ -204,11 +220,8 @@ struct Folds {
 
 impl Folds {
     /// (kind, id, key) of every rejected snapshot.
-    fn rejected(&self) -> Vec<(&'static str, String, MKey)> {
-        fn of<S>(
-            kind: &'static str,
-            m: &BTreeMap<String, model::Fold<S>>,
-        ) -> Vec<(&'static str, String, MKey)> {
+    fn rejected(&self) -> Vec<RejectedSnap> {
+        fn of<S>(kind: &'static str, m: &BTreeMap<String, model::Fold<S>>) -> Vec<RejectedSnap> {
             m.iter()
                 .flat_map(|(id, f)| f.rejected.iter().map(move |k| (kind, id.clone(), *k)))
                 .collect()
@@ -337,11 +350,11 @@ impl<const ALL: bool> World<ALL> {
     }
 
     /// Webhook ids that carry exactly one currently rejected snapshot, with its key.
-    fn acceptable(&self) -> BTreeMap<String, ((&'static str, String), MKey)> {
-        let mut by_id: BTreeMap<String, Vec<((&'static str, String), MKey)>> = BTreeMap::new();
+    fn acceptable(&self) -> BTreeMap<String, RejectedSnap> {
+        let mut by_id: BTreeMap<String, Vec<RejectedSnap>> = BTreeMap::new();
         for (kind, id, key) in self.folds().rejected() {
             for w in self.carriers(kind, &id, &key) {
-                by_id.entry(w).or_default().push(((kind, id.clone()), key));
+                by_id.entry(w).or_default().push((kind, id.clone(), key));
             }
         }
         by_id
@@ -700,7 +713,7 @@ impl<const ALL: bool> ReferenceStateMachine for World<ALL> {
                 };
             }
             Tr::Accept { webhook_id } => {
-                if let Some(((kind, id), key)) = state.acceptable().remove(webhook_id) {
+                if let Some((kind, id, key)) = state.acceptable().remove(webhook_id) {
                     state.forced.insert(key);
                     state.accepted_ids.insert(webhook_id.clone());
                     state.expected = Expect::Accepted(kind, id);

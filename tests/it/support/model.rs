@@ -313,11 +313,10 @@ pub fn refund_is_full(r: &RefundSpec) -> bool {
 const BACKSTOP: [&str; 5] = ["on_hold", "paused", "cancelled", "expired", "failed"];
 
 /// The verdict on one grant: (allowed, reason, grace_until).
-fn judge(
-    f: &GrantFacts<'_>,
-    policy: ModelPolicy,
-    now: Timestamp,
-) -> (bool, Option<String>, Option<Timestamp>) {
+type Judgement = (bool, Option<String>, Option<Timestamp>);
+
+/// Judges one grant.
+fn judge(f: &GrantFacts<'_>, policy: ModelPolicy, now: Timestamp) -> Judgement {
     let g = f.grant;
     // The policy only uses facts newer than the grant's own version.
     let newer = |t: Timestamp| t > g.at;
@@ -381,7 +380,7 @@ fn judge(
 /// the revocation reason, the failure's `error_code`, `license_key_expired`, `refund`,
 /// `subscription_<status>`; none for pending; `no_grant` without grants.
 pub fn access(grants: &[GrantFacts<'_>], policy: ModelPolicy, now: Timestamp) -> ModelAccess {
-    let judged: Vec<(&GrantSpec, (bool, Option<String>, Option<Timestamp>))> = grants
+    let judged: Vec<(&GrantSpec, Judgement)> = grants
         .iter()
         .map(|f| (f.grant, judge(f, policy, now)))
         .collect();
