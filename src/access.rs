@@ -182,8 +182,12 @@ fn backstop_denies(status: &SubscriptionStatus) -> bool {
     matches!(status, OnHold | Paused | Cancelled | Expired | Failed)
 }
 
+/// The end of the on-hold grace that began at `began`, while it lasts at `now`. A grace
+/// that would end past the last representable instant lasts to that instant.
 fn on_hold_grace(policy: &Policy, began: Timestamp, now: Timestamp) -> Option<Timestamp> {
-    let until = began + policy.on_hold_grace?;
+    let until = began
+        .checked_add_signed(policy.on_hold_grace?)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
     (now < until).then_some(until)
 }
 

@@ -1,6 +1,6 @@
 //! A delivery as it arrived, and what became of it.
 
-use crate::fold::hex;
+use crate::wire::hex;
 use crate::wire::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -14,8 +14,9 @@
 //!
 //! Pure: no IO, no clock.
 
-use crate::wire::Timestamp;
-use serde::Serialize;
+use crate::wire::{hex, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// Total order of an object's snapshots: when (an instant, never text), then the status
@@ -60,17 +61,6 @@ pub fn decode_key(s: &str) -> Option<VersionKey> {
     Some(VersionKey { at, rank, hash })
 }
 
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
 /// A snapshot with its version key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snap<T> {
@@ -102,7 +92,7 @@ pub trait Machine: Clone {
 }
 
 /// Why a snapshot was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum RejectReason {
     /// The transition table has no such edge.
@@ -122,7 +112,7 @@ pub enum RejectReason {
     /// The object's owner changed.
     IdentityChanged {
         /// The field that changed.
-        field: &'static str,
+        field: Cow<'static, str>,
     },
     /// The object is in a terminal state.
     Terminal,
@@ -142,7 +132,7 @@ impl RejectReason {
 }
 
 /// A rejected snapshot: the state it met, what arrived, and why it may not apply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{}", self.message())]
 pub struct Rejection {
     /// Why.
@@ -196,15 +186,43 @@ pub enum Verdict {
     Rejected(Rejection),
 }
 
-/// One distinct snapshot of the history, in fold order.
+/// One distinct snapshot of the history, in fold order: what the fold did with it and
+/// the state after it. A store keeps these rows (its `history`), so that a snapshot
+/// arriving out of order re-folds only from its place until the fold meets a stored step
+/// again ([`crate::plan::Refold`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     /// Its key.
     pub key: VersionKey,
     /// The smallest delivery id that carried it (deterministic representative).
     pub delivery_id: String,
+    /// An operator accepted one of the deliveries carrying it.
+    pub accepted: bool,
     /// What happened to it.
     pub verdict: Verdict,
+    /// The key of the state snapshot after this step: its own key when applied, the
+    /// state it met when rejected. (Stores need not keep it: it follows from the steps
+    /// before.)
+    pub state: VersionKey,
+    /// Applied, and the object's status differs from the one before (or it is the
+    /// first): the current status began here. `since` of a state is the key instant of
+    /// the last such step.
+    pub starts_run: bool,
+}
+
+impl Step {
+    /// Was it rejected?
+    pub fn is_rejected(&self) -> bool {
+        matches!(self.verdict, Verdict::Rejected(_))
+    }
+
+    /// The rejection, if it was rejected.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match &self.verdict {
+            Verdict::Rejected(r) => Some(r),
+            Verdict::Applied { .. } => None,
+        }
+    }
 }
 
 /// An object's current state.
@@ -284,6 +302,52 @@ pub fn step<T: Machine>(
     )
 }
 
+/// The fold as a machine fed one distinct snapshot at a time, in key order: from the
+/// empty state for a whole history, or from the state before some key for a suffix.
+#[derive(Debug, Clone)]
+pub struct Folder<T> {
+    state: Option<Current<T>>,
+}
+
+impl<T: Machine> Folder<T> {
+    /// Starts from `state` (the state before the first snapshot to be pushed).
+    pub fn new(state: Option<Current<T>>) -> Self {
+        Folder { state }
+    }
+
+    /// The state so far.
+    pub fn state(&self) -> Option<&Current<T>> {
+        self.state.as_ref()
+    }
+
+    /// The state reached.
+    pub fn into_state(self) -> Option<Current<T>> {
+        self.state
+    }
+
+    /// Folds the next distinct snapshot (`accepted`: an operator accepted it).
+    pub fn push(&mut self, snap: &Snap<T>, delivery_id: &str, accepted: bool) -> Step {
+        let (verdict, next) = step(self.state.as_ref(), snap, accepted);
+        let starts_run = match (&next, &self.state) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(n), Some(c)) => n.snap.body.status_name() != c.snap.body.status_name(),
+        };
+        if let Some(next) = next {
+            self.state = Some(next);
+        }
+        Step {
+            key: snap.key,
+            delivery_id: delivery_id.to_string(),
+            accepted,
+            verdict,
+            // A push always leaves a state: the first snapshot always applies.
+            state: self.state.as_ref().map_or(snap.key, |c| c.snap.key),
+            starts_run,
+        }
+    }
+}
+
 /// Folds a whole history. The input may be in any order and contain duplicates.
 pub fn fold<T: Machine>(entries: impl IntoIterator<Item = Entry<T>>) -> Folded<T> {
     let mut entries: Vec<Entry<T>> = entries.into_iter().collect();
@@ -291,7 +355,7 @@ pub fn fold<T: Machine>(entries: impl IntoIterator<Item = Entry<T>>) -> Folded<T
         Ordering::Equal => a.delivery_id.cmp(&b.delivery_id),
         other => other,
     });
-    let mut state: Option<Current<T>> = None;
+    let mut folder = Folder::new(None);
     let mut steps: Vec<Step> = Vec::with_capacity(entries.len());
     let mut i = 0;
     while i < entries.len() {
@@ -303,18 +367,13 @@ pub fn fold<T: Machine>(entries: impl IntoIterator<Item = Entry<T>>) -> Folded<T
             j += 1;
         }
         let entry = &entries[i];
-        let (verdict, next) = step(state.as_ref(), &entry.snap, forced);
-        if let Some(next) = next {
-            state = Some(next);
-        }
-        steps.push(Step {
-            key: entry.snap.key,
-            delivery_id: entry.delivery_id.clone(),
-            verdict,
-        });
+        steps.push(folder.push(&entry.snap, &entry.delivery_id, forced));
         i = j;
     }
-    Folded { state, steps }
+    Folded {
+        state: folder.into_state(),
+        steps,
+    }
 }
 
 /// A family whose snapshots never conflict: the newest one is the state.

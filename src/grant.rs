@@ -112,12 +112,12 @@ impl Machine for Grant {
     fn check(prev: &Grant, next: &Grant) -> Result<(), RejectReason> {
         if prev.customer_id != next.customer_id {
             return Err(RejectReason::IdentityChanged {
-                field: "customer_id",
+                field: "customer_id".into(),
             });
         }
         if prev.entitlement_id != next.entitlement_id {
             return Err(RejectReason::IdentityChanged {
-                field: "entitlement_id",
+                field: "entitlement_id".into(),
             });
         }
         if prev.business_id.is_some()
@@ -125,7 +125,7 @@ impl Machine for Grant {
             && prev.business_id != next.business_id
         {
             return Err(RejectReason::IdentityChanged {
-                field: "business_id",
+                field: "business_id".into(),
             });
         }
         let was = prev.revocation_reason.as_ref();
@@ -303,7 +303,7 @@ mod tests {
         assert_eq!(
             Grant::check(&a, &b),
             Err(RejectReason::IdentityChanged {
-                field: "customer_id"
+                field: "customer_id".into()
             })
         );
         let mut b = a.clone();

@@ -101,7 +101,8 @@ enum Row {
     Other,
 }
 
-/// The index. Build it with [`Index::default`] and feed it rows with [`Index::apply`].
+/// The index. Build it with [`Index::default`] and feed it rows decoded with
+/// [`Index::decode`] through [`Index::apply_decoded`].
 #[derive(Debug, Default)]
 pub struct Index {
     pairs: HashMap<String, HashMap<String, Vec<GrantEntry>>>,
@@ -116,26 +117,18 @@ pub struct Index {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("index: cannot decode {kind} {id}: {message}")]
 pub struct IndexError {
-    kind: String,
-    id: String,
-    message: String,
+    /// The row's kind.
+    pub kind: String,
+    /// The row's object id.
+    pub id: String,
+    /// Why it does not decode.
+    pub message: String,
 }
 
 impl Index {
     /// Number of grants held.
     pub fn grants(&self) -> usize {
         self.grants
-    }
-
-    /// Applies one changed object row (insert or replace).
-    ///
-    /// # Errors
-    ///
-    /// [`IndexError`] when the row does not decode; the index is unchanged then.
-    pub fn apply(&mut self, row: &ObjectRow) -> Result<(), IndexError> {
-        let decoded = Index::decode(row)?;
-        self.apply_decoded(decoded);
-        Ok(())
     }
 
     /// Decodes a row without touching the index (pure: rows can be decoded on several

@@ -30,6 +30,7 @@ pub mod grant;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod index;
+pub mod plan;
 pub mod store;
 pub mod subscription;
 #[doc(hidden)]
@@ -39,4 +40,4 @@ pub mod wire;
 
 pub use access::{Access, DisputePolicy, Policy};
 pub use delivery::{Delivery, Outcome};
-pub use engine::Engine;
+pub use engine::{Engine, EngineError};

@@ -3,10 +3,6 @@
 
 mod cli;
 
-use clap::Parser;
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    cli::run(args)
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -37,14 +37,6 @@ pub fn transition(from: &SubscriptionStatus, to: &SubscriptionStatus) -> Result<
     }
 }
 
-/// Is this status terminal?
-pub fn is_terminal(status: &SubscriptionStatus) -> bool {
-    matches!(
-        status,
-        SubscriptionStatus::Cancelled | SubscriptionStatus::Failed | SubscriptionStatus::Expired
-    )
-}
-
 /// Lifecycle rank, to order two snapshots of the same instant.
 pub fn rank(status: &SubscriptionStatus) -> u8 {
     use SubscriptionStatus::*;
@@ -75,7 +67,7 @@ impl Machine for Subscription {
         if let (Some(a), Some(b)) = (prev.customer_id(), next.customer_id()) {
             if a != b {
                 return Err(RejectReason::IdentityChanged {
-                    field: "customer_id",
+                    field: "customer_id".into(),
                 });
             }
         }
@@ -147,6 +139,23 @@ impl Machine for CreditEntry {
         } else {
             Err(RejectReason::IllegalTransition)
         }
+    }
+}
+
+/// The newest of a customer's ledger entries that share the newest instant: the end of
+/// their chain (the entry whose `balance_after` is no other entry's `balance_before`).
+/// Entries of one instant are ordered by the ledger itself, not by their content hash;
+/// when the chain does not say (no single end), the last in the given order wins.
+pub fn newest_entry(same_instant: &[CreditEntry]) -> Option<&CreditEntry> {
+    let continued = |e: &CreditEntry| {
+        same_instant
+            .iter()
+            .any(|o| !std::ptr::eq(o, e) && o.balance_before == Some(e.balance_after))
+    };
+    let mut ends = same_instant.iter().filter(|e| !continued(e));
+    match (ends.next(), ends.next()) {
+        (Some(end), None) => Some(end),
+        _ => same_instant.last(),
     }
 }
 

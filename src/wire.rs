@@ -5,7 +5,7 @@
 //! amounts arrive as numbers or decimal strings, and timestamps carry 0, 3 or 6
 //! fractional digits. Everything here accepts all of that and never panics.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 use std::str::FromStr;
@@ -88,14 +88,32 @@ pub(crate) use open_enum;
 
 /// Parses an RFC 3339 timestamp (any offset, 0–9 fractional digits); a timestamp without
 /// an offset is taken as UTC.
+///
+/// Only instants whose UTC year is between 1 and 9999 are accepted: they are the ones
+/// [`format_timestamp`] writes back as RFC 3339 that this function reads again, and whose
+/// text sorts like the instant. `9999-12-31T23:30:00-01:00` (year 10000 in UTC) is
+/// refused here, so a delivery carrying it is `malformed` instead of a stored value
+/// that cannot be read back.
 pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
     let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
+    let t = match DateTime::parse_from_rfc3339(s) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()?
+            .and_utc(),
+    };
+    (1..=9999).contains(&t.year()).then_some(t)
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
     }
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
-        .map(|n| n.and_utc())
+    s
 }
 
 /// Formats an instant the way the engine prints it: RFC 3339, UTC, microseconds.
@@ -227,6 +245,32 @@ mod tests {
         assert_eq!(a, c);
         assert_eq!(a, d);
         assert!(parse_timestamp("yesterday").is_none());
+    }
+
+    #[test]
+    fn only_instants_that_read_back_parse() {
+        for refused in [
+            "9999-12-31T23:30:00-01:00", // year 10000 in UTC
+            "0001-01-01T00:30:00+01:00", // year 0 in UTC
+            "+10000-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_timestamp(refused), None, "{refused}");
+        }
+        for accepted in [
+            "9999-12-31T23:59:59.999999999Z",
+            "9999-12-31T23:30:00+01:00",
+            "0001-01-01T00:00:00Z",
+            "2026-05-01T10:05:00.123456-11:30",
+        ] {
+            let t = parse_timestamp(accepted).expect(accepted);
+            assert_eq!(
+                parse_timestamp(&format_timestamp(&t)).map(|b| b.timestamp_micros()),
+                Some(t.timestamp_micros()),
+                "{accepted}"
+            );
+            let key = t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            assert_eq!(parse_timestamp(&key), Some(t), "{accepted}");
+        }
     }
 
     #[test]

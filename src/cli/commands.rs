@@ -1,10 +1,10 @@
 //! The store commands: ingest, check, verify, deliveries, rejected, accept, grants,
 //! rebuild, customer, balance.
 
-use super::{open_engine, print_json, PolicyArgs};
+use super::{open_engine, print_json, webhook_verifier, CliError, PolicyArgs};
 use chrono::Utc;
 use clap::Args;
-use entitlement_sync::verify::{Verifier, WebhookHeaders};
+use entitlement_sync::verify::WebhookHeaders;
 use entitlement_sync::wire::parse_timestamp;
 use entitlement_sync::{Delivery, Engine, Outcome, Policy};
 use std::collections::BTreeMap;
@@ -134,18 +134,10 @@ pub struct BalanceArgs {
     pub json: bool,
 }
 
-fn error(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("entsync: {msg}");
-    ExitCode::from(2)
-}
-
 /// Opens an existing database for a read command (never creates an empty one).
-fn open_existing(db: &Path, policy: Policy) -> Result<Engine, ExitCode> {
+fn open_existing(db: &Path, policy: Policy) -> Result<Engine, CliError> {
     if !db.exists() {
-        return Err(error(format_args!(
-            "no database at {} (ingest or serve first, or pass --db / ENTSYNC_DB)",
-            db.display()
-        )));
+        return Err(CliError::NoDatabase(db.to_path_buf()));
     }
     open_engine(db, policy)
 }
@@ -188,15 +180,10 @@ fn open_input(file: Option<&Path>) -> std::io::Result<(Box<dyn Read>, Option<u64
 }
 
 /// `entsync ingest`.
-pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
-    let engine = match open_engine(db, Policy::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let (input, len) = match open_input(args.file.as_deref()) {
-        Ok(x) => x,
-        Err(e) => return error(format_args!("cannot read input: {e}")),
-    };
+pub fn ingest(db: &Path, args: IngestArgs) -> Result<ExitCode, CliError> {
+    let engine = open_engine(db, Policy::default())?;
+    let (input, len) =
+        open_input(args.file.as_deref()).map_err(CliError::io("cannot read input"))?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = match len {
             Some(n) => indicatif::ProgressBar::new(n),
@@ -241,7 +228,9 @@ pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
                         }
                         Err(e) => {
                             failed += 1;
-                            eprintln!("entsync: delivery not stored: {e}");
+                            // Reported as it happens (like ripgrep does a file it cannot read); the
+                            // count ends the command as `CliError::NotStored`.
+                            eprintln!("entsync ingest: delivery not stored: {e}");
                         }
                     }
                 }
@@ -249,7 +238,7 @@ pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
             }
             Err(e) => {
                 failed += n as u64;
-                eprintln!("entsync: batch not stored: {e}");
+                eprintln!("entsync ingest: batch not stored: {e}");
             }
         }
     };
@@ -258,7 +247,7 @@ pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
         match reader.read_until(b'\n', &mut line) {
             Ok(0) => break,
             Ok(n) => bar.inc(n as u64),
-            Err(e) => return error(format_args!("cannot read input: {e}")),
+            Err(e) => return Err(CliError::io("cannot read input")(e)),
         }
         let trimmed = trim_line(&line);
         if trimmed.is_empty() {
@@ -273,16 +262,15 @@ pub fn ingest(db: &Path, args: IngestArgs) -> ExitCode {
     flush(&mut batch, &mut counts);
     bar.finish_and_clear();
     if args.json {
-        print_json(&counts);
+        print_json(&counts)?;
     } else {
         let text: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("{}", text.join(", "));
     }
     if failed > 0 {
-        eprintln!("entsync: {failed} deliveries were not stored");
-        return ExitCode::from(2);
+        return Err(CliError::NotStored(failed));
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -321,60 +309,43 @@ pub fn describe(a: &entitlement_sync::Access) -> String {
 }
 
 /// `entsync check`.
-pub fn check(db: &Path, args: CheckArgs) -> ExitCode {
+pub fn check(db: &Path, args: CheckArgs) -> Result<ExitCode, CliError> {
     let now = match args.at.as_deref() {
         None => Utc::now(),
-        Some(t) => match parse_timestamp(t) {
-            Some(t) => t,
-            None => return error(format_args!("--at {t:?} is not an RFC 3339 timestamp")),
-        },
+        Some(t) => parse_timestamp(t).ok_or_else(|| {
+            CliError::usage(format_args!("--at {t:?} is not an RFC 3339 timestamp"))
+        })?,
     };
-    let engine = match open_existing(db, args.policy.policy()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+    let engine = open_existing(db, args.policy.policy())?;
     // One answer: read the pair's rows, not the whole index.
-    let answer = match engine.access_direct(&args.customer, &args.entitlement, now, engine.policy())
-    {
-        Ok(a) => a,
-        Err(e) => return error(e),
-    };
+    let answer = engine
+        .access_direct(&args.customer, &args.entitlement, now, engine.policy())
+        .map_err(CliError::store("cannot read the access answer"))?;
     if args.json {
-        if print_json(&answer) != ExitCode::SUCCESS {
-            return ExitCode::from(2);
-        }
+        print_json(&answer)?;
     } else {
         println!("{}", describe(&answer));
     }
-    if answer.allowed {
+    // Denied is an answer, not an error: exit 1 with nothing on stderr.
+    Ok(if answer.allowed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
+    })
 }
 
 /// `entsync verify`.
-pub fn verify(args: VerifyArgs) -> ExitCode {
-    let list = if args.secrets.is_empty() {
-        std::env::var("DODO_PAYMENTS_WEBHOOK_SECRET").unwrap_or_default()
-    } else {
-        args.secrets.join(" ")
-    };
-    if list.trim().is_empty() {
-        return error("no secret: pass --secret whsec_... or set DODO_PAYMENTS_WEBHOOK_SECRET");
-    }
-    let verifier = match Verifier::from_list(&list) {
-        Ok(v) => v,
-        Err(e) => return error(e),
-    };
-    let (mut input, _) = match open_input(args.file.as_deref()) {
-        Ok(x) => x,
-        Err(e) => return error(format_args!("cannot read body: {e}")),
-    };
+///
+/// A delivery that does not verify prints its kind on stdout (the command's answer) and
+/// returns [`CliError::Unverified`] (exit 1, the message on stderr).
+pub fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
+    let verifier = webhook_verifier(&args.secrets)?;
+    let (mut input, _) =
+        open_input(args.file.as_deref()).map_err(CliError::io("cannot read body"))?;
     let mut body = Vec::new();
-    if let Err(e) = input.read_to_end(&mut body) {
-        return error(format_args!("cannot read body: {e}"));
-    }
+    input
+        .read_to_end(&mut body)
+        .map_err(CliError::io("cannot read body"))?;
     let now = args.now.unwrap_or_else(|| Utc::now().timestamp());
     let headers = WebhookHeaders {
         id: args.id.as_deref(),
@@ -384,33 +355,29 @@ pub fn verify(args: VerifyArgs) -> ExitCode {
     match verifier.verify(&headers, &body, now) {
         Ok(()) => {
             println!("ok");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             println!("{}", e.kind());
-            eprintln!("entsync: {e}");
-            ExitCode::from(1)
+            Err(CliError::Unverified(e))
         }
     }
 }
 
 /// `entsync deliveries`.
-pub fn deliveries(db: &Path, args: DeliveriesArgs) -> ExitCode {
+pub fn deliveries(db: &Path, args: DeliveriesArgs) -> Result<ExitCode, CliError> {
     let outcome = match args.outcome.as_deref().map(|o| (o, Outcome::parse(o))) {
         None => None,
         Some((_, Some(o))) => Some(o),
-        Some((o, None)) => return error(format_args!("unknown outcome {o:?}")),
+        Some((o, None)) => return Err(CliError::usage(format_args!("unknown outcome {o:?}"))),
     };
-    let engine = match open_existing(db, Policy::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let list = match engine.deliveries(outcome, args.limit) {
-        Ok(l) => l,
-        Err(e) => return error(e),
-    };
+    let engine = open_existing(db, Policy::default())?;
+    let list = engine
+        .deliveries(outcome, args.limit)
+        .map_err(CliError::store("cannot list deliveries"))?;
     if args.json {
-        return print_json(&list);
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
     }
     for d in list {
         println!(
@@ -422,21 +389,18 @@ pub fn deliveries(db: &Path, args: DeliveriesArgs) -> ExitCode {
             d.detail.map(|x| format!("  ({x})")).unwrap_or_default()
         );
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `entsync rejected`.
-pub fn rejected(db: &Path, args: JsonArgs) -> ExitCode {
-    let engine = match open_existing(db, Policy::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let list = match engine.rejected() {
-        Ok(l) => l,
-        Err(e) => return error(e),
-    };
+pub fn rejected(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
+    let engine = open_existing(db, Policy::default())?;
+    let list = engine
+        .rejected()
+        .map_err(CliError::store("cannot list the quarantine"))?;
     if args.json {
-        return print_json(&list);
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
         println!("the quarantine is empty");
@@ -447,45 +411,40 @@ pub fn rejected(db: &Path, args: JsonArgs) -> ExitCode {
             q.delivery_id, q.object_kind, q.object_id, q.reason
         );
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `entsync accept`.
-pub fn accept(db: &Path, args: AcceptArgs) -> ExitCode {
-    let engine = match open_existing(db, Policy::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    match engine.accept(&args.delivery_id, Utc::now()) {
-        Ok((kind, id)) => {
-            if args.json {
-                print_json(&serde_json::json!({
-                    "delivery_id": args.delivery_id, "object_kind": kind, "object_id": id, "accepted": true
-                }))
-            } else {
-                println!(
-                    "accepted {}: {kind} {id} re-folded with the override",
-                    args.delivery_id
-                );
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => error(e),
+pub fn accept(db: &Path, args: AcceptArgs) -> Result<ExitCode, CliError> {
+    let engine = open_existing(db, Policy::default())?;
+    let (kind, id) = engine
+        .accept(&args.delivery_id, Utc::now())
+        .map_err(CliError::store(format!(
+            "cannot accept {:?}",
+            args.delivery_id
+        )))?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "delivery_id": args.delivery_id, "object_kind": kind, "object_id": id, "accepted": true
+        }))?;
+    } else {
+        println!(
+            "accepted {}: {kind} {id} re-folded with the override",
+            args.delivery_id
+        );
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `entsync grants`.
-pub fn grants(db: &Path, args: GrantsArgs) -> ExitCode {
-    let engine = match open_existing(db, Policy::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let list = match engine.grants(args.customer.as_deref()) {
-        Ok(l) => l,
-        Err(e) => return error(e),
-    };
+pub fn grants(db: &Path, args: GrantsArgs) -> Result<ExitCode, CliError> {
+    let engine = open_existing(db, Policy::default())?;
+    let list = engine
+        .grants(args.customer.as_deref())
+        .map_err(CliError::store("cannot list grants"))?;
     if args.json {
-        return print_json(&list);
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
     }
     for g in list {
         println!(
@@ -499,44 +458,39 @@ pub fn grants(db: &Path, args: GrantsArgs) -> ExitCode {
                 .unwrap_or_default()
         );
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `entsync rebuild`.
-pub fn rebuild(db: &Path, args: JsonArgs) -> ExitCode {
-    let engine = match open_existing(db, Policy::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+pub fn rebuild(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
+    let engine = open_existing(db, Policy::default())?;
     let started = std::time::Instant::now();
-    match engine.rebuild() {
-        Ok(stats) => {
-            if args.json {
-                print_json(&stats)
-            } else {
-                println!(
-                    "rebuilt {} objects from {} deliveries in {:.2?} ({} still malformed, {} newly parsed, {} quarantined)",
-                    stats.objects, stats.deliveries, started.elapsed(), stats.malformed, stats.reparsed, stats.quarantined
-                );
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => error(e),
+    let stats = engine
+        .rebuild()
+        .map_err(CliError::store("cannot rebuild"))?;
+    if args.json {
+        print_json(&stats)?;
+    } else {
+        println!(
+            "rebuilt {} objects from {} deliveries in {:.2?} ({} still malformed, {} newly parsed, {} quarantined)",
+            stats.objects, stats.deliveries, started.elapsed(), stats.malformed, stats.reparsed, stats.quarantined
+        );
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `entsync customer`.
-pub fn customer(db: &Path, args: CustomerArgs) -> ExitCode {
-    let engine = match open_existing(db, Policy::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let view = match engine.customer(&args.customer) {
-        Ok(v) => v,
-        Err(e) => return error(e),
-    };
+pub fn customer(db: &Path, args: CustomerArgs) -> Result<ExitCode, CliError> {
+    let engine = open_existing(db, Policy::default())?;
+    let view = engine
+        .customer(&args.customer)
+        .map_err(CliError::store(format!(
+            "cannot read customer {:?}",
+            args.customer
+        )))?;
     if args.json {
-        return print_json(&view);
+        print_json(&view)?;
+        return Ok(ExitCode::SUCCESS);
     }
     println!("customer {}", view.customer_id);
     for g in &view.grants {
@@ -566,21 +520,17 @@ pub fn customer(db: &Path, args: CustomerArgs) -> ExitCode {
             c.credit_entitlement_id, c.balance, c.overage
         );
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `entsync balance`.
-pub fn balance(db: &Path, args: BalanceArgs) -> ExitCode {
-    let engine = match open_existing(db, Policy::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let balance = match engine.credit_balance(&args.customer, &args.credit_entitlement) {
-        Ok(b) => b,
-        Err(e) => return error(e),
-    };
+pub fn balance(db: &Path, args: BalanceArgs) -> Result<ExitCode, CliError> {
+    let engine = open_existing(db, Policy::default())?;
+    let balance = engine
+        .credit_balance(&args.customer, &args.credit_entitlement)
+        .map_err(CliError::store("cannot read the balance"))?;
     let value = match &balance {
-        Some(b) => serde_json::to_value(b).unwrap_or_default(),
+        Some(b) => serde_json::to_value(b)?,
         None => serde_json::json!({
             "customer_id": args.customer,
             "credit_entitlement_id": args.credit_entitlement,
@@ -593,7 +543,8 @@ pub fn balance(db: &Path, args: BalanceArgs) -> ExitCode {
         }),
     };
     if args.json {
-        return print_json(&value);
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
     }
     match balance {
         Some(b) => println!(
@@ -610,5 +561,5 @@ pub fn balance(db: &Path, args: BalanceArgs) -> ExitCode {
             args.customer, args.credit_entitlement
         ),
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,12 +1,17 @@
 //! Command-line interface: argument parsing and dispatch. Each command is a function
-//! of its arguments that returns an exit code.
+//! of its arguments that returns `Result<ExitCode, CliError>`; [`main`] alone prints
+//! errors and turns them into exit codes (ripgrep's `main` / `try_main` shape).
 
 mod bench;
 mod commands;
+mod error;
 mod serve;
 mod simulate;
 
+pub use error::{webhook_secrets, CliError};
+
 use clap::{Args, Parser, Subcommand};
+use entitlement_sync::verify::Verifier;
 use entitlement_sync::{DisputePolicy, Engine, Policy};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,30 +100,69 @@ impl PolicyArgs {
     }
 }
 
-/// Opens the engine, or prints why not.
-pub fn open_engine(db: &std::path::Path, policy: Policy) -> Result<Engine, ExitCode> {
-    Engine::open_with(db, policy).map_err(|e| {
-        eprintln!("entsync: cannot open {}: {e}", db.display());
-        ExitCode::from(2)
+/// Opens the engine (creating the database if needed).
+pub fn open_engine(db: &std::path::Path, policy: Policy) -> Result<Engine, CliError> {
+    Engine::open_with(db, policy).map_err(|source| CliError::Open {
+        path: db.to_path_buf(),
+        source,
     })
 }
 
+/// The verifier of the webhook secrets given by `--secret` flags, else by
+/// `DODO_PAYMENTS_WEBHOOK_SECRET` (see [`webhook_secrets`]).
+pub fn webhook_verifier(flags: &[String]) -> Result<Verifier, CliError> {
+    webhook_secrets(flags).map(Verifier::new)
+}
+
 /// Prints a value as JSON on one line.
-pub fn print_json<T: serde::Serialize>(value: &T) -> ExitCode {
-    match serde_json::to_string(value) {
-        Ok(s) => {
-            println!("{s}");
-            ExitCode::SUCCESS
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    let s = serde_json::to_string(value)?;
+    println!("{s}");
+    Ok(())
+}
+
+impl Command {
+    /// The command's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "serve",
+            Command::Ingest(_) => "ingest",
+            Command::Check(_) => "check",
+            Command::Verify(_) => "verify",
+            Command::Deliveries(_) => "deliveries",
+            Command::Rejected(_) => "rejected",
+            Command::Accept(_) => "accept",
+            Command::Grants(_) => "grants",
+            Command::Rebuild(_) => "rebuild",
+            Command::Bench(_) => "bench",
+            Command::Customer(_) => "customer",
+            Command::Balance(_) => "balance",
+            Command::Simulate(_) => "simulate",
         }
-        Err(e) => {
-            eprintln!("entsync: cannot encode json: {e}");
-            ExitCode::from(2)
+    }
+}
+
+/// Parses the command line, runs the command, and decides the exit code: the one place
+/// that prints an error (`entsync COMMAND: MESSAGE` on stderr).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let name = cli.command.name();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("entsync {name}: {err}");
+            err.exit_code()
         }
     }
 }
 
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> ExitCode {
+///
+/// # Errors
+///
+/// Whatever the command could not do, as a [`CliError`]; `Ok` is the command's own
+/// exit code (0, or 1 for `check` denied and `simulate` failures).
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let db = cli.db;
     match cli.command {
         Command::Serve(args) => serve::run(&db, args),
@@ -130,7 +174,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Accept(args) => commands::accept(&db, args),
         Command::Grants(args) => commands::grants(&db, args),
         Command::Rebuild(args) => commands::rebuild(&db, args),
-        Command::Bench(args) => bench::run(&db, args),
+        Command::Bench(args) => bench::run(args),
         Command::Customer(args) => commands::customer(&db, args),
         Command::Balance(args) => commands::balance(&db, args),
         Command::Simulate(args) => simulate::run(args),

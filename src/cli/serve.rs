@@ -1,11 +1,9 @@
 //! `entsync serve`: the webhook receiver and the read API ([`entitlement_sync::http`])
 //! on a TCP listener, with logs, signals and graceful shutdown.
 
-use super::{open_engine, PolicyArgs};
+use super::{open_engine, webhook_verifier, CliError, PolicyArgs};
 use clap::Args;
-use entitlement_sync::http::{Options, Receiver};
-use entitlement_sync::verify::Verifier;
-use std::future::IntoFuture;
+use entitlement_sync::http::{Limits, Options, Receiver};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,9 +23,29 @@ pub struct ServeArgs {
     /// command lines are visible to other users.
     #[arg(long = "secret", value_name = "SECRET")]
     pub secrets: Vec<String>,
-    /// Seconds to wait for in-flight requests after SIGTERM/SIGINT before exiting anyway.
+    /// Seconds to wait for in-flight requests after SIGTERM/SIGINT before exiting anyway
+    /// (idle connections and ones that sent no complete request are closed at once).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub shutdown_timeout: u64,
+    /// A request's headers must arrive within this (from the connection's accept, or
+    /// from the request's first byte on a kept-alive connection); else it is closed.
+    /// Plain seconds or with a unit: 10, 10s, 500ms, 1m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
+    /// A webhook body must arrive within this once its headers did; else 408.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub body_timeout: Duration,
+    /// Kept-alive connections with no request and no traffic for this long are closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog (not accepted)
+    /// until one closes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576), value_name = "N")]
+    pub max_connections: u32,
+    /// Deliveries waiting for their commit at once; past it a delivery gets 503 with
+    /// `Retry-After: 1` (nothing stored), so that Dodo retries.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000_000), value_name = "N")]
+    pub max_pending: u32,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -52,32 +70,41 @@ fn parse_size(s: &str) -> Result<usize, String> {
     }
 }
 
-const NO_SECRET: &str = "entsync serve: no webhook secret. Copy the endpoint's signing secret \
-(whsec_...) from the Dodo dashboard (Developer > Webhooks) and set it:\n  \
-export DODO_PAYMENTS_WEBHOOK_SECRET=whsec_...\n\
-(several secrets, e.g. during a rotation, separated by spaces or commas), or pass --secret.";
-
-/// `entsync serve`.
-pub fn run(db: &Path, args: ServeArgs) -> ExitCode {
-    init_logging();
-    let list = if args.secrets.is_empty() {
-        std::env::var("DODO_PAYMENTS_WEBHOOK_SECRET").unwrap_or_default()
-    } else {
-        args.secrets.join(" ")
-    };
-    if list.trim().is_empty() {
-        eprintln!("{NO_SECRET}");
-        return ExitCode::from(2);
-    }
-    let verifier = match Verifier::from_list(&list) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!(
-                "entsync serve: bad webhook secret in DODO_PAYMENTS_WEBHOOK_SECRET/--secret: {e}"
-            );
-            return ExitCode::from(2);
+/// Parses `10`, `10s`, `500ms`, `1m`, `1h` (a whole number and an optional unit; plain
+/// numbers are seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 10, 10s, 500ms, 1m)"))?;
+    let ms_per = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1000,
+        "ms" => 1,
+        "m" | "min" | "mins" => 60_000,
+        "h" => 3_600_000,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ))
         }
     };
+    match n.checked_mul(ms_per) {
+        Some(0) | None => Err(format!("{s:?} is not a usable timeout")),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    }
+}
+
+/// Whether listening on `addr` without a token exposes the read API beyond this host.
+fn exposed(addr: std::net::SocketAddr, protected: bool) -> bool {
+    !protected && !addr.ip().to_canonical().is_loopback()
+}
+
+/// `entsync serve`.
+pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
+    init_logging();
+    let verifier = webhook_verifier(&args.secrets)?;
     let api_token = match std::env::var("ENTSYNC_API_TOKEN") {
         Ok(t) if t.trim().is_empty() => {
             tracing::warn!("ENTSYNC_API_TOKEN is set but empty: the read API stays open");
@@ -86,34 +113,33 @@ pub fn run(db: &Path, args: ServeArgs) -> ExitCode {
         Ok(t) => Some(t),
         Err(_) => None,
     };
-    let engine = match open_engine(db, args.policy.policy()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+    let engine = open_engine(db, args.policy.policy())?;
     // Load the access index now, so that the first requests do not pay for it.
     let grants = engine.grant_count();
     // Deliveries are stored by the engine's writer thread; the blocking pool only serves
     // the SQLite reads of /v1/customers, /v1/credits and /metrics.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("entsync")
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("entsync serve: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
+        .map_err(CliError::io("cannot start the runtime"))?;
     let options = Options {
         max_body: args.max_body,
         api_token,
+        body_timeout: args.body_timeout,
+        max_pending: args.max_pending as usize,
+    };
+    let limits = Limits {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections as usize,
     };
     let protected = options.api_token.is_some();
     let receiver = Receiver::with_options(engine, verifier, options);
     let code = runtime.block_on(serve(
         receiver,
         &args.listen,
+        limits,
         (db, grants, protected),
         Duration::from_secs(args.shutdown_timeout),
     ));
@@ -135,41 +161,42 @@ fn init_logging() {
 async fn serve(
     receiver: Receiver,
     listen: &str,
+    limits: Limits,
     (db, grants, protected): (&Path, usize, bool),
     grace: Duration,
-) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("entsync serve: cannot listen on {listen}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let addr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("entsync serve: cannot read the bound address: {e}");
-            return ExitCode::from(2);
-        }
-    };
+) -> Result<ExitCode, CliError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(CliError::io(format!("cannot listen on {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(CliError::io("cannot read the bound address"))?;
     tracing::info!(
         %addr,
         db = %db.display(),
         grants,
         read_api_token = protected,
+        header_timeout_ms = limits.header_timeout.as_millis() as u64,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        max_connections = limits.max_connections,
         "entsync serve ready"
     );
+    if exposed(addr, protected) {
+        tracing::warn!(
+            %addr,
+            "listening beyond loopback without ENTSYNC_API_TOKEN: the read API and /metrics are open to anyone who can reach this address"
+        );
+    }
     // The machine-readable line scripts and tests wait for (stdout is line-buffered).
     println!("listening on http://{addr}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = receiver.router::<()>();
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = receiver.serve(listener, limits, async move {
         let signal = shutdown_signal().await;
-        tracing::info!(signal, "shutting down: draining in-flight requests");
+        tracing::info!(
+            signal,
+            "shutting down: closing idle connections, draining in-flight requests"
+        );
         let _ = stop_tx.send(true);
     });
     let mut stop = stop_rx;
@@ -178,19 +205,13 @@ async fn serve(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = server.into_future() => match result {
-            Ok(()) => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "server failed");
-                ExitCode::from(1)
-            }
-        },
+        () = server => {
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
         () = deadline => {
             tracing::warn!(seconds = grace.as_secs(), "requests still in flight after the shutdown timeout; exiting (unacknowledged deliveries will be retried by the sender)");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -221,7 +242,46 @@ async fn shutdown_signal() -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{exposed, parse_duration, parse_size};
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        for (input, expected) in [
+            ("10", Some(Duration::from_secs(10))),
+            ("10s", Some(Duration::from_secs(10))),
+            ("500ms", Some(Duration::from_millis(500))),
+            ("1m", Some(Duration::from_secs(60))),
+            ("2 min", Some(Duration::from_secs(120))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("0", None),
+            ("0s", None),
+            ("1.5s", None),
+            ("-1", None),
+            ("10x", None),
+            ("", None),
+            ("99999999999999999999h", None),
+        ] {
+            assert_eq!(parse_duration(input).ok(), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn warns_beyond_loopback_without_a_token() {
+        for (addr, protected, expected) in [
+            ("127.0.0.1:8787", false, false),
+            ("127.1.2.3:8787", false, false),
+            ("[::1]:8787", false, false),
+            ("[::ffff:127.0.0.1]:8787", false, false),
+            ("0.0.0.0:8787", false, true),
+            ("[::]:8787", false, true),
+            ("192.168.1.10:8787", false, true),
+            ("0.0.0.0:8787", true, false),
+        ] {
+            let addr = addr.parse().expect("test address");
+            assert_eq!(exposed(addr, protected), expected, "{addr} {protected}");
+        }
+    }
 
     #[test]
     fn sizes() {

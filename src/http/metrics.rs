@@ -3,6 +3,7 @@
 //! locks guard the per-event-type and per-status maps and are held for one map update,
 //! never across an `.await`.
 
+use super::server::ConnStats;
 use crate::delivery::Outcome;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -99,6 +100,8 @@ pub(crate) struct Metrics {
     types: Mutex<BTreeMap<String, u64>>,
     signature_failures: [AtomicU64; SIGNATURE_KINDS.len()],
     too_large: AtomicU64,
+    body_timeouts: AtomicU64,
+    queue_full: AtomicU64,
     store_failures: AtomicU64,
     /// Unix seconds of the envelope timestamp of the newest applied event; `i64::MIN`
     /// while unknown.
@@ -114,6 +117,8 @@ impl Default for Metrics {
             types: Mutex::new(BTreeMap::new()),
             signature_failures: Default::default(),
             too_large: AtomicU64::new(0),
+            body_timeouts: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
             store_failures: AtomicU64::new(0),
             newest_applied: AtomicI64::new(i64::MIN),
             started: std::time::Instant::now(),
@@ -125,10 +130,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What the store says at scrape time.
-pub(crate) struct Snapshot {
+/// What the store and the server say at scrape time.
+pub(crate) struct Snapshot<'a> {
     pub quarantined: Option<u64>,
     pub grants: Option<u64>,
+    /// Deliveries waiting for their commit, and the bound.
+    pub pending: u64,
+    pub max_pending: u64,
+    pub conns: &'a ConnStats,
     pub now_unix: f64,
 }
 
@@ -163,6 +172,14 @@ impl Metrics {
         self.too_large.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn body_timeout(&self) {
+        self.body_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn queue_full(&self) {
+        self.queue_full.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn store_failure(&self) {
         self.store_failures.fetch_add(1, Relaxed);
     }
@@ -172,7 +189,7 @@ impl Metrics {
     }
 
     /// The text exposition.
-    pub(crate) fn render(&self, snap: &Snapshot) -> String {
+    pub(crate) fn render(&self, snap: &Snapshot<'_>) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let w = &mut out;
 
@@ -227,6 +244,43 @@ impl Metrics {
             "entsync_webhook_body_too_large_total {}",
             self.too_large.load(Relaxed)
         );
+        header(
+            w,
+            "entsync_webhook_body_timeouts_total",
+            "counter",
+            "Webhook requests answered 408: the body did not arrive within --body-timeout.",
+        );
+        let _ = writeln!(
+            w,
+            "entsync_webhook_body_timeouts_total {}",
+            self.body_timeouts.load(Relaxed)
+        );
+        header(
+            w,
+            "entsync_webhook_queue_full_total",
+            "counter",
+            "Verified deliveries answered 503 + Retry-After because --max-pending were waiting for their commit.",
+        );
+        let _ = writeln!(
+            w,
+            "entsync_webhook_queue_full_total {}",
+            self.queue_full.load(Relaxed)
+        );
+        header(
+            w,
+            "entsync_webhook_pending",
+            "gauge",
+            "Deliveries waiting for their commit now.",
+        );
+        let _ = writeln!(w, "entsync_webhook_pending {}", snap.pending);
+        header(
+            w,
+            "entsync_webhook_max_pending",
+            "gauge",
+            "The bound on deliveries waiting for their commit (--max-pending).",
+        );
+        let _ = writeln!(w, "entsync_webhook_max_pending {}", snap.max_pending);
+        render_conns(w, snap.conns);
         header(
             w,
             "entsync_store_failures_total",
@@ -335,6 +389,69 @@ impl Metrics {
     }
 }
 
+fn render_conns(w: &mut String, c: &ConnStats) {
+    let accepted = c.accepted.load(Relaxed);
+    let closed = c.closed.load(Relaxed);
+    header(
+        w,
+        "entsync_http_connections_accepted_total",
+        "counter",
+        "TCP connections accepted by the listener.",
+    );
+    let _ = writeln!(w, "entsync_http_connections_accepted_total {accepted}");
+    header(
+        w,
+        "entsync_http_connections_open",
+        "gauge",
+        "Connections being served now.",
+    );
+    let _ = writeln!(
+        w,
+        "entsync_http_connections_open {}",
+        accepted.saturating_sub(closed)
+    );
+    header(
+        w,
+        "entsync_http_connections_closed_total",
+        "counter",
+        "Connections closed by the server before the client, by reason (lingering: after an early answer such as 413).",
+    );
+    for (reason, n) in [
+        ("header_timeout", &c.header_timeouts),
+        ("idle_timeout", &c.idle_timeouts),
+        ("shutdown", &c.closed_at_shutdown),
+        ("lingering", &c.lingered),
+    ] {
+        let _ = writeln!(
+            w,
+            "entsync_http_connections_closed_total{{reason=\"{reason}\"}} {}",
+            n.load(Relaxed)
+        );
+    }
+    header(
+        w,
+        "entsync_http_accept_errors_total",
+        "counter",
+        "accept() failures other than per-connection ones (e.g. EMFILE); the listener backs off after each.",
+    );
+    let _ = writeln!(
+        w,
+        "entsync_http_accept_errors_total {}",
+        c.accept_errors.load(Relaxed)
+    );
+    header(
+        w,
+        "entsync_http_connection_limit_waits_total",
+        "counter",
+        "Times the listener stopped accepting because --max-connections were being served.",
+    );
+    let _ = writeln!(
+        w,
+        "entsync_http_connection_limit_waits_total {}",
+        c.at_capacity.load(Relaxed)
+    );
+}
+
 fn header(w: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(w, "# HELP {name} {help}");
     let _ = writeln!(w, "# TYPE {name} {kind}");
@@ -368,9 +485,13 @@ mod tests {
         m.observe(Route::Webhook, 200, Duration::from_micros(700));
         m.observe(Route::Webhook, 401, Duration::from_secs(20));
         m.applied_event_at(1_000);
+        let conns = ConnStats::default();
         let text = m.render(&Snapshot {
             quarantined: Some(3),
             grants: None,
+            pending: 2,
+            max_pending: 10,
+            conns: &conns,
             now_unix: 1_010.0,
         });
         for line in [

@@ -7,35 +7,54 @@
 //!
 //! | Route | Answers |
 //! |---|---|
-//! | `POST /webhooks/dodo` | 413 body over the limit (checked before anything else is read); 400/408 body cut off or too slow; 401 `{"error": kind}` when verification fails (nothing stored); 200 `{"outcome": ...}` for every verified delivery once it is durably committed: `applied`, `duplicate`, `stale`, `rejected` (quarantined), `unhandled`, `malformed`; 503 only when the store failed, so that Dodo retries |
+//! | `POST /webhooks/dodo` | 413 body over the limit (checked before anything else is read); 400 body cut off; 408 body slower than [`Options::body_timeout`]; 401 `{"error": kind}` when verification fails (nothing stored); 503 `{"error": "queue_full"}` + `Retry-After: 1` when [`Options::max_pending`] deliveries already wait for their commit (nothing stored); 200 `{"outcome": ...}` for every verified delivery once it is durably committed: `applied`, `duplicate`, `stale`, `rejected` (quarantined), `unhandled`, `malformed`; 503 `store_unavailable` when the store failed, so that Dodo retries. 413 and 408 carry `Connection: close` (and, under [`serve`], a lingering close) |
 //! | `GET /v1/access/{customer_id}/{entitlement_id}` | 200 with the [`crate::Access`] answer, allowed or not |
 //! | `GET /v1/customers/{customer_id}` | 200 with the [`crate::store::CustomerView`] |
 //! | `GET /v1/credits/{customer_id}/{credit_entitlement_id}` | 200 with the balance, amounts as decimal strings |
-//! | `GET /healthz`, `GET /metrics` | liveness; Prometheus text |
+//! | `GET /healthz` | 200 `{"status": "ok"}` while the store and the access index are usable; 503 `{"status": "unavailable", "error": "store_unavailable", "cause": ...}` otherwise |
+//! | `GET /metrics` | Prometheus text: requests by route and status, delivery outcomes, signature failures, the writer queue, connections |
 //!
-//! The read API asks for `Authorization: Bearer <token>` when [`Options::api_token`] is
-//! set (401 otherwise); webhooks never do (their signature is their authentication).
+//! The read API and `/metrics` ask for `Authorization: Bearer <token>` when
+//! [`Options::api_token`] is set (401 otherwise); webhooks never do (their signature is
+//! their authentication), nor does `/healthz`.
+//!
+//! [`serve`] (and [`Receiver::serve`]) is the listener `entsync serve` runs: HTTP/1.1
+//! only, with a header timeout, an idle timeout, a connection cap, back-off on `accept`
+//! errors, a shutdown that closes idle connections at once, and a lingering close after
+//! an early answer ([`Limits`]; details in its module). Under `axum::serve` the routes
+//! work the same, without those limits.
 //!
 //! # Example
 //!
 //! ```no_run
-//! use entitlement_sync::{http::Receiver, verify::Verifier, Engine};
+//! use entitlement_sync::http::{Limits, Receiver};
+//! use entitlement_sync::{verify::Verifier, Engine};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let engine = Engine::open("entitlements.db")?;
 //! let verifier = Verifier::from_list(&std::env::var("DODO_PAYMENTS_WEBHOOK_SECRET")?)?;
-//! let app = Receiver::new(engine, verifier).router();
+//! let receiver = Receiver::new(engine, verifier);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
-//! axum::serve(listener, app).await?;
+//! receiver
+//!     .serve(listener, Limits::default(), async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await;
 //! # Ok(())
 //! # }
 //! ```
 
 mod metrics;
+mod server;
+
+pub use server::{
+    serve, Limits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    LINGER_BYTES, LINGER_TIME, MAX_CONNECTIONS_LIMIT,
+};
 
 use crate::delivery::{Delivery, Outcome};
-use crate::store::StoreError;
 use crate::verify::{RawWebhookHeaders, Verifier};
 use crate::Engine;
+use crate::EngineError;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -47,7 +66,7 @@ use metrics::{Metrics, Route, Snapshot};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The webhook route.
 pub const WEBHOOK_PATH: &str = "/webhooks/dodo";
@@ -65,15 +84,31 @@ pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 pub struct Options {
     /// Largest webhook body accepted, in bytes; larger ones get 413 unread.
     pub max_body: usize,
-    /// When set, the read API (`/v1/...`) requires `Authorization: Bearer <token>`.
+    /// When set, the read API (`/v1/...`) and `/metrics` require
+    /// `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
+    /// A webhook body must arrive within this, counted from the end of its headers;
+    /// 408 otherwise.
+    pub body_timeout: Duration,
+    /// Deliveries waiting for their commit at once; past it a delivery gets 503 with
+    /// `Retry-After` (nothing of it stored), so that the sender retries later. At least 1.
+    pub max_pending: usize,
 }
+
+/// The default [`Options::body_timeout`]: 30 s (Dodo gives up after 15 s).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`Options::max_pending`]: 10000 deliveries.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+/// The `Retry-After` (seconds) of a 503 for a full writer queue.
+pub const QUEUE_FULL_RETRY_AFTER: &str = "1";
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             max_body: DEFAULT_MAX_BODY,
             api_token: None,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -83,6 +118,8 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("max_body", &self.max_body)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("body_timeout", &self.body_timeout)
+            .field("max_pending", &self.max_pending)
             .finish()
     }
 }
@@ -101,9 +138,15 @@ struct Shared {
     catch_up_started: std::sync::atomic::AtomicBool,
     verifier: Verifier,
     max_body: usize,
+    body_timeout: Duration,
+    /// One permit per delivery waiting for its commit (see [`Options::max_pending`]).
+    pending: Arc<tokio::sync::Semaphore>,
+    max_pending: usize,
     /// SHA-256 of the API token: compared in constant time, whatever its length.
     token: Option<[u8; 32]>,
     metrics: Metrics,
+    /// Connection counters, kept by [`Receiver::serve`].
+    conns: Arc<server::ConnStats>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -112,6 +155,8 @@ impl std::fmt::Debug for Receiver {
             .field("engine", &self.shared.engine)
             .field("verifier", &self.shared.verifier)
             .field("max_body", &self.shared.max_body)
+            .field("body_timeout", &self.shared.body_timeout)
+            .field("max_pending", &self.shared.max_pending)
             .field("api_token", &self.shared.token.map(|_| "<redacted>"))
             .finish()
     }
@@ -128,6 +173,9 @@ impl Receiver {
 
     /// A receiver with options.
     pub fn with_options(engine: Engine, verifier: Verifier, options: Options) -> Receiver {
+        let max_pending = options
+            .max_pending
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let metrics = Metrics::default();
         if let Ok(newest) = engine.deliveries(Some(Outcome::Applied), Some(1)) {
             if let Some(t) = newest
@@ -145,11 +193,15 @@ impl Receiver {
                 catch_up_started: std::sync::atomic::AtomicBool::new(false),
                 verifier,
                 max_body: options.max_body,
+                body_timeout: options.body_timeout,
+                pending: Arc::new(tokio::sync::Semaphore::new(max_pending)),
+                max_pending,
                 token: options
                     .api_token
                     .filter(|t| !t.is_empty())
                     .map(|t| Sha256::digest(t.as_bytes()).into()),
                 metrics,
+                conns: Arc::default(),
             }),
         }
     }
@@ -277,9 +329,6 @@ fn store_unavailable() -> Response {
 // ---------------------------------------------------------------------------------------
 // The webhook route
 
-/// How long a webhook body may take to arrive (Dodo gives up after 15 s).
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Why the body was not read in full.
 enum BodyError {
     TooLarge,
@@ -287,9 +336,9 @@ enum BodyError {
     TimedOut,
 }
 
-async fn read_body(body: Body, max: usize) -> Result<Bytes, BodyError> {
+async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, BodyError> {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, max).collect()).await {
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
         Err(_) => Err(BodyError::TimedOut),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
@@ -328,7 +377,23 @@ struct Ack<'a> {
     detail: Option<&'a str>,
 }
 
-async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+/// An answer given before the request body was read in full: the connection closes
+/// after it, and when served by [`serve`] it closes lingering (the rest of the body is
+/// read and discarded for a while), so that the client reads this answer rather than a
+/// reset.
+fn early_answer(conn: Option<&server::ConnHandle>, mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if let Some(conn) = conn {
+        conn.0.linger();
+    }
+    resp
+}
+
+async fn webhook(State(s): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let conn = parts.extensions.get::<server::ConnHandle>();
     // 1. The size, before anything else is read.
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -336,16 +401,19 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > s.max_body as u64) {
         s.metrics.too_large();
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+        return early_answer(conn, error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
     }
-    let body = match read_body(body, s.max_body).await {
+    let body = match read_body(body, s.max_body, s.body_timeout).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             s.metrics.too_large();
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+            return early_answer(conn, error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
         }
         Err(BodyError::Incomplete) => return error(StatusCode::BAD_REQUEST, "incomplete_body"),
-        Err(BodyError::TimedOut) => return error(StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+        Err(BodyError::TimedOut) => {
+            s.metrics.body_timeout();
+            return early_answer(conn, error(StatusCode::REQUEST_TIMEOUT, "body_timeout"));
+        }
     };
 
     // 2. The signature, over the raw bytes, with the clock read here.
@@ -378,20 +446,32 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
         received_at: now,
     };
 
-    // 3. Store and apply on the engine's writer thread, never on this async worker:
+    // 3. A place in the writer's queue, or 503 + Retry-After: the sender retries, and
+    //    nothing was stored or acknowledged.
+    let Ok(permit) = Arc::clone(&s.pending).try_acquire_owned() else {
+        s.metrics.queue_full();
+        tracing::debug!(webhook_id = %delivery.id, max_pending = s.max_pending, "writer queue full; answering 503");
+        let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "queue_full");
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(QUEUE_FULL_RETRY_AFTER),
+        );
+        return resp;
+    };
+
+    // 4. Store and apply on the engine's writer thread, never on this async worker:
     //    concurrent deliveries share one transaction and its fsync, and we are woken
-    //    once ours committed (no thread parked per delivery).
+    //    once ours committed (no thread parked per delivery). The queue place is given
+    //    back when the commit is done, even if this request was abandoned meanwhile.
     let id = delivery.id.clone();
     let (done, committed) = tokio::sync::oneshot::channel();
     s.engine.ingest_then(delivery, move |result| {
+        drop(permit);
         let _ = done.send(result);
     });
-    let result = committed.await.unwrap_or_else(|_| {
-        Err(StoreError::Commit {
-            message: "the writer dropped the delivery".into(),
-            retryable: true,
-        })
-    });
+    let result = committed
+        .await
+        .unwrap_or_else(|_| Err(EngineError::WriterStopped));
     if result.is_ok() {
         s.catch_up();
     }
@@ -459,20 +539,20 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
 ///
 /// # Errors
 ///
-/// [`StoreError`] when the index could not be refreshed.
+/// [`EngineError`] when the index could not be refreshed.
 pub async fn access_answer(
     engine: &Engine,
     customer: String,
     entitlement: String,
     now: crate::wire::Timestamp,
-) -> Result<crate::Access, StoreError> {
+) -> Result<crate::Access, EngineError> {
     if let Some(answer) = engine.access_if_current(&customer, &entitlement, now) {
         return Ok(answer);
     }
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.access(&customer, &entitlement, now))
         .await
-        .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("access task failed: {e}"))))
+        .unwrap_or_else(|_| Err(EngineError::WriterStopped))
 }
 
 /// [`Engine::has_access`] for async handlers, the way [`access_answer`] is: gate a
@@ -560,7 +640,7 @@ impl Shared {
     async fn read<T, F>(&self, f: F) -> Option<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Engine) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
     {
         let engine = self.engine.clone();
         match tokio::task::spawn_blocking(move || f(&engine)).await {
@@ -651,24 +731,71 @@ async fn credits(
 // ---------------------------------------------------------------------------------------
 // Operations
 
-async fn healthz() -> Response {
-    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<String>,
 }
 
-async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
+/// 200 while the store and the access index are usable, on the blocking pool: the
+/// index is brought up to date with the store ([`Engine::sync_index`]; no SQLite work
+/// when it is current) and the newest delivery row is read (one indexed row); 503 with
+/// the cause when either fails. (It cannot see a stuck writer thread: the engine has no
+/// probe for that.)
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    let engine = s.engine.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        engine.sync_index()?;
+        // One indexed row of the deliveries table: the store answers reads.
+        engine.deliveries(None, Some(1)).map(|_| ())
+    })
+    .await
+    .map_err(|e| format!("health check task failed: {e}"))
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    match checked {
+        Ok(()) => json(
+            StatusCode::OK,
+            &Health {
+                status: "ok",
+                error: None,
+                cause: None,
+            },
+        ),
+        Err(cause) => {
+            tracing::warn!(%cause, "health check failed");
+            let mut resp = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &Health {
+                    status: "unavailable",
+                    error: Some("store_unavailable"),
+                    cause: Some(cause),
+                },
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp
+        }
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = s.refuse(&headers) {
+        return refusal;
+    }
     let (quarantined, grants) = s
-        .read(|e| {
-            Ok((
-                e.rejected().map(|q| q.len() as u64).ok(),
-                e.grant_count() as u64,
-            ))
-        })
+        .read(|e| Ok((e.quarantine_size().ok(), e.grant_count() as u64)))
         .await
         .unwrap_or((None, 0));
     let now = chrono::Utc::now();
     let text = s.metrics.render(&Snapshot {
         quarantined,
         grants: Some(grants),
+        pending: s.max_pending.saturating_sub(s.pending.available_permits()) as u64,
+        max_pending: s.max_pending as u64,
+        conns: s.conn_stats(),
         now_unix: now.timestamp_micros() as f64 / 1e6,
     });
     (

@@ -4,7 +4,10 @@ use super::{Result, StoreError};
 use rusqlite::Connection;
 
 /// The migrations, in order. Never edit one that has shipped: append.
-const MIGRATIONS: &[&str] = &[include_str!("../../schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema.sql"),
+    include_str!("../../migrations/0002_history.sql"),
+];
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

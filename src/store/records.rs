@@ -355,10 +355,12 @@ impl Reader {
     /// SQLite errors.
     pub fn rejected(&self) -> Result<Vec<QuarantineRecord>> {
         let mut stmt = self.conn().prepare(
-            "SELECT q.delivery_id, q.object_kind, q.object_id, q.reason, q.code, q.from_state,
-                    q.to_state, d.event_type, d.received_at
-               FROM quarantine q LEFT JOIN deliveries d ON d.delivery_id = q.delivery_id
-              ORDER BY d.seq",
+            "SELECT h.delivery_id, h.kind, h.object_id, h.reason, h.code, h.from_state,
+                    h.to_state, d.event_type, d.received_at
+               FROM history h INDEXED BY history_rejected
+               LEFT JOIN deliveries d ON d.seq = h.delivery_seq
+              WHERE h.code IS NOT NULL
+              ORDER BY h.delivery_seq, h.version_key",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(QuarantineRecord {
@@ -420,20 +422,37 @@ impl Reader {
     ///
     /// SQLite errors, or a row that does not decode.
     pub fn balance(&self, customer: &str, credit_entitlement: &str) -> Result<Option<Balance>> {
-        let newest: Option<(String, u64)> = self
-            .conn()
-            .query_row(
+        // The newest entries (several may share the newest instant: the chain orders them).
+        let newest: Vec<(String, u64)> = {
+            let mut stmt = self.conn().prepare_cached(
                 "SELECT body, (SELECT COUNT(*) FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2)
                    FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2
-                  ORDER BY state_key DESC LIMIT 1",
-                params![customer, credit_entitlement],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
-            )
-            .optional()?;
-        let Some((body, entries)) = newest else {
+                  ORDER BY state_key DESC LIMIT 64",
+            )?;
+            let rows = stmt.query_map(params![customer, credit_entitlement], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let Some(entries) = newest.first().map(|(_, n)| *n) else {
             return Ok(None);
         };
-        let entry: CreditEntry = decode("credit_entry", &body)?;
+        let mut tied: Vec<CreditEntry> = Vec::with_capacity(newest.len());
+        for (body, _) in &newest {
+            let entry: CreditEntry = decode("credit_entry", body)?;
+            if tied
+                .first()
+                .is_some_and(|first| first.created_at != entry.created_at)
+            {
+                break;
+            }
+            tied.push(entry);
+        }
+        // Rows came newest first; the chain rule wants ledger order.
+        tied.reverse();
+        let Some(entry) = crate::subscription::newest_entry(&tied).cloned() else {
+            return Ok(None);
+        };
         let low: Option<String> = self
             .conn()
             .query_row(
@@ -557,6 +576,19 @@ impl Reader {
         })
     }
 
+    /// How many snapshots the quarantine holds.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors.
+    pub fn quarantine_size(&self) -> Result<u64> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM history INDEXED BY history_rejected WHERE code IS NOT NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     /// Counters for `/metrics`.
     ///
     /// # Errors
@@ -573,10 +605,7 @@ impl Reader {
             types: count(
                 "SELECT COALESCE(event_type, '(malformed)'), COUNT(*) FROM deliveries GROUP BY 1 ORDER BY 1",
             )?,
-            quarantined: self
-                .conn()
-                .query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))?
-                as u64,
+            quarantined: self.quarantine_size()?,
             newest_applied_event_at: self.conn().query_row(
                 "SELECT MAX(event_at) FROM deliveries WHERE outcome = 'applied'",
                 [],

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -854,8 +855,27 @@ fn the_read_api_with_and_without_a_token() -> TestResult {
             }
         }
     }
-    assert_eq!(locked.get("/healthz").status, 200);
-    assert_eq!(locked.get("/metrics").status, 200);
+    // /healthz stays open; /metrics asks for the token too.
+    let health = locked.get("/healthz");
+    assert_eq!(
+        (health.status, health.json()["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let metrics = locked.get("/metrics");
+    assert_eq!(metrics.status, 401, "{}", metrics.text());
+    assert_eq!(metrics.json()["error"], "unauthorized");
+    let metrics = request(
+        locked.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", bearer.as_bytes())],
+        b"",
+    );
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .text()
+        .contains("entsync_http_connections_accepted_total "));
+    assert!(metrics.text().contains("entsync_webhook_max_pending 10000"));
     Ok(())
 }
 
@@ -1145,5 +1165,427 @@ fn serve_refuses_to_start_without_a_usable_secret() -> TestResult {
         line.starts_with("listening on http://127.0.0.1:"),
         "{line:?}"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Hardening: slow, many and hostile clients (PRODUCT.md, "Hardening")
+
+/// Reads one response from a kept-alive connection: the head, then `Content-Length`
+/// bytes of body.
+fn read_one(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&line);
+    }
+    let mut r = parse_response(&head);
+    let n: usize = r
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; n];
+    reader.read_exact(&mut body)?;
+    r.body = body;
+    Ok(r)
+}
+
+/// How long until the server closes `stream` (EOF or reset), reading and discarding;
+/// `None` if it is still open after `limit`.
+fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        let left = limit
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(left)).ok()?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+const HEALTHZ_KEEP_ALIVE: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
+
+/// A client speaking HTTP/2 with prior knowledge (h2c) gets no HTTP/2 SETTINGS frame:
+/// the server speaks HTTP/1.1 only.
+#[test]
+fn h2c_prior_knowledge_is_not_spoken() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("e.db"), &[], &[]);
+    let mut stream = TcpStream::connect(server.addr)?;
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")?;
+    // An empty SETTINGS frame from the client, as h2 clients send right after.
+    stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    // An HTTP/2 server's first frame is SETTINGS: type 0x4 at byte 3, stream 0.
+    let settings = answer.len() >= 9 && answer[3] == 4 && answer[5..9] == [0, 0, 0, 0];
+    assert!(
+        !settings && (answer.is_empty() || answer.starts_with(b"HTTP/1.1 ")),
+        "answered {:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(64)])
+    );
+    assert_eq!(server.get("/healthz").status, 200);
+    Ok(())
+}
+
+/// --header-timeout 1s: a client dribbling its headers is disconnected after about a
+/// second; 50 half-open connections (25 silent, 25 with part of a head) are all dropped
+/// within the timeout plus slack, while a normal request is answered meanwhile.
+#[test]
+fn slow_headers_and_half_open_connections_are_dropped() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("e.db"), &[], &["--header-timeout", "1s"]);
+    let timeout = Duration::from_secs(1);
+    let slack = Duration::from_millis(1500);
+
+    // One byte every 100 ms: 20 bytes would take 2 s, but the head is due after 1 s.
+    let mut slow = TcpStream::connect(server.addr)?;
+    let mut writer = slow.try_clone()?;
+    let dribble = std::thread::spawn(move || {
+        for b in b"POST /webhooks/dodo HTTP/1.1\r\nHost: test\r\n"
+            .iter()
+            .take(40)
+        {
+            if writer.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let cut = time_to_close(&mut slow, timeout + slack).ok_or("dribbling client not cut off")?;
+    assert!(
+        cut >= timeout - Duration::from_millis(100),
+        "cut off early: {cut:?}"
+    );
+    let _ = dribble.join();
+
+    let started = Instant::now();
+    let mut held: Vec<TcpStream> = Vec::new();
+    for i in 0..50 {
+        let mut s = TcpStream::connect(server.addr)?;
+        if i % 2 == 1 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: te")?;
+        }
+        held.push(s);
+    }
+    // Meanwhile, a well-behaved client is served.
+    assert_eq!(server.get("/healthz").status, 200);
+    let mut slowest = Duration::ZERO;
+    for s in &mut held {
+        let left = (timeout + slack).saturating_sub(started.elapsed());
+        time_to_close(s, left)
+            .ok_or_else(|| format!("a half-open connection outlived {:?}", started.elapsed()))?;
+        slowest = started.elapsed();
+    }
+    eprintln!(
+        "header timeout 1s: dribbler cut after {cut:?}; 50 half-open connections all closed {slowest:?} after the first opened"
+    );
+    assert_eq!(server.get("/healthz").status, 200);
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.lines().any(|l| l
+            .strip_prefix("entsync_http_connections_closed_total{reason=\"header_timeout\"} ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 51)),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// --body-timeout 1s: headers on time, then a body that stops coming gets 408.
+#[test]
+fn a_body_slower_than_the_body_timeout_gets_408() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("e.db"), &[], &["--body-timeout", "1s"]);
+    let mut raw = head(
+        "POST",
+        "/webhooks/dodo",
+        &[("webhook-id", b"msg_slow_body")],
+        Some(100),
+    );
+    raw.extend_from_slice(b"{\"type\":");
+    let mut stream = TcpStream::connect(server.addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let started = Instant::now();
+    stream.write_all(&raw)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let took = started.elapsed();
+    let r = parse_response(&answer);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (408, Some("body_timeout"))
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    Ok(())
+}
+
+/// --idle-timeout 2s with --header-timeout 1s: a kept-alive connection survives a pause
+/// longer than the header timeout (idle is not "late headers"), serves a second
+/// request, then is closed about 2 s after its last response.
+#[test]
+fn idle_keep_alive_connections_close_after_the_idle_timeout() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(
+        &dir.path().join("e.db"),
+        &[],
+        &["--header-timeout", "1s", "--idle-timeout", "2s"],
+    );
+    let stream = TcpStream::connect(server.addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    writer.write_all(HEALTHZ_KEEP_ALIVE)?;
+    assert_eq!(read_one(&mut reader)?.status, 200);
+    std::thread::sleep(Duration::from_millis(1300));
+    writer.write_all(HEALTHZ_KEEP_ALIVE)?;
+    assert_eq!(read_one(&mut reader)?.status, 200, "closed while idle");
+    let mut stream = reader.into_inner();
+    let closed =
+        time_to_close(&mut stream, Duration::from_secs(5)).ok_or("idle connection not closed")?;
+    assert!(
+        closed >= Duration::from_millis(1800) && closed < Duration::from_millis(3500),
+        "closed {closed:?} after the last response"
+    );
+    eprintln!("idle timeout 2s: closed {closed:?} after the last response");
+    Ok(())
+}
+
+/// --max-connections 2: a third connection is not served while two are open, is
+/// served as soon as one closes, and the server serves normally afterwards.
+#[test]
+fn max_connections_holds_further_connections_until_one_closes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("e.db"), &[], &["--max-connections", "2"]);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(server.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(HEALTHZ_KEEP_ALIVE)?;
+        let mut reader = BufReader::new(s);
+        assert_eq!(read_one(&mut reader)?.status, 200);
+        open.push(reader);
+    }
+    let third = TcpStream::connect(server.addr)?;
+    let mut writer = third.try_clone()?;
+    writer.write_all(HEALTHZ_KEEP_ALIVE)?;
+    third.set_read_timeout(Some(Duration::from_millis(800)))?;
+    let mut third = BufReader::new(third);
+    assert!(
+        read_one(&mut third).is_err(),
+        "a third connection was served with --max-connections 2"
+    );
+    let closed_at = Instant::now();
+    drop(open.pop());
+    third
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))?;
+    assert_eq!(read_one(&mut third)?.status, 200);
+    eprintln!(
+        "max-connections 2: the third was served {:?} after one closed",
+        closed_at.elapsed()
+    );
+    drop(third);
+    drop(open);
+    for _ in 0..3 {
+        assert_eq!(server.get("/healthz").status, 200);
+    }
+    Ok(())
+}
+
+/// --max-pending 2 under 64 concurrent signed deliveries: some get 503 with
+/// Retry-After and are not stored; every 2xx is stored; re-sending the refused ones
+/// converges to all stored.
+#[test]
+fn a_full_writer_queue_answers_503_and_loses_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("e.db"), &[], &["--max-pending", "2"]);
+    let body = Arc::new(fixture("grant_delivered.json"));
+    let addr = server.addr;
+    let mut acked = BTreeSet::new();
+    let mut refused = BTreeSet::new();
+    // Rounds of 64 at once until the bound was hit (a fast disk may need a few).
+    for round in 0..5 {
+        let barrier = Arc::new(std::sync::Barrier::new(64));
+        let threads: Vec<_> = (0..64)
+            .map(|i| {
+                let (barrier, body) = (barrier.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let id = format!("msg_q_{round}_{i}");
+                    barrier.wait();
+                    let r = post_webhook(addr, SECRET, &id, now(), &body);
+                    (id, r)
+                })
+            })
+            .collect();
+        for t in threads {
+            let (id, r) = t.join().map_err(|_| "client thread panicked")?;
+            match r.status {
+                200 => {
+                    acked.insert(id);
+                }
+                503 => {
+                    assert_eq!(r.json()["error"], "queue_full");
+                    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+                    refused.insert(id);
+                }
+                other => panic!("{id}: {other} {}", r.text()),
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+    }
+    assert!(!refused.is_empty(), "no 503 with --max-pending 2");
+    eprintln!(
+        "max-pending 2: {} acknowledged, {} refused with 503",
+        acked.len(),
+        refused.len()
+    );
+    let stored: BTreeSet<String> = server
+        .deliveries()
+        .iter()
+        .filter_map(|d| d["delivery_id"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        acked.is_subset(&stored),
+        "an acknowledged delivery is missing"
+    );
+    assert!(
+        stored.is_disjoint(&refused),
+        "a refused delivery was stored"
+    );
+    // The sender retries: one at a time, each gets through.
+    for id in &refused {
+        let mut tries = 0;
+        loop {
+            let r = post_webhook(addr, SECRET, id, now(), &body);
+            if r.status == 200 {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 20 && r.status == 503, "{id}: {r:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let stored: BTreeSet<String> = server
+        .deliveries()
+        .iter()
+        .filter_map(|d| d["delivery_id"].as_str().map(str::to_string))
+        .collect();
+    let all: BTreeSet<String> = acked.union(&refused).cloned().collect();
+    assert!(all.is_subset(&stored));
+    Ok(())
+}
+
+/// A client that writes all of a 2 MiB body before reading (Python urllib's way) reads
+/// the 413, never a reset: 20 times, with a declared length and chunked.
+#[test]
+fn a_too_large_body_sent_in_full_still_reads_413() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("e.db"), &[], &[]);
+    let big = vec![b'a'; 2 * 1024 * 1024];
+    let mut chunked_body = Vec::with_capacity(big.len() + 1024);
+    for chunk in big.chunks(64 * 1024) {
+        chunked_body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked_body.extend_from_slice(chunk);
+        chunked_body.extend_from_slice(b"\r\n");
+    }
+    chunked_body.extend_from_slice(b"0\r\n\r\n");
+    let started = Instant::now();
+    for i in 0..20 {
+        let mut raw = if i % 2 == 0 {
+            head("POST", "/webhooks/dodo", &[], Some(big.len()))
+        } else {
+            head(
+                "POST",
+                "/webhooks/dodo",
+                &[("Transfer-Encoding", b"chunked")],
+                None,
+            )
+        };
+        raw.extend_from_slice(if i % 2 == 0 { &big } else { &chunked_body });
+        let mut stream = TcpStream::connect(server.addr)?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream
+            .write_all(&raw)
+            .map_err(|e| format!("round {i}: writing the body: {e}"))?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .map_err(|e| format!("round {i}: reading the answer: {e}"))?;
+        let r = parse_response(&answer);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (413, Some("body_too_large")),
+            "round {i}"
+        );
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    eprintln!(
+        "413 after a full 2 MiB body: 20/20 in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.get("/healthz").status, 200);
+    Ok(())
+}
+
+/// SIGTERM with an idle kept-alive connection, a silent one and one with half a head
+/// open: the server closes them at once and exits 0 well before --shutdown-timeout.
+#[test]
+fn sigterm_does_not_wait_for_idle_or_half_open_connections() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(&dir.path().join("e.db"), &[], &["--shutdown-timeout", "30"]);
+    let idle = TcpStream::connect(server.addr)?;
+    idle.set_read_timeout(Some(Duration::from_secs(10)))?;
+    (&idle).write_all(HEALTHZ_KEEP_ALIVE)?;
+    let mut reader = BufReader::new(idle);
+    assert_eq!(read_one(&mut reader)?.status, 200);
+    let mut idle = reader.into_inner();
+    let mut silent = TcpStream::connect(server.addr)?;
+    let mut partial = TcpStream::connect(server.addr)?;
+    partial.write_all(b"POST /webhooks/dodo HTTP/1.1\r\nHost: te")?;
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    server.terminate();
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .ok_or("still running 5 s after SIGTERM")?;
+    let exited = started.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    for (name, s) in [
+        ("idle", &mut idle),
+        ("silent", &mut silent),
+        ("partial", &mut partial),
+    ] {
+        assert!(
+            time_to_close(s, Duration::from_secs(2)).is_some(),
+            "{name} still open"
+        );
+    }
+    eprintln!("SIGTERM with 3 idle/half-open connections: exited after {exited:?}");
+    assert!(exited < Duration::from_secs(3), "{exited:?}");
     Ok(())
 }

@@ -2,9 +2,11 @@
 //!
 //! Run one module with e.g. `cargo test --release --test it core`.
 
+mod cli;
 mod core;
 mod families;
 mod fixtures;
+mod hardening;
 mod http;
 mod store;
 mod support;

@@ -17,11 +17,13 @@ fn entsync() -> Command {
     Command::new(env!("CARGO_BIN_EXE_entsync"))
 }
 
-/// Every projection row, without the change counter: what "the same store state" means.
+/// Every projection row, without the change counter and the arrival order (which deliveries
+/// a history row points at): what "the same store state" means.
 #[derive(Debug, PartialEq, Eq)]
 struct Dump {
     objects: Vec<Vec<String>>,
     quarantine: Vec<Vec<String>>,
+    history: Vec<Vec<String>>,
 }
 
 fn dump(path: &Path) -> Dump {
@@ -44,8 +46,15 @@ fn dump(path: &Path) -> Dump {
                     delivery_id, body FROM objects ORDER BY kind, id",
         ),
         quarantine: rows(
-            "SELECT delivery_id, object_kind, object_id, version_key, code, reason, from_state,
-                    to_state FROM quarantine ORDER BY object_kind, object_id, version_key",
+            "SELECT delivery_id, kind, object_id, version_key, code, reason, from_state,
+                    to_state FROM history WHERE code IS NOT NULL
+              ORDER BY kind, object_id, version_key",
+        ),
+        history: rows(
+            "SELECT kind, object_id, version_key, delivery_id,
+                    CAST(accepted AS TEXT), CAST(starts_run AS TEXT),
+                    CAST(forced AS TEXT), rejection
+               FROM history ORDER BY kind, object_id, version_key",
         ),
     }
 }
@@ -182,11 +191,15 @@ fn accept_applies_a_quarantined_snapshot_and_survives_rebuild() {
     assert!(!engine.has_access("cus_a", "ent_pro", t0() + ms(120_000)));
     assert!(matches!(
         engine.accept("m1", t0()),
-        Err(entitlement_sync::store::StoreError::NotQuarantined(_))
+        Err(entitlement_sync::EngineError::Store(
+            entitlement_sync::store::StoreError::NotQuarantined(_)
+        ))
     ));
     assert!(matches!(
         engine.accept("nope", t0()),
-        Err(entitlement_sync::store::StoreError::UnknownDelivery(_))
+        Err(entitlement_sync::EngineError::Store(
+            entitlement_sync::store::StoreError::UnknownDelivery(_)
+        ))
     ));
     engine.accept("m2", t0()).expect("accept");
     assert!(engine.rejected().unwrap().is_empty());

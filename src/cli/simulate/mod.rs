@@ -4,6 +4,7 @@
 
 mod model;
 
+use super::{webhook_secrets, CliError};
 use clap::Args;
 use entitlement_sync::verify::{sign, Secret, Verifier};
 use model::{generate, Planned, Rng};
@@ -23,7 +24,7 @@ pub struct SimulateArgs {
     #[arg(long, env = "ENTSYNC_URL", default_value = "http://127.0.0.1:8787")]
     pub url: String,
     /// The secret to sign with (whsec_...); default: the first of
-    /// $DODO_PAYMENTS_WEBHOOK_SECRET.
+    /// $DODO_PAYMENTS_WEBHOOK_SECRET (several separated by spaces or commas).
     #[arg(long)]
     pub secret: Option<String>,
     /// Customers to simulate (each with 1 to 3 lifecycles, some with credits).
@@ -59,11 +60,6 @@ pub struct SimulateArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn usage(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("entsync simulate: {msg}");
-    ExitCode::from(2)
 }
 
 /// What one send reported.
@@ -151,21 +147,15 @@ struct TryPair {
 }
 
 /// `entsync simulate`.
-pub fn run(args: SimulateArgs) -> ExitCode {
-    let secret_text = match &args.secret {
-        Some(s) => s.clone(),
-        None => std::env::var("DODO_PAYMENTS_WEBHOOK_SECRET").unwrap_or_default(),
-    };
-    let Some(first) = secret_text
-        .split(|c: char| c == ',' || c.is_ascii_whitespace())
-        .find(|s| !s.is_empty())
-    else {
-        return usage("no secret: pass --secret whsec_... or set DODO_PAYMENTS_WEBHOOK_SECRET");
-    };
-    let secret = match Secret::parse(first) {
-        Ok(s) => s,
-        Err(e) => return usage(format_args!("bad secret: {e}")),
-    };
+///
+/// Exit 1 (a result, not an error) when a delivery got no 2xx or `--verify` found a
+/// mismatch; the report says which.
+pub fn run(args: SimulateArgs) -> Result<ExitCode, CliError> {
+    // Signs with the first secret (the newest, during a rotation).
+    let secret: Secret = webhook_secrets(args.secret.as_slice())?
+        .into_iter()
+        .next()
+        .ok_or(CliError::NoSecret)?;
     // Signing and verifying agree (a self-check of the secret's encoding).
     if Verifier::new(vec![secret.clone()])
         .verify(
@@ -179,17 +169,19 @@ pub fn run(args: SimulateArgs) -> ExitCode {
         )
         .is_err()
     {
-        return usage("the secret does not round-trip");
+        return Err(CliError::usage("the secret does not round-trip"));
     }
     if args.concurrency == 0 {
-        return usage("--concurrency must be at least 1");
+        return Err(CliError::usage("--concurrency must be at least 1"));
     }
     if !(0.0..=10.0).contains(&args.duplicates) {
-        return usage("--duplicates must be between 0 and 10");
+        return Err(CliError::usage("--duplicates must be between 0 and 10"));
     }
     let base = args.url.trim_end_matches('/').to_string();
     if !base.starts_with("http://") && !base.starts_with("https://") {
-        return usage(format_args!("--url {base:?} is not an http:// URL"));
+        return Err(CliError::usage(format_args!(
+            "--url {base:?} is not an http:// URL"
+        )));
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -198,7 +190,9 @@ pub fn run(args: SimulateArgs) -> ExitCode {
     });
     let epoch_unix = args.epoch.unwrap_or_else(|| chrono::Utc::now().timestamp());
     let Some(epoch) = chrono::DateTime::from_timestamp(epoch_unix, 0) else {
-        return usage(format_args!("--epoch {epoch_unix} is out of range"));
+        return Err(CliError::usage(format_args!(
+            "--epoch {epoch_unix} is out of range"
+        )));
     };
 
     let mut rng = Rng::new(seed);
@@ -217,34 +211,28 @@ pub fn run(args: SimulateArgs) -> ExitCode {
     }
     rng.shuffle(&mut order);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return usage(format_args!("cannot start the runtime: {e}")),
-    };
-    let client = match reqwest::Client::builder()
+        .map_err(CliError::io("cannot start the runtime"))?;
+    let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(args.timeout.max(1)))
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)
         .no_proxy()
         .build()
-    {
-        Ok(c) => c,
-        Err(e) => return usage(format_args!("cannot build the http client: {e}")),
-    };
+        .map_err(|e| CliError::io("cannot build the http client")(std::io::Error::other(e)))?;
 
     let ack_log = match &args.ack_log {
         None => None,
-        Some(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            Ok(f) => Some(Arc::new(std::sync::Mutex::new(f))),
-            Err(e) => return usage(format_args!("cannot open {}: {e}", path.display())),
-        },
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(CliError::io(format!("cannot open {}", path.display())))?;
+            Some(Arc::new(std::sync::Mutex::new(f)))
+        }
     };
     let deliveries = Arc::new(plan.deliveries);
     let order = Arc::new(order);
@@ -316,18 +304,18 @@ pub fn run(args: SimulateArgs) -> ExitCode {
         try_pairs: try_pairs(&plan.access),
         verify,
     };
-    print_report(&report, args.json);
+    print_report(&report, args.json)?;
     let failed = report.non_2xx > 0
         || report.transport_errors > 0
         || report
             .verify
             .as_ref()
             .is_some_and(|v| v.mismatches > 0 || v.errors > 0);
-    if failed {
+    Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    }
+    })
 }
 
 /// One expected answer of each kind (allowed, pending, each denial reason), at most six.
@@ -347,13 +335,9 @@ fn try_pairs(access: &[model::Expected]) -> Vec<TryPair> {
         .collect()
 }
 
-fn print_report(r: &Report, json: bool) {
+fn print_report(r: &Report, json: bool) -> Result<(), CliError> {
     if json {
-        match serde_json::to_string(r) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("entsync simulate: cannot encode the report: {e}"),
-        }
-        return;
+        return super::print_json(r);
     }
     println!(
         "simulate: {} customers, {} access pairs, {} deliveries ({} unique + {} duplicates) to {} (seed {}, epoch {})",
@@ -398,6 +382,7 @@ fn print_report(r: &Report, json: bool) {
             );
         }
     }
+    Ok(())
 }
 
 async fn send_all(

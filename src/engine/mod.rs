@@ -11,22 +11,57 @@
 
 use crate::access::{Access, Policy};
 use crate::delivery::{Delivery, Outcome};
-use crate::index::{Decoded, Index};
+use crate::event::Kind;
+use crate::index::{Decoded, Index, IndexError};
 use crate::store::{
-    self, Applied, Balance, CustomerView, DeliveryRecord, GrantRecord, QuarantineRecord, Reader,
-    RebuildStats, StoreError, StoreStats, Writer,
+    self, Applied, Balance, CustomerView, DeliveryRecord, GrantRecord, ObjectRow, QuarantineRecord,
+    ReadStore, Reader, RebuildStats, StoreError, StoreStats, Writer,
 };
 use crate::wire::Timestamp;
+use writer::{writer_loop, Job, Store};
+
+mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// Errors of the engine.
-pub type Error = StoreError;
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store failed; see [`StoreError::is_retryable`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The writer thread is gone (it could not start, or the engine is shutting down):
+    /// nothing was stored.
+    #[error("the writer thread has stopped")]
+    WriterStopped,
+    /// The writer thread could not be started.
+    #[error("cannot start the writer thread: {0}")]
+    Spawn(std::io::Error),
+}
 
-/// How many deliveries one group commit takes at most.
-const MAX_GROUP: usize = 512;
+impl EngineError {
+    /// Could the same call succeed later? (A shell answers 503 then, else 500.)
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EngineError::Store(e) => e.is_retryable(),
+            EngineError::WriterStopped | EngineError::Spawn(_) => true,
+        }
+    }
+
+    /// The store error, if that is what it is.
+    pub fn as_store(&self) -> Option<&StoreError> {
+        match self {
+            EngineError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Errors of the engine.
+pub type Error = EngineError;
 
 /// Default of [`Engine::set_external_check_interval`].
 const DEFAULT_EXTERNAL_CHECK: Duration = Duration::from_millis(1);
@@ -63,25 +98,35 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// What to do with a delivery's result once its transaction committed (or failed).
-type Reply = Box<dyn FnOnce(Result<Applied, StoreError>) + Send>;
-
-/// A closure run on the writer thread; it bumps the generation after writing.
-type WriterTask = Box<dyn FnOnce(&mut Writer, &AtomicU64) + Send>;
-
-/// Work for the writer thread.
-enum Job {
-    /// One delivery of a group commit.
-    Deliver { delivery: Delivery, reply: Reply },
-    /// Anything else that needs the writer (bulk ingest, accept, rebuild), in order.
-    Exec(WriterTask),
-}
-
 struct Sync {
-    reader: Reader,
+    reader: Box<dyn ReadStore>,
     data_version: i64,
     seq: i64,
     epoch: i64,
+}
+
+/// Rows the access index could not decode: skipped, so that one bad row never touches
+/// another object's answer, and reported (`/metrics`, `/healthz`).
+#[derive(Debug, Clone, Default)]
+pub struct BadRows {
+    /// How many rows were skipped in all.
+    pub count: u64,
+    /// The most recent ones: `(kind, id, why)`, at most [`BadRows::KEPT`].
+    pub recent: Vec<(String, String, String)>,
+}
+
+impl BadRows {
+    /// How many named rows are kept.
+    pub const KEPT: usize = 16;
+
+    fn record(&mut self, e: &IndexError) {
+        self.count += 1;
+        if self.recent.len() == Self::KEPT {
+            self.recent.remove(0);
+        }
+        self.recent
+            .push((e.kind.clone(), e.id.clone(), e.message.clone()));
+    }
 }
 
 struct Inner {
@@ -99,7 +144,8 @@ struct Inner {
     started: Instant,
     sync: Mutex<Sync>,
     index: RwLock<Index>,
-    listing: Mutex<Reader>,
+    listing: Mutex<Box<dyn ReadStore>>,
+    bad_rows: Mutex<BadRows>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,16 +173,16 @@ impl Engine {
     /// See [`Engine::open`].
     pub fn open_with(path: impl AsRef<Path>, policy: Policy) -> Result<Engine, Error> {
         let path = path.as_ref().to_path_buf();
-        let writer = Writer::open(&path)?;
-        let reader = Reader::open(&path)?;
-        let listing = Reader::open(&path)?;
+        let writer: Store = Box::new(Writer::open(&path)?);
+        let reader: Box<dyn ReadStore> = Box::new(Reader::open(&path)?);
+        let listing: Box<dyn ReadStore> = Box::new(Reader::open(&path)?);
         let (jobs, queue) = mpsc::channel();
         let generation = Arc::new(AtomicU64::new(1));
         let bump = Arc::clone(&generation);
         std::thread::Builder::new()
             .name("entsync-writer".into())
             .spawn(move || writer_loop(writer, queue, &bump))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+            .map_err(EngineError::Spawn)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 path,
@@ -155,6 +201,7 @@ impl Engine {
                 }),
                 index: RwLock::new(Index::default()),
                 listing: Mutex::new(listing),
+                bad_rows: Mutex::new(BadRows::default()),
             }),
         };
         // The access index loads on the first read, so commands that only write or
@@ -255,16 +302,20 @@ impl Engine {
         &self,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
-        self.with_writer(move |w| w.apply_batch(&deliveries))?
+        Ok(self
+            .with_writer(move |w| w.apply_batch(&deliveries))??
+            .into_iter()
+            .map(|r| r.map_err(Error::from))
+            .collect())
     }
 
     /// Runs `f` on the writer thread, in order with the deliveries queued before it.
     fn with_writer<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Writer) -> R + Send + 'static,
+        f: impl FnOnce(&mut Store) -> R + Send + 'static,
     ) -> Result<R, Error> {
         let (reply, result) = mpsc::sync_channel(1);
-        let job = Job::Exec(Box::new(move |w: &mut Writer, generation: &AtomicU64| {
+        let job = Job::Exec(Box::new(move |w: &mut Store, generation: &AtomicU64| {
             let r = f(w);
             generation.fetch_add(1, Ordering::AcqRel);
             let _ = reply.send(r);
@@ -294,8 +345,15 @@ impl Engine {
             (rows, seq, _) = sync.reader.changed_since(0)?;
         }
         // Decode (and for a full load, build) without holding the index: readers keep
-        // answering from the previous state meanwhile.
-        let decoded = decode_rows(&rows)?;
+        // answering from the previous state meanwhile. A row that does not decode is
+        // skipped and reported; every other answer stays right.
+        let (decoded, bad) = decode_rows(&rows);
+        if !bad.is_empty() {
+            let mut rows = lock(&inner.bad_rows);
+            for e in &bad {
+                rows.record(e);
+            }
+        }
         if full {
             let mut fresh = Index::default();
             for d in decoded {
@@ -410,7 +468,7 @@ impl Engine {
     ) -> Result<Access, Error> {
         let rows = self.listing().pair_rows(customer, entitlement)?;
         let mut index = Index::default();
-        for d in decode_rows(&rows)? {
+        for d in decode_rows(&rows).0 {
             index.apply_decoded(d);
         }
         Ok(index.access(customer, entitlement, policy, now))
@@ -432,8 +490,13 @@ impl Engine {
         self.index().grants()
     }
 
-    fn listing(&self) -> MutexGuard<'_, Reader> {
+    fn listing(&self) -> MutexGuard<'_, Box<dyn ReadStore>> {
         lock(&self.inner.listing)
+    }
+
+    /// Rows the access index skipped because they do not decode.
+    pub fn bad_rows(&self) -> BadRows {
+        lock(&self.inner.bad_rows).clone()
     }
 
     /// Stored deliveries in arrival order (only one outcome, the newest `limit`).
@@ -446,8 +509,7 @@ impl Engine {
         outcome: Option<Outcome>,
         limit: Option<u64>,
     ) -> Result<Vec<DeliveryRecord>, Error> {
-        self.listing()
-            .deliveries(outcome.map(Outcome::as_str), limit)
+        Ok(self.listing().deliveries(outcome, limit)?)
     }
 
     /// The quarantine.
@@ -456,7 +518,7 @@ impl Engine {
     ///
     /// SQLite errors.
     pub fn rejected(&self) -> Result<Vec<QuarantineRecord>, Error> {
-        self.listing().rejected()
+        Ok(self.listing().rejected()?)
     }
 
     /// Grants, all or one customer's.
@@ -465,7 +527,7 @@ impl Engine {
     ///
     /// SQLite errors.
     pub fn grants(&self, customer: Option<&str>) -> Result<Vec<GrantRecord>, Error> {
-        self.listing().grants(customer)
+        Ok(self.listing().grants(customer)?)
     }
 
     /// Everything known about one customer.
@@ -474,7 +536,7 @@ impl Engine {
     ///
     /// SQLite errors.
     pub fn customer(&self, customer: &str) -> Result<CustomerView, Error> {
-        self.listing().customer(customer)
+        Ok(self.listing().customer(customer)?)
     }
 
     /// The credit balance of (customer, credit entitlement), if any ledger entry is known.
@@ -487,7 +549,16 @@ impl Engine {
         customer: &str,
         credit_entitlement: &str,
     ) -> Result<Option<Balance>, Error> {
-        self.listing().balance(customer, credit_entitlement)
+        Ok(self.listing().balance(customer, credit_entitlement)?)
+    }
+
+    /// How many snapshots the quarantine holds.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn quarantine_size(&self) -> Result<u64, Error> {
+        Ok(self.listing().quarantine_size()?)
     }
 
     /// Counters for monitoring.
@@ -496,7 +567,7 @@ impl Engine {
     ///
     /// SQLite errors.
     pub fn stats(&self) -> Result<StoreStats, Error> {
-        self.listing().stats()
+        Ok(self.listing().stats()?)
     }
 
     /// The operator override: applies the quarantined snapshot carried by `delivery_id`,
@@ -505,9 +576,9 @@ impl Engine {
     /// # Errors
     ///
     /// [`StoreError::UnknownDelivery`], [`StoreError::NotQuarantined`], or SQLite.
-    pub fn accept(&self, delivery_id: &str, now: Timestamp) -> Result<(String, String), Error> {
+    pub fn accept(&self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String), Error> {
         let delivery_id = delivery_id.to_string();
-        self.with_writer(move |w| w.accept(&delivery_id, now))?
+        Ok(self.with_writer(move |w| w.accept(&delivery_id, now))??)
     }
 
     /// Recomputes every projection from the stored deliveries and overrides.
@@ -516,30 +587,29 @@ impl Engine {
     ///
     /// SQLite errors (nothing changes then).
     pub fn rebuild(&self) -> Result<RebuildStats, Error> {
-        self.with_writer(Writer::rebuild)?
-    }
-
-    /// The raw SQLite point lookup the index is benchmarked against.
-    #[doc(hidden)]
-    pub fn raw_lookup(&self, customer: &str, entitlement: &str) -> Result<usize, Error> {
-        lock(&self.inner.sync)
-            .reader
-            .raw_grant_lookup(customer, entitlement)
+        Ok(self.with_writer(|w| w.rebuild())??)
     }
 
     /// Opens a second, independent reader on the same file (benchmarks).
     #[doc(hidden)]
     pub fn open_reader(&self) -> Result<Reader, Error> {
-        store::Reader::open(&self.inner.path)
+        Ok(store::Reader::open(&self.inner.path)?)
     }
 }
 
 /// Decodes changed rows, on every core when there are many (loading a large store).
-fn decode_rows(rows: &[crate::store::ObjectRow]) -> Result<Vec<Decoded>, Error> {
-    let decode = |part: &[crate::store::ObjectRow]| -> Result<Vec<Decoded>, Error> {
-        part.iter()
-            .map(|r| Index::decode(r).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect()
+/// Rows that do not decode are returned apart, in order.
+fn decode_rows(rows: &[ObjectRow]) -> (Vec<Decoded>, Vec<IndexError>) {
+    let decode = |part: &[ObjectRow]| -> (Vec<Decoded>, Vec<IndexError>) {
+        let mut good = Vec::with_capacity(part.len());
+        let mut bad = Vec::new();
+        for row in part {
+            match Index::decode(row) {
+                Ok(d) => good.push(d),
+                Err(e) => bad.push(e),
+            }
+        }
+        (good, bad)
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     if threads <= 1 || rows.len() < 4096 {
@@ -549,97 +619,21 @@ fn decode_rows(rows: &[crate::store::ObjectRow]) -> Result<Vec<Decoded>, Error> 
     std::thread::scope(|s| {
         let parts: Vec<_> = rows
             .chunks(per)
-            .map(|part| s.spawn(move || decode(part)))
+            .map(|part| (part, s.spawn(move || decode(part))))
             .collect();
-        let mut out = Vec::with_capacity(rows.len());
-        for part in parts {
-            let part = part
-                .join()
-                .map_err(|_| StoreError::Corrupt("a row decoder panicked".into()))??;
-            out.extend(part);
+        let mut good = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
+        for (part, handle) in parts {
+            // A decoder that panicked is a bug: decode its part again here, where a
+            // panic would at least be reported.
+            let (g, b) = handle.join().unwrap_or_else(|_| decode(part));
+            good.extend(g);
+            bad.extend(b);
         }
-        Ok(out)
+        (good, bad)
     })
 }
 
-fn writer_gone() -> StoreError {
-    StoreError::Corrupt("the writer thread has stopped".into())
-}
-
-/// The writer thread: takes whatever is queued (up to [`MAX_GROUP`] deliveries) and
-/// commits it as one transaction, so concurrent deliveries share one fsync. Exits when
-/// every [`Engine`] clone is gone.
-fn writer_loop(mut writer: Writer, queue: mpsc::Receiver<Job>, generation: &AtomicU64) {
-    let mut pending: Option<Job> = None;
-    loop {
-        let first = match pending.take() {
-            Some(job) => job,
-            None => match queue.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-        };
-        // A panic here is a bug; it must not stop the writer for good. The transaction in
-        // flight rolls back as it unwinds, and callers whose replies were dropped see an
-        // error (the HTTP shell answers 5xx, so Dodo retries).
-        let writer = &mut writer;
-        let pending = &mut pending;
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match first {
-            Job::Exec(f) => f(writer, generation),
-            Job::Deliver { delivery, reply } => {
-                let mut deliveries = vec![delivery];
-                let mut replies = vec![reply];
-                while deliveries.len() < MAX_GROUP {
-                    match queue.try_recv() {
-                        Ok(Job::Deliver { delivery, reply }) => {
-                            deliveries.push(delivery);
-                            replies.push(reply);
-                        }
-                        Ok(exec) => {
-                            *pending = Some(exec);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                commit(writer, &deliveries, replies, generation);
-            }
-        }));
-    }
-}
-
-/// Calls one caller's callback; a panicking callback affects no one else.
-fn answer(reply: Reply, result: Result<Applied, StoreError>) {
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(result)));
-}
-
-fn commit(
-    writer: &mut Writer,
-    deliveries: &[Delivery],
-    replies: Vec<Reply>,
-    generation: &AtomicU64,
-) {
-    let result = writer.apply_batch(deliveries);
-    // Before anyone hears of the commit, so that their next read sees it.
-    generation.fetch_add(1, Ordering::AcqRel);
-    match result {
-        Ok(results) => {
-            for (reply, r) in replies.into_iter().zip(results) {
-                answer(reply, r);
-            }
-        }
-        Err(e) => {
-            let retryable = e.is_retryable();
-            let message = e.to_string();
-            for reply in replies {
-                answer(
-                    reply,
-                    Err(StoreError::Commit {
-                        message: message.clone(),
-                        retryable,
-                    }),
-                );
-            }
-        }
-    }
+fn writer_gone() -> Error {
+    EngineError::WriterStopped
 }

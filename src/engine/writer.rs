@@ -1,0 +1,108 @@
+//! The writer thread: one per engine, owner of the store's write side. It takes whatever
+//! is queued (up to [`MAX_GROUP`] deliveries) and commits it as one transaction, so that
+//! concurrent deliveries share one fsync; each caller hears of its delivery only after
+//! the commit.
+
+use super::Error;
+use crate::store::{Applied, StoreError, WriteStore};
+use crate::Delivery;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+/// How many deliveries one group commit takes at most.
+pub(super) const MAX_GROUP: usize = 512;
+
+/// What to do with a delivery's result once its transaction committed (or failed).
+pub(super) type Reply = Box<dyn FnOnce(Result<Applied, Error>) + Send>;
+
+/// The store the writer thread owns.
+pub(super) type Store = Box<dyn WriteStore>;
+
+/// A closure run on the writer thread; it bumps the generation after writing.
+pub(super) type WriterTask = Box<dyn FnOnce(&mut Store, &AtomicU64) + Send>;
+
+/// Work for the writer thread.
+pub(super) enum Job {
+    /// One delivery of a group commit.
+    Deliver { delivery: Delivery, reply: Reply },
+    /// Anything else that needs the writer (bulk ingest, accept, rebuild), in order.
+    Exec(WriterTask),
+}
+
+/// The writer thread: takes whatever is queued (up to [`MAX_GROUP`] deliveries) and
+/// commits it as one transaction, so concurrent deliveries share one fsync. Exits when
+/// every [`Engine`] clone is gone.
+pub(super) fn writer_loop(mut writer: Store, queue: mpsc::Receiver<Job>, generation: &AtomicU64) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        // A panic here is a bug; it must not stop the writer for good. The transaction in
+        // flight rolls back as it unwinds, and callers whose replies were dropped see an
+        // error (the HTTP shell answers 5xx, so Dodo retries).
+        let writer = &mut writer;
+        let pending = &mut pending;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match first {
+            Job::Exec(f) => f(writer, generation),
+            Job::Deliver { delivery, reply } => {
+                let mut deliveries = vec![delivery];
+                let mut replies = vec![reply];
+                while deliveries.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(Job::Deliver { delivery, reply }) => {
+                            deliveries.push(delivery);
+                            replies.push(reply);
+                        }
+                        Ok(exec) => {
+                            *pending = Some(exec);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit(writer, &deliveries, replies, generation);
+            }
+        }));
+    }
+}
+
+/// Calls one caller's callback; a panicking callback affects no one else.
+fn answer(reply: Reply, result: Result<Applied, Error>) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(result)));
+}
+
+fn commit(
+    writer: &mut Store,
+    deliveries: &[Delivery],
+    replies: Vec<Reply>,
+    generation: &AtomicU64,
+) {
+    let result = writer.apply_batch(deliveries);
+    // Before anyone hears of the commit, so that their next read sees it.
+    generation.fetch_add(1, Ordering::AcqRel);
+    match result {
+        Ok(results) => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                answer(reply, r.map_err(Error::from));
+            }
+        }
+        Err(e) => {
+            let retryable = e.is_retryable();
+            let message = e.to_string();
+            for reply in replies {
+                answer(
+                    reply,
+                    Err(Error::Store(StoreError::Commit {
+                        message: message.clone(),
+                        retryable,
+                    })),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Rebuild: every projection (objects, history, quarantine) recomputed from the stored
+//! deliveries and overrides alone, in one transaction.
+
+use super::families::{with_family, Stored};
+use super::write::{next_seq, upsert_object, write_step};
+use super::{Context, RebuildStats, Result};
+use crate::delivery::Outcome;
+use crate::event::{self, Event, Kind};
+use crate::fold::{self, Entry};
+use crate::plan;
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Deliveries a rebuild reads (and parses in parallel) at a time.
+const CHUNK: usize = 8192;
+
+/// One stored delivery's snapshot, grouped by object.
+struct Stored_ {
+    event: Event,
+    delivery_id: String,
+    delivery_seq: i64,
+    forced: bool,
+    /// Stored as malformed, parses now: its outcome is recomputed.
+    reparsed: bool,
+}
+
+/// Deliveries whose parse result changed since they were stored: what they are now.
+struct Reparsed {
+    seq: i64,
+    object: Option<(Kind, String, String)>,
+    event_type: Option<String>,
+    error: Option<String>,
+}
+
+/// Recomputes every projection. Deliveries stored as `malformed` that parse now are
+/// picked up (their outcome becomes what the fold now says of them).
+pub(super) fn rebuild(conn: &mut Connection) -> Result<RebuildStats> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .context("begin the rebuild")?;
+    // Bulk load: drop the lookup indexes (recreated from their stored definitions
+    // afterwards; building an index by sorting beats growing it). The unique keys stay.
+    let indexes: Vec<(String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT name, sql FROM sqlite_master
+              WHERE type = 'index' AND tbl_name IN ('objects', 'history') AND sql IS NOT NULL
+                AND name <> 'objects_key'",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (name, _) in &indexes {
+        tx.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
+    }
+    tx.execute_batch(
+        "DELETE FROM objects; DELETE FROM history;
+         UPDATE meta SET value = value + 1 WHERE key = 'epoch';
+         DELETE FROM meta WHERE key = 'needs_rebuild';",
+    )
+    .context("clear the projections")?;
+    let seq = next_seq(&tx)?;
+    let forced: HashSet<(String, String)> = {
+        let mut stmt = tx.prepare("SELECT delivery_id, body_sha256 FROM overrides")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()
+            .context("read the overrides")?
+    };
+    let mut groups: BTreeMap<(Kind, String), Vec<Stored_>> = BTreeMap::new();
+    let mut stats = RebuildStats::default();
+    let mut reparsed: Vec<Reparsed> = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT seq, delivery_id, body, outcome, body_sha256 FROM deliveries ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        loop {
+            // Read a chunk, parse it on every core, group it by object.
+            let mut chunk: Vec<(i64, String, Vec<u8>, String, String)> = Vec::with_capacity(CHUNK);
+            while chunk.len() < CHUNK {
+                let Some(row) = rows.next()? else { break };
+                chunk.push((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ));
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let parsed = parse_all(&chunk, threads);
+            for ((delivery_seq, delivery_id, _, was, sha), parsed) in chunk.into_iter().zip(parsed)
+            {
+                stats.deliveries += 1;
+                let was_malformed = was == Outcome::Malformed.as_str();
+                let env = match parsed {
+                    Err(e) => {
+                        stats.malformed += 1;
+                        if !was_malformed {
+                            reparsed.push(Reparsed {
+                                seq: delivery_seq,
+                                object: None,
+                                event_type: None,
+                                error: Some(e.to_string()),
+                            });
+                        }
+                        continue;
+                    }
+                    Ok(env) => env,
+                };
+                if was_malformed {
+                    stats.reparsed += 1;
+                }
+                let object = env.event.object().map(|(kind, id)| {
+                    let key = env.event.key().map(|k| k.encode()).unwrap_or_default();
+                    (kind, id.to_string(), key)
+                });
+                if was_malformed {
+                    reparsed.push(Reparsed {
+                        seq: delivery_seq,
+                        object: object.clone(),
+                        event_type: Some(env.event_type.clone()),
+                        error: None,
+                    });
+                }
+                if let Some((kind, id, _)) = object {
+                    let forced = forced.contains(&(delivery_id.clone(), sha));
+                    groups.entry((kind, id)).or_default().push(Stored_ {
+                        event: env.event,
+                        delivery_id,
+                        delivery_seq,
+                        forced,
+                        reparsed: was_malformed,
+                    });
+                }
+            }
+        }
+    }
+    stats.objects = groups.len() as u64;
+    let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
+    for ((kind, id), entries) in groups {
+        with_family!(kind, write_group(&tx, &id, entries, seq, &mut outcomes))?;
+    }
+    for (_, sql) in &indexes {
+        tx.execute_batch(sql).context("recreate an index")?;
+    }
+    // Deliveries whose parse result changed: record what they are now.
+    for r in reparsed {
+        let (kind, id, key) = match &r.object {
+            Some((k, i, key)) => (Some(k.as_str()), Some(i.as_str()), Some(key.as_str())),
+            None => (None, None, None),
+        };
+        let outcome = match (&r.object, &r.event_type) {
+            (Some(_), _) => outcomes.get(&r.seq).copied().unwrap_or(Outcome::Stale),
+            (None, Some(_)) => Outcome::Unhandled,
+            (None, None) => Outcome::Malformed,
+        };
+        tx.execute(
+            "UPDATE deliveries SET event_type = ?2, object_kind = ?3, object_id = ?4,
+                    version_key = ?5, outcome = ?6, detail = ?7 WHERE seq = ?1",
+            params![
+                r.seq,
+                r.event_type,
+                kind,
+                id,
+                key,
+                outcome.as_str(),
+                r.error
+            ],
+        )
+        .context("record a re-parsed delivery")?;
+    }
+    stats.quarantined = tx
+        .query_row(
+            "SELECT COUNT(*) FROM history WHERE code IS NOT NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .context("count the quarantine")? as u64;
+    tx.commit().context("commit the rebuild")?;
+    Ok(stats)
+}
+
+/// Folds one object's whole history and writes its state and history rows; the
+/// outcomes of its re-parsed deliveries go into `outcomes`.
+fn write_group<T: Stored>(
+    tx: &Connection,
+    id: &str,
+    entries: Vec<Stored_>,
+    seq: i64,
+    outcomes: &mut HashMap<i64, Outcome>,
+) -> Result<()> {
+    let mut seqs: HashMap<(fold::VersionKey, String), i64> = HashMap::new();
+    let mut reparsed: Vec<(i64, fold::VersionKey)> = Vec::new();
+    let entries: Vec<Entry<T>> = entries
+        .into_iter()
+        .filter_map(|e| {
+            let snap = T::from_event(e.event)?;
+            seqs.entry((snap.key, e.delivery_id.clone()))
+                .or_insert(e.delivery_seq);
+            if e.reparsed {
+                reparsed.push((e.delivery_seq, snap.key));
+            }
+            Some(Entry {
+                snap,
+                delivery_id: e.delivery_id,
+                forced: e.forced,
+            })
+        })
+        .collect();
+    let folded = fold::fold(entries);
+    for step in &folded.steps {
+        let delivery_seq = seqs
+            .get(&(step.key, step.delivery_id.clone()))
+            .copied()
+            .unwrap_or_default();
+        write_step(tx, T::KIND, id, step, delivery_seq)?;
+    }
+    let (Some(state), Some(max_key)) = (&folded.state, folded.max_key()) else {
+        return Ok(());
+    };
+    for (delivery_seq, key) in reparsed {
+        if let Some(step) = folded.steps.iter().find(|s| s.key == key) {
+            outcomes.insert(delivery_seq, plan::outcome_in_fold(step, &state.snap.key));
+        }
+    }
+    let delivery_id = folded
+        .steps
+        .iter()
+        .find(|s| s.key == state.snap.key)
+        .map(|s| s.delivery_id.as_str())
+        .unwrap_or_default();
+    upsert_object(tx, id, state, &max_key, delivery_id, seq)
+}
+
+/// Parses a chunk of stored bodies on `threads` threads, keeping their order.
+fn parse_all(
+    chunk: &[(i64, String, Vec<u8>, String, String)],
+    threads: usize,
+) -> Vec<Result<event::Envelope, event::ParseError>> {
+    let parse = |part: &[(i64, String, Vec<u8>, String, String)]| -> Vec<_> {
+        part.iter()
+            .map(|(_, _, body, _, _)| event::parse(body))
+            .collect()
+    };
+    if threads <= 1 || chunk.len() < 256 {
+        return parse(chunk);
+    }
+    let per = chunk.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = chunk
+            .chunks(per)
+            .map(|part| (part.len(), s.spawn(move || parse(part))))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|(n, h)| {
+                h.join().unwrap_or_else(|_| {
+                    // A panic in the parser is a bug; report it as unparseable, not a crash.
+                    vec![Err(event::ParseError::Json("parser panicked".into())); n]
+                })
+            })
+            .collect()
+    })
+}

@@ -1,0 +1,593 @@
+//! The writer: stores each delivery raw with its outcome, and carries out the planner's
+//! decision for its snapshot (append, duplicate, re-fold from a place) on the object's
+//! state row and history rows, all in the batch's transaction.
+
+use super::families::{kind_of, with_family, Stored};
+pub(super) use super::history::write_step;
+use super::history::write_step_keyed;
+use super::history::{load_step, load_steps_from, representative_of, since_of};
+use super::{Context, RebuildStats, Result, StoreError, WriteStore};
+use crate::delivery::{Delivery, Outcome};
+use crate::event::{self, Kind};
+use crate::fold::{decode_key, Current, Rejection, Snap, VersionKey};
+use crate::plan::{self, Flow, Place, Refold};
+use crate::wire::{format_timestamp, hex, parse_timestamp, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// How many stored steps a re-fold reads at a time.
+const REFOLD_CHUNK: usize = 32;
+
+/// The single writing connection (SQLite).
+pub struct Writer {
+    pub(super) conn: Connection,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+/// What applying one delivery produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The event type, when the body parsed.
+    pub event_type: Option<String>,
+    /// Parse error or rejection message.
+    pub detail: Option<String>,
+}
+
+impl Writer {
+    /// Opens the writer on `path`, creating and migrating the file if needed (a file
+    /// migrated from a version without the fold history is rebuilt once).
+    ///
+    /// # Errors
+    ///
+    /// See [`super::open`].
+    pub fn open(path: &Path) -> Result<Writer> {
+        let mut writer = Writer {
+            conn: super::open(path)?,
+        };
+        let needs_rebuild: bool = writer
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'needs_rebuild' AND value <> 0)",
+                [],
+                |r| r.get(0),
+            )
+            .context("read the rebuild flag")?;
+        if needs_rebuild {
+            writer.rebuild()?;
+        }
+        Ok(writer)
+    }
+
+    fn begin(&mut self) -> Result<Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("begin a write transaction")
+    }
+
+    fn apply_alone(&mut self, d: &Delivery) -> Result<Applied> {
+        let tx = self.begin()?;
+        let mut seqs = Seqs::start(&tx)?;
+        let applied = apply_one(&tx, d, &mut seqs)?;
+        tx.commit().context("commit")?;
+        Ok(applied)
+    }
+}
+
+impl WriteStore for Writer {
+    fn apply_batch(&mut self, deliveries: &[Delivery]) -> Result<Vec<Result<Applied>>> {
+        // Optimistic: all in one transaction. If any delivery fails, roll the whole
+        // batch back and apply each in a transaction of its own, so one bad delivery
+        // cannot take the others with it (savepoints would cost a statement journal
+        // on every delivery of every batch).
+        let tx = self.begin()?;
+        let mut seqs = Seqs::start(&tx)?;
+        let mut results = Vec::with_capacity(deliveries.len());
+        let mut failed = false;
+        for d in deliveries {
+            match apply_one(&tx, d, &mut seqs) {
+                Ok(applied) => results.push(applied),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed {
+            tx.commit().context("commit")?;
+            return Ok(results.into_iter().map(Ok).collect());
+        }
+        drop(tx); // rolls back
+        Ok(deliveries.iter().map(|d| self.apply_alone(d)).collect())
+    }
+
+    fn accept(&mut self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String)> {
+        let tx = self.begin()?;
+        // The quarantined snapshots this delivery id carried (one per body it came with).
+        let quarantined: Vec<(String, String, String, String)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT d.body_sha256, d.object_kind, d.object_id, d.version_key
+                   FROM deliveries d JOIN history h ON h.kind = d.object_kind
+                    AND h.object_id = d.object_id AND h.version_key = d.version_key
+                  WHERE d.delivery_id = ?1 AND h.code IS NOT NULL
+                  ORDER BY d.version_key",
+            )?;
+            let rows = stmt.query_map([delivery_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect::<Result<_, _>>()
+                .context("find the quarantined delivery")?
+        };
+        let Some((_, kind, id, _)) = quarantined.first().cloned() else {
+            let known: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1)",
+                [delivery_id],
+                |r| r.get(0),
+            )?;
+            return Err(if known {
+                StoreError::NotQuarantined(delivery_id.to_string())
+            } else {
+                StoreError::UnknownDelivery(delivery_id.to_string())
+            });
+        };
+        let mut keys = Vec::new();
+        for (body_sha256, _, _, key) in &quarantined {
+            tx.execute(
+                "INSERT OR IGNORE INTO overrides (delivery_id, body_sha256, accepted_at)
+                 VALUES (?1, ?2, ?3)",
+                params![delivery_id, body_sha256, format_timestamp(&now)],
+            )
+            .context("record the override")?;
+            keys.push(decode(key)?);
+        }
+        let kind = kind_of(&kind)?;
+        let seq = next_seq(&tx)?;
+        with_family!(kind, accept_keys(&tx, &id, &keys, seq))?;
+        tx.commit().context("commit")?;
+        Ok((kind, id))
+    }
+
+    fn rebuild(&mut self) -> Result<RebuildStats> {
+        super::rebuild::rebuild(&mut self.conn)
+    }
+}
+
+/// The counters one transaction hands out: the change counter (`meta.seq`, one value
+/// per transaction) and the arrival order of deliveries (`deliveries.seq`).
+struct Seqs {
+    change: i64,
+    delivery: i64,
+}
+
+impl Seqs {
+    fn start(tx: &Connection) -> Result<Seqs> {
+        let change = next_seq(tx)?;
+        let delivery = tx
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM deliveries")?
+            .query_row([], |r| r.get(0))
+            .context("read the arrival counter")?;
+        Ok(Seqs { change, delivery })
+    }
+}
+
+pub(super) fn next_seq(tx: &Connection) -> Result<i64> {
+    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value")?
+        .query_row([], |r| r.get(0))
+        .context("bump the change counter")
+}
+
+/// Applies one delivery inside the caller's transaction.
+fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs) -> Result<Applied> {
+    let body_sha256 = hex(&Sha256::digest(&d.body));
+    let seen: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1 AND body_sha256 = ?2)",
+        )?
+        .query_row(params![&d.id, &body_sha256], |r| r.get(0))
+        .context("look up the idempotency key")?;
+    if seen {
+        return Ok(Applied {
+            outcome: Outcome::Duplicate,
+            event_type: None,
+            detail: None,
+        });
+    }
+    seqs.delivery += 1;
+    let mut row = DeliveryRow {
+        d,
+        seq: seqs.delivery,
+        body_sha256,
+        event_type: None,
+        event_at: None,
+        object: None,
+        key: None,
+        outcome: Outcome::Malformed,
+        detail: None,
+    };
+    match event::parse(&d.body) {
+        Err(e) => row.detail = Some(e.to_string()),
+        Ok(env) => {
+            row.event_type = Some(env.event_type.clone());
+            row.event_at = Some(format_timestamp(&env.timestamp));
+            row.outcome = Outcome::Unhandled;
+            if let Some((kind, id)) = env.event.object() {
+                let (kind, id) = (kind, id.to_string());
+                let at = Arrival {
+                    delivery_id: &d.id,
+                    delivery_seq: row.seq,
+                    seq: seqs.change,
+                };
+                let (outcome, key, detail) =
+                    with_family!(kind, apply_snapshot(tx, env.event, &at))?;
+                row.object = Some((kind, id));
+                row.key = Some(key);
+                row.outcome = outcome;
+                row.detail = detail;
+            }
+        }
+    }
+    row.insert(tx)?;
+    Ok(Applied {
+        outcome: row.outcome,
+        event_type: row.event_type,
+        detail: row.detail,
+    })
+}
+
+/// The delivery a snapshot arrived in.
+struct Arrival<'a> {
+    delivery_id: &'a str,
+    /// Its `deliveries.seq`.
+    delivery_seq: i64,
+    /// The transaction's change counter.
+    seq: i64,
+}
+
+struct DeliveryRow<'a> {
+    d: &'a Delivery,
+    seq: i64,
+    body_sha256: String,
+    event_type: Option<String>,
+    event_at: Option<String>,
+    object: Option<(Kind, String)>,
+    key: Option<String>,
+    outcome: Outcome,
+    detail: Option<String>,
+}
+
+impl DeliveryRow<'_> {
+    fn insert(&self, tx: &Connection) -> Result<()> {
+        let (kind, id) = match &self.object {
+            Some((k, i)) => (Some(k.as_str()), Some(i.as_str())),
+            None => (None, None),
+        };
+        tx.prepare_cached(
+            "INSERT INTO deliveries (seq, delivery_id, received_at, webhook_timestamp,
+                webhook_signature, body, event_type, event_at, object_kind, object_id,
+                version_key, outcome, detail, body_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?
+        .execute(params![
+            self.seq,
+            self.d.id,
+            format_timestamp(&self.d.received_at),
+            self.d.webhook_timestamp,
+            self.d.webhook_signature,
+            self.d.body,
+            self.event_type,
+            self.event_at,
+            kind,
+            id,
+            self.key,
+            self.outcome.as_str(),
+            self.detail,
+            self.body_sha256,
+        ])
+        .context("store the delivery")?;
+        Ok(())
+    }
+}
+
+/// An object's stored state row.
+struct Head {
+    state_key: VersionKey,
+    max_key: VersionKey,
+    since: Timestamp,
+    body: String,
+}
+
+pub(super) fn decode(key: &str) -> Result<VersionKey> {
+    decode_key(key).ok_or_else(|| StoreError::Corrupt(format!("version key {key:?}")))
+}
+
+fn load_head(tx: &Connection, kind: Kind, id: &str) -> Result<Option<Head>> {
+    let row: Option<(String, String, String, String)> = tx
+        .prepare_cached(
+            "SELECT state_key, max_key, since, body FROM objects WHERE kind = ?1 AND id = ?2",
+        )?
+        .query_row(params![kind.as_str(), id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .context("load the object")?;
+    row.map(|(state_key, max_key, since, body)| {
+        Ok(Head {
+            state_key: decode(&state_key)?,
+            max_key: decode(&max_key)?,
+            since: parse_timestamp(&since)
+                .ok_or_else(|| StoreError::Corrupt(format!("since {since:?}")))?,
+            body,
+        })
+    })
+    .transpose()
+}
+
+fn current_of<T: Stored>(head: &Head) -> Result<Current<T>> {
+    let body: T = serde_json::from_str(&head.body)
+        .map_err(|e| StoreError::Corrupt(format!("{} state: {e}", T::KIND)))?;
+    Ok(Current {
+        snap: Snap {
+            body,
+            key: head.state_key,
+        },
+        since: head.since,
+    })
+}
+
+/// Folds one new snapshot into its object, as the planner says. Returns (outcome,
+/// encoded key, detail).
+fn apply_snapshot<T: Stored>(
+    tx: &Connection,
+    event: event::Event,
+    at: &Arrival<'_>,
+) -> Result<(Outcome, String, Option<String>)> {
+    let snap =
+        T::from_event(event).ok_or_else(|| StoreError::Corrupt("event family mismatch".into()))?;
+    let id = snap.body.object_id().to_string();
+    let key = snap.key.encode();
+    let head = load_head(tx, T::KIND, &id)?;
+    let mut known = None;
+    let place = plan::place(head.as_ref().map(|h| &h.max_key), &snap.key, || {
+        let found = load_step(tx, T::KIND, &id, &key);
+        let is_known = matches!(found, Ok(Some(_)));
+        known = Some(found);
+        is_known
+    });
+    match place {
+        Place::Newest => {
+            let current = head.as_ref().map(current_of::<T>).transpose()?;
+            let append = plan::append(current.as_ref(), &snap, at.delivery_id);
+            write_step_keyed(tx, T::KIND, &id, &append.step, &key, at.delivery_seq)?;
+            match &append.state {
+                Some(state) => {
+                    upsert_object_keyed(tx, &id, state, &key, &key, at.delivery_id, at.seq)?;
+                }
+                None => {
+                    tx.prepare_cached(
+                        "UPDATE objects SET max_key = ?3 WHERE kind = ?1 AND id = ?2",
+                    )?
+                    .execute(params![T::KIND.as_str(), id, key])
+                    .context("move the newest key")?;
+                }
+            }
+            let detail = append.step.rejection().map(Rejection::message);
+            Ok((append.outcome, key, detail))
+        }
+        Place::Known => {
+            let Some(Ok(Some((stored, _)))) = known else {
+                return Err(StoreError::Corrupt(format!("history of {} {id}", T::KIND)));
+            };
+            if let Some(rep) = plan::representative(&stored, at.delivery_id) {
+                tx.prepare_cached(
+                    "UPDATE history SET delivery_id = ?4, delivery_seq = ?5
+                      WHERE kind = ?1 AND object_id = ?2 AND version_key = ?3",
+                )?
+                .execute(params![T::KIND.as_str(), id, key, rep, at.delivery_seq])
+                .context("update the representative delivery")?;
+                tx.prepare_cached(
+                    "UPDATE objects SET delivery_id = ?3 WHERE kind = ?1 AND id = ?2 AND state_key = ?4",
+                )?
+                .execute(params![T::KIND.as_str(), id, rep, key])
+                .context("update the representative delivery")?;
+            }
+            Ok((Outcome::Duplicate, key, None))
+        }
+        Place::Within => {
+            let head = head.ok_or_else(|| StoreError::Corrupt("history without state".into()))?;
+            let new = (&snap, at.delivery_id, at.delivery_seq);
+            let outcome = refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
+            let detail = match outcome {
+                Outcome::Rejected => load_step(tx, T::KIND, &id, &key)?
+                    .and_then(|(s, _)| s.rejection().map(Rejection::message)),
+                _ => None,
+            };
+            Ok((outcome, key, detail))
+        }
+    }
+}
+
+/// `accept`: re-folds the object from the first newly accepted key.
+fn accept_keys<T: Stored>(tx: &Connection, id: &str, keys: &[VersionKey], seq: i64) -> Result<()> {
+    let head = load_head(tx, T::KIND, id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("no state for {} {id}", T::KIND)))?;
+    let Some(from) = keys.iter().min() else {
+        return Ok(());
+    };
+    refold::<T>(tx, id, &head, *from, None, keys, seq)?;
+    Ok(())
+}
+
+/// Re-folds an object from key `from`: with the new snapshot `new` inserted there, or
+/// (for `accept`) with the steps of `accept` now accepted. Reads the stored steps after
+/// it only until the fold meets them again, writes what changed, and returns the outcome
+/// for `new`.
+fn refold<T: Stored>(
+    tx: &Connection,
+    id: &str,
+    head: &Head,
+    from: VersionKey,
+    new: Option<(&Snap<T>, &str, i64)>,
+    accept: &[VersionKey],
+    seq: i64,
+) -> Result<Outcome> {
+    let kind = T::KIND;
+    let before = state_before::<T>(tx, id, &from)?;
+    // The state each stored step met, as stored: followed along the old history.
+    let mut stored_state = before.as_ref().map(|c| c.snap.key);
+    let mut refold = Refold::new(before);
+    // Where each fed step's representative delivery is.
+    let mut delivery_seqs: HashMap<VersionKey, i64> = HashMap::new();
+    let mut after = from.encode();
+    let mut inclusive = true;
+    if let Some((snap, delivery_id, delivery_seq)) = new {
+        refold.feed(snap, delivery_id, None, false);
+        delivery_seqs.insert(snap.key, delivery_seq);
+        inclusive = false;
+    }
+    'read: loop {
+        let rows = load_steps_from(tx, kind, id, &after, inclusive, REFOLD_CHUNK)?;
+        let n = rows.len();
+        for (mut stored, delivery_seq) in rows {
+            if !stored.is_rejected() {
+                stored_state = Some(stored.key);
+            }
+            stored.state = stored_state.unwrap_or(stored.key);
+            let snap = load_snap::<T>(tx, delivery_seq)?;
+            let accepted = stored.accepted || accept.contains(&stored.key);
+            if refold.feed(&snap, &stored.delivery_id, Some(&stored), accepted) == Flow::Converged {
+                break 'read;
+            }
+            delivery_seqs.insert(stored.key, delivery_seq);
+            after = stored.key.encode();
+        }
+        if n < REFOLD_CHUNK {
+            break;
+        }
+        inclusive = false;
+    }
+    let planned = refold.finish(Some(&head.state_key));
+    for step in &planned.writes {
+        let delivery_seq = delivery_seqs.get(&step.key).copied().unwrap_or_default();
+        write_step(tx, kind, id, step, delivery_seq)?;
+    }
+    let since = match planned.since(head.since) {
+        Some(since) => Some(since),
+        None => since_of(tx, kind, id)?,
+    };
+    match planned.state {
+        Some(mut state) => {
+            state.since = since.unwrap_or(state.snap.key.at);
+            let delivery_id = representative_of(tx, kind, id, &state.snap.key)?;
+            upsert_object(tx, id, &state, &head.max_key, &delivery_id, seq)?;
+        }
+        None if since.is_some_and(|s| s != head.since) => {
+            tx.prepare_cached(
+                "UPDATE objects SET since = ?3, seq = ?4 WHERE kind = ?1 AND id = ?2",
+            )?
+            .execute(params![
+                kind.as_str(),
+                id,
+                since.map(|s| format_timestamp(&s)),
+                seq
+            ])
+            .context("move since")?;
+        }
+        None => {}
+    }
+    Ok(planned.outcome)
+}
+
+/// The state just before key `key`: the snapshot of the last applied step before it.
+fn state_before<T: Stored>(
+    tx: &Connection,
+    id: &str,
+    key: &VersionKey,
+) -> Result<Option<Current<T>>> {
+    let delivery_seq: Option<i64> = tx
+        .prepare_cached(
+            "SELECT delivery_seq FROM history
+              WHERE kind = ?1 AND object_id = ?2 AND version_key < ?3 AND code IS NULL
+              ORDER BY version_key DESC LIMIT 1",
+        )?
+        .query_row(params![T::KIND.as_str(), id, key.encode()], |r| r.get(0))
+        .optional()
+        .context("load the state before")?;
+    let Some(delivery_seq) = delivery_seq else {
+        return Ok(None);
+    };
+    let snap = load_snap::<T>(tx, delivery_seq)?;
+    // `since` does not steer the fold; the store recomputes it from `starts_run`.
+    let since = snap.key.at;
+    Ok(Some(Current { snap, since }))
+}
+
+/// The snapshot of a stored delivery, parsed again from its raw bytes.
+fn load_snap<T: Stored>(tx: &Connection, delivery_seq: i64) -> Result<Snap<T>> {
+    let body: Vec<u8> = tx
+        .prepare_cached("SELECT body FROM deliveries WHERE seq = ?1")?
+        .query_row([delivery_seq], |r| r.get(0))
+        .context("load a stored delivery")?;
+    event::parse(&body)
+        .ok()
+        .and_then(|env| T::from_event(env.event))
+        .ok_or_else(|| StoreError::Corrupt(format!("delivery #{delivery_seq} no longer parses")))
+}
+
+pub(super) fn upsert_object<T: Stored>(
+    tx: &Connection,
+    id: &str,
+    state: &Current<T>,
+    max_key: &VersionKey,
+    delivery_id: &str,
+    seq: i64,
+) -> Result<()> {
+    let (state_key, max_key) = (state.snap.key.encode(), max_key.encode());
+    upsert_object_keyed(tx, id, state, &state_key, &max_key, delivery_id, seq)
+}
+
+/// [`upsert_object`] with the state's and the newest key already encoded.
+fn upsert_object_keyed<T: Stored>(
+    tx: &Connection,
+    id: &str,
+    state: &Current<T>,
+    state_key: &str,
+    max_key: &str,
+    delivery_id: &str,
+    seq: i64,
+) -> Result<()> {
+    let body = serde_json::to_string(&state.snap.body)
+        .map_err(|e| StoreError::Corrupt(format!("encode {}: {e}", T::KIND)))?;
+    tx.prepare_cached(
+        "INSERT INTO objects (kind, id, customer_id, ref_id, status, as_of, since, state_key,
+                              max_key, delivery_id, body, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (kind, id) DO UPDATE SET customer_id = excluded.customer_id,
+             ref_id = excluded.ref_id, status = excluded.status, as_of = excluded.as_of,
+             since = excluded.since, state_key = excluded.state_key, max_key = excluded.max_key,
+             delivery_id = excluded.delivery_id, body = excluded.body, seq = excluded.seq",
+    )?
+    .execute(params![
+        T::KIND.as_str(),
+        id,
+        state.snap.body.customer_id(),
+        state.snap.body.ref_id(),
+        state.snap.body.status_name(),
+        format_timestamp(&state.snap.key.at),
+        format_timestamp(&state.since),
+        state_key,
+        max_key,
+        delivery_id,
+        body,
+        seq,
+    ])
+    .context("write the object")?;
+    Ok(())
+}
