@@ -1,9 +1,13 @@
-//! Property tests of the pure core: parse -> fold/step -> outcome -> access.
+//! Property tests of the engine and its pure core: parse -> fold/step -> outcome -> access.
 //!
 //! 1. A model-based test (proptest-state-machine): a naive reference model
-//!    ([`crate::support::model`]) against the real `event::parse`, `fold::fold`,
-//!    `fold::step`, `fold::outcome` and `access::decide`, over deliveries of every kind,
-//!    redeliveries, out-of-order deliveries, clock advances and operator accepts.
+//!    ([`crate::support::model`], written from PRODUCT.md §3, §4 and §6) against the real
+//!    [`Engine`] on a real store ([`Backend`]; SQLite here): grant snapshots of every
+//!    status and revocation reason, subscriptions of every status, payments and refunds,
+//!    retries (same webhook id and bytes), replays (a new id), retries carrying a newer
+//!    payload, out-of-order deliveries, operator accepts, rebuilds, reopening the store
+//!    and clock advances, checking outcomes, the quarantine, listings and every access
+//!    answer (default policy and an on_hold grace) after every transition.
 //! 2. Plain properties over realistic lifecycles ([`crate::support::grant_lifecycles`]):
 //!    convergence under any permutation with duplicates, idempotence, rejected snapshots
 //!    changing nothing, sticky manual revocations, restorations, subscriptions, outcomes,
@@ -86,7 +90,16 @@ impl Backend for Sqlite {
 /// share a pair (access is an OR); `grant_1` belongs to a subscription (whose payment's
 /// refunds must not deny it), `grant_2` to a one-time purchase (a full refund denies it),
 /// `grant_4` to nothing (license keys only).
-const GRANTS: [(&str, &str, &str, Option<&str>, Option<&str>); 4] = [
+/// (grant id, customer, entitlement, subscription, payment).
+type GrantRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+const GRANTS: [GrantRow; 4] = [
     (
         "grant_1",
         "cus_a",
@@ -175,24 +188,21 @@ pub enum Expect {
 }
 
 /// The model's world: every stored delivery, the operator's accepts, the clock.
-///
-/// `ALL`: every sequence. Without it, sequences that run into the known bugs of retries
-/// under one webhook id (see [`World::hits_known_bug`]) are not generated, so that the
-/// suite passes and still catches everything else.
 #[derive(Clone, Debug)]
-pub struct World<const ALL: bool> {
+pub struct World {
     now: Timestamp,
     /// Every stored delivery (unique by webhook id and body), in arrival order.
     deliveries: Vec<Stored>,
     /// Keys of the snapshots an operator accepted.
     forced: BTreeSet<MKey>,
-    /// Webhook ids an operator named in `accept`.
-    accepted_ids: BTreeSet<String>,
     /// Counter for fresh webhook ids.
     next_id: u32,
     /// What the last transition should report.
     expected: Expect,
 }
+
+/// A rejected snapshot: (object kind, object id, key).
+type RejectedSnap = (&'static str, String, MKey);
 
 /// Every object's fold, keyed by (kind, id).
 struct Folds {
@@ -204,11 +214,8 @@ struct Folds {
 
 impl Folds {
     /// (kind, id, key) of every rejected snapshot.
-    fn rejected(&self) -> Vec<(&'static str, String, MKey)> {
-        fn of<S>(
-            kind: &'static str,
-            m: &BTreeMap<String, model::Fold<S>>,
-        ) -> Vec<(&'static str, String, MKey)> {
+    fn rejected(&self) -> Vec<RejectedSnap> {
+        fn of<S>(kind: &'static str, m: &BTreeMap<String, model::Fold<S>>) -> Vec<RejectedSnap> {
             m.iter()
                 .flat_map(|(id, f)| f.rejected.iter().map(move |k| (kind, id.clone(), *k)))
                 .collect()
@@ -252,14 +259,13 @@ impl Folds {
     }
 }
 
-impl<const ALL: bool> World<ALL> {
+impl World {
     /// Nothing delivered yet, at [`t0`].
-    fn empty() -> World<ALL> {
+    fn empty() -> World {
         World {
             now: t0(),
             deliveries: Vec::new(),
             forced: BTreeSet::new(),
-            accepted_ids: BTreeSet::new(),
             next_id: 0,
             expected: Expect::Nothing,
         }
@@ -337,11 +343,11 @@ impl<const ALL: bool> World<ALL> {
     }
 
     /// Webhook ids that carry exactly one currently rejected snapshot, with its key.
-    fn acceptable(&self) -> BTreeMap<String, ((&'static str, String), MKey)> {
-        let mut by_id: BTreeMap<String, Vec<((&'static str, String), MKey)>> = BTreeMap::new();
+    fn acceptable(&self) -> BTreeMap<String, RejectedSnap> {
+        let mut by_id: BTreeMap<String, Vec<RejectedSnap>> = BTreeMap::new();
         for (kind, id, key) in self.folds().rejected() {
             for w in self.carriers(kind, &id, &key) {
-                by_id.entry(w).or_default().push(((kind, id.clone()), key));
+                by_id.entry(w).or_default().push((kind, id.clone(), key));
             }
         }
         by_id
@@ -349,33 +355,6 @@ impl<const ALL: bool> World<ALL> {
             .filter(|(_, v)| v.len() == 1)
             .map(|(w, mut v)| (w, v.remove(0)))
             .collect()
-    }
-
-    /// The known bugs of the current store, all about one webhook id carrying several
-    /// bodies (Dodo retries a webhook id with the latest payload):
-    ///
-    /// 1. `overrides` is keyed by webhook id alone, so a later body under an accepted id
-    ///    is forced too, but only by a re-fold (an out-of-order delivery to the object,
-    ///    or a rebuild): live and rebuild disagree. PRODUCT.md: "accept is recorded per
-    ///    (delivery id, body hash)".
-    /// 2. `quarantine` is keyed by webhook id alone: two rejected snapshots carried by
-    ///    one id keep only one quarantine row.
-    fn hits_known_bug(&self) -> bool {
-        let mut bodies: BTreeMap<&str, usize> = BTreeMap::new();
-        for d in &self.deliveries {
-            *bodies.entry(&d.webhook_id).or_default() += 1;
-        }
-        let retried_after_accept = self
-            .accepted_ids
-            .iter()
-            .any(|w| bodies.get(w.as_str()).copied().unwrap_or(0) > 1);
-        let mut rejected_per_id: BTreeMap<String, usize> = BTreeMap::new();
-        for (kind, id, key) in self.folds().rejected() {
-            for w in self.carriers(kind, &id, &key) {
-                *rejected_per_id.entry(w).or_default() += 1;
-            }
-        }
-        retried_after_accept || rejected_per_id.values().any(|&n| n > 1)
     }
 
     /// The newest version instant of anything delivered (where new snapshots start).
@@ -588,15 +567,15 @@ fn snapshot_like(of: &Snapshot, base: Timestamp) -> BoxedStrategy<Snapshot> {
     }
 }
 
-impl<const ALL: bool> ReferenceStateMachine for World<ALL> {
-    type State = World<ALL>;
+impl ReferenceStateMachine for World {
+    type State = World;
     type Transition = Tr;
 
-    fn init_state() -> BoxedStrategy<World<ALL>> {
+    fn init_state() -> BoxedStrategy<World> {
         Just(World::empty()).boxed()
     }
 
-    fn transitions(state: &World<ALL>) -> BoxedStrategy<Tr> {
+    fn transitions(state: &World) -> BoxedStrategy<Tr> {
         let base = state.newest();
         let fresh = format!("wh_{}", state.next_id);
         let deliver = |webhook_id: String, snap: Snapshot| Tr::Deliver {
@@ -665,15 +644,15 @@ impl<const ALL: bool> ReferenceStateMachine for World<ALL> {
         prop::strategy::Union::new_weighted(options).boxed()
     }
 
-    fn preconditions(state: &World<ALL>, tr: &Tr) -> bool {
+    fn preconditions(state: &World, tr: &Tr) -> bool {
         let valid = match tr {
             Tr::Accept { webhook_id } => state.acceptable().contains_key(webhook_id),
             _ => true,
         };
-        valid && (ALL || !Self::apply(state.clone(), tr).hits_known_bug())
+        valid
     }
 
-    fn apply(mut state: World<ALL>, tr: &Tr) -> World<ALL> {
+    fn apply(mut state: World, tr: &Tr) -> World {
         state.expected = Expect::Nothing;
         state.next_id += 1;
         match tr {
@@ -700,9 +679,8 @@ impl<const ALL: bool> ReferenceStateMachine for World<ALL> {
                 };
             }
             Tr::Accept { webhook_id } => {
-                if let Some(((kind, id), key)) = state.acceptable().remove(webhook_id) {
+                if let Some((kind, id, key)) = state.acceptable().remove(webhook_id) {
                     state.forced.insert(key);
-                    state.accepted_ids.insert(webhook_id.clone());
                     state.expected = Expect::Accepted(kind, id);
                 }
             }
@@ -714,14 +692,14 @@ impl<const ALL: bool> ReferenceStateMachine for World<ALL> {
 }
 
 /// The system under test: the real [`Engine`] on a store of backend `B`.
-pub struct Sut<B, const ALL: bool> {
+pub struct Sut<B> {
     dir: tempfile::TempDir,
     engine: Option<Engine>,
     last: Expect,
     backend: PhantomData<B>,
 }
 
-impl<B: Backend, const ALL: bool> Sut<B, ALL> {
+impl<B: Backend> Sut<B> {
     fn engine(&self) -> &Engine {
         self.engine.as_ref().expect("an open engine")
     }
@@ -741,11 +719,11 @@ fn model_answer(a: &entitlement_sync::access::Access) -> model::ModelAccess {
     }
 }
 
-impl<B: Backend, const ALL: bool> StateMachineTest for Sut<B, ALL> {
-    type SystemUnderTest = Sut<B, ALL>;
-    type Reference = World<ALL>;
+impl<B: Backend> StateMachineTest for Sut<B> {
+    type SystemUnderTest = Sut<B>;
+    type Reference = World;
 
-    fn init_test(_: &World<ALL>) -> Sut<B, ALL> {
+    fn init_test(_: &World) -> Sut<B> {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = B::open(dir.path());
         assert_eq!(
@@ -761,7 +739,7 @@ impl<B: Backend, const ALL: bool> StateMachineTest for Sut<B, ALL> {
         }
     }
 
-    fn apply(mut sut: Sut<B, ALL>, world: &World<ALL>, tr: Tr) -> Sut<B, ALL> {
+    fn apply(mut sut: Sut<B>, world: &World, tr: Tr) -> Sut<B> {
         sut.last = Expect::Nothing;
         match tr {
             Tr::Deliver { webhook_id, snap } => {
@@ -788,7 +766,7 @@ impl<B: Backend, const ALL: bool> StateMachineTest for Sut<B, ALL> {
         sut
     }
 
-    fn check_invariants(sut: &Sut<B, ALL>, world: &World<ALL>) {
+    fn check_invariants(sut: &Sut<B>, world: &World) {
         let engine = sut.engine();
         assert_eq!(
             sut.last, world.expected,
@@ -935,13 +913,8 @@ impl<B: Backend, const ALL: bool> StateMachineTest for Sut<B, ALL> {
 }
 
 /// Runs one sequence of transitions through the model test on SQLite.
-fn replay<const ALL: bool>(transitions: Vec<Tr>) {
-    <Sut<Sqlite, ALL> as StateMachineTest>::test_sequential(
-        config(),
-        World::<ALL>::empty(),
-        transitions,
-        None,
-    );
+fn replay(transitions: Vec<Tr>) {
+    <Sut<Sqlite> as StateMachineTest>::test_sequential(config(), World::empty(), transitions, None);
 }
 
 /// A delivery of `grant_2` (one-time purchase) in `status` at `t0 + minutes`.
@@ -965,7 +938,7 @@ fn grant_2(webhook_id: &str, status: St, minutes: i64, reason: Option<&str>) -> 
 /// a replay, an older snapshot (re-fold), a rebuild and a reopen.
 #[test]
 fn model_example_accept_then_newer_snapshots_under_new_ids() {
-    replay::<false>(vec![
+    replay(vec![
         grant_2("wh_1", St::Revoked, 0, Some("manual")),
         grant_2("wh_2", St::Delivered, 1, None),
         Tr::Accept {
@@ -980,15 +953,13 @@ fn model_example_accept_then_newer_snapshots_under_new_ids() {
     ]);
 }
 
-/// Was bug 1 (fixed by the history store, issue 8) (live != rebuild): `overrides` is keyed by webhook id alone. The operator
-/// accepts `wh_2` (a restoration after `manual`); Dodo then retries `wh_2` with a newer
-/// payload (`pending`, illegal after `delivered`). Live, the retry takes the fast path,
-/// unforced: rejected, as the model says (an accept is recorded per delivery id and body
-/// hash). A rebuild forces every body of `wh_2`: the grant becomes `pending` and the
-/// quarantine empties.
+/// Overrides are recorded per (webhook id, body hash): the operator accepts `wh_2` (a
+/// restoration after `manual`); Dodo then retries `wh_2` with a newer payload (`pending`,
+/// illegal after `delivered`). It is rejected, live and after a rebuild alike. (Before
+/// overrides named the body, a rebuild forced every body of `wh_2`: live != rebuild.)
 #[test]
-fn was_bug_a_retry_under_an_accepted_webhook_id_is_forced_by_a_rebuild() {
-    replay::<true>(vec![
+fn a_retry_under_an_accepted_webhook_id_is_not_forced() {
+    replay(vec![
         grant_2("wh_1", St::Revoked, 0, Some("manual")),
         grant_2("wh_2", St::Delivered, 1, None),
         Tr::Accept {
@@ -996,25 +967,26 @@ fn was_bug_a_retry_under_an_accepted_webhook_id_is_forced_by_a_rebuild() {
         },
         grant_2("wh_2", St::Pending, 2, None),
         Tr::Rebuild,
+        Tr::Reopen,
     ]);
 }
 
-/// Known bug 2: `quarantine` is keyed by webhook id alone. Two rejected snapshots carried
-/// by one webhook id (a restoration after `manual`, then its retry with a newer payload)
-/// keep one quarantine row: the operator never sees the other.
+/// Two rejected snapshots carried by one webhook id (a restoration after `manual`, then
+/// its retry with a newer payload) are both in the quarantine. (When the quarantine was
+/// keyed by webhook id alone, one of them was lost.)
 #[test]
-fn was_bug_two_rejected_payloads_under_one_webhook_id_keep_one_quarantine_row() {
-    replay::<true>(vec![
+fn two_rejected_payloads_under_one_webhook_id_are_both_quarantined() {
+    replay(vec![
         grant_2("wh_1", St::Revoked, 0, Some("manual")),
         grant_2("wh_2", St::Delivered, 1, None),
         grant_2("wh_2", St::Delivered, 2, None),
     ]);
 }
 
-/// Known bug 3: `rejected()` joins the quarantine to `deliveries` by webhook id alone, so
-/// a quarantined snapshot is listed once per body its webhook id carries.
+/// `rejected()` lists a quarantined snapshot once, however many bodies its webhook id
+/// carries.
 #[test]
-fn was_bug_rejected_lists_a_snapshot_once_per_body() {
+fn rejected_lists_a_snapshot_once_whatever_its_webhook_id_carries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Sqlite::open(dir.path());
     let active = subscription("sub_1", "active", t0()).body();
@@ -1034,11 +1006,9 @@ fn was_bug_rejected_lists_a_snapshot_once_per_body() {
 prop_state_machine! {
     #![proptest_config(config())]
 
-    /// The real engine on SQLite agrees with the naive model after every transition,
-    /// over every sequence (retries under accepted webhook ids included: the bugs of
-    /// [`World::hits_known_bug`] are fixed, issue 8).
+    /// The real engine on SQLite agrees with the naive model after every transition.
     #[test]
-    fn sqlite_engine_matches_the_naive_model(sequential 1..40 => Sut<Sqlite, true>);
+    fn sqlite_engine_matches_the_naive_model(sequential 1..48 => Sut<Sqlite>);
 }
 
 // =======================================================================================

@@ -4,6 +4,7 @@
 //! knob by knob, the "done when" story of issue 5, and the `customer` / `balance` /
 //! `check` / `deliveries` command-line contracts.
 
+use crate::support::model;
 use chrono::Duration;
 use entitlement_sync::access::Access;
 use entitlement_sync::event::{self, Event, RevocationReason};
@@ -1666,23 +1667,6 @@ const SUB_SPELLINGS: [&str; 12] = [
     "trialing",
 ];
 
-/// PRODUCT.md §4, naively: `pending` may move anywhere; `active`, `on_hold`, `paused`,
-/// `past_due` (and statuses we do not know) move among each other and to `cancelled` or
-/// `expired`; nothing returns to `pending`; `cancelled`, `failed`, `expired` are
-/// terminal; a same-status update is always fine.
-fn model_sub_legal(from: &str, to: &str) -> bool {
-    let terminal = |s: &str| matches!(s, "cancelled" | "failed" | "expired");
-    if from == to {
-        true
-    } else if terminal(from) || to == "pending" {
-        false
-    } else if from == "pending" {
-        true
-    } else {
-        to != "failed"
-    }
-}
-
 /// The naive model: sort by instant (all distinct here), apply what is legal.
 /// Returns the final status, the rejected snapshots and the status after each step.
 fn model_sub_fold(snaps: &[(Timestamp, String)]) -> (String, BTreeSet<usize>, Vec<String>) {
@@ -1694,7 +1678,7 @@ fn model_sub_fold(snaps: &[(Timestamp, String)]) -> (String, BTreeSet<usize>, Ve
     for i in order {
         let next = &snaps[i].1;
         match &state {
-            Some(cur) if !model_sub_legal(cur, next) => {
+            Some(cur) if !model::sub_status_legal(cur, next) => {
                 rejected.insert(i);
             }
             _ => state = Some(next.clone()),

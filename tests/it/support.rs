@@ -5,10 +5,6 @@
 //! Everything here describes snapshots the way a test thinks about them (a status, an
 //! instant, a reason as Dodo spells it) and renders them to the exact bytes Dodo would send,
 //! so the code under test always starts from `event::parse` of a body.
-//!
-//! Later modules (store, HTTP) reuse these helpers; not every helper is used by every
-//! module, hence the `dead_code` allowance.
-#![allow(dead_code)]
 
 pub mod model;
 
@@ -154,9 +150,6 @@ pub enum St {
 }
 
 impl St {
-    /// All four.
-    pub const ALL: [St; 4] = [St::Pending, St::Delivered, St::Failed, St::Revoked];
-
     /// The canonical (snake_case) name, as the access answer prints it.
     pub fn canonical(self) -> &'static str {
         match self {

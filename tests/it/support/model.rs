@@ -313,11 +313,10 @@ pub fn refund_is_full(r: &RefundSpec) -> bool {
 const BACKSTOP: [&str; 5] = ["on_hold", "paused", "cancelled", "expired", "failed"];
 
 /// The verdict on one grant: (allowed, reason, grace_until).
-fn judge(
-    f: &GrantFacts<'_>,
-    policy: ModelPolicy,
-    now: Timestamp,
-) -> (bool, Option<String>, Option<Timestamp>) {
+type Judgement = (bool, Option<String>, Option<Timestamp>);
+
+/// Judges one grant.
+fn judge(f: &GrantFacts<'_>, policy: ModelPolicy, now: Timestamp) -> Judgement {
     let g = f.grant;
     // The policy only uses facts newer than the grant's own version.
     let newer = |t: Timestamp| t > g.at;
@@ -381,7 +380,7 @@ fn judge(
 /// the revocation reason, the failure's `error_code`, `license_key_expired`, `refund`,
 /// `subscription_<status>`; none for pending; `no_grant` without grants.
 pub fn access(grants: &[GrantFacts<'_>], policy: ModelPolicy, now: Timestamp) -> ModelAccess {
-    let judged: Vec<(&GrantSpec, (bool, Option<String>, Option<Timestamp>))> = grants
+    let judged: Vec<(&GrantSpec, Judgement)> = grants
         .iter()
         .map(|f| (f.grant, judge(f, policy, now)))
         .collect();
@@ -443,10 +442,13 @@ pub fn sub_terminal(status: &str) -> bool {
 /// like the middle group (it may be followed by anything but `pending` and `failed`).
 /// The customer may not change.
 pub fn sub_legal(prev: &SubSpec, next: &SubSpec) -> bool {
-    if prev.customer_id != next.customer_id {
-        return false;
-    }
-    let (a, b) = (prev.status.canonical, next.status.canonical);
+    prev.customer_id == next.customer_id
+        && sub_status_legal(prev.status.canonical, next.status.canonical)
+}
+
+/// The status part of [`sub_legal`], on canonical status names: the one copy of the
+/// subscription table in the tests.
+pub fn sub_status_legal(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
@@ -461,19 +463,9 @@ pub fn sub_legal(prev: &SubSpec, next: &SubSpec) -> bool {
 pub fn fold_subscription<'a>(
     snaps: impl IntoIterator<Item = &'a SubSpec>,
 ) -> (Option<SubSpec>, BTreeSet<Timestamp>) {
-    let mut all: Vec<&SubSpec> = snaps.into_iter().collect();
-    all.sort_by_key(|s| s.at);
-    all.dedup_by(|a, b| a == b);
-    let mut state: Option<SubSpec> = None;
-    let mut rejected = BTreeSet::new();
-    for s in all {
-        match &state {
-            None => state = Some(s.clone()),
-            Some(prev) if sub_legal(prev, s) => state = Some(s.clone()),
-            Some(_) => {
-                rejected.insert(s.at);
-            }
-        }
-    }
-    (state, rejected)
+    let f = fold(snaps, &BTreeSet::new());
+    (
+        f.state.map(|(s, _, _)| s),
+        f.rejected.iter().map(|k| k.0).collect(),
+    )
 }
