@@ -645,11 +645,10 @@ impl ReferenceStateMachine for World {
     }
 
     fn preconditions(state: &World, tr: &Tr) -> bool {
-        let valid = match tr {
+        match tr {
             Tr::Accept { webhook_id } => state.acceptable().contains_key(webhook_id),
             _ => true,
-        };
-        valid
+        }
     }
 
     fn apply(mut state: World, tr: &Tr) -> World {
