@@ -104,7 +104,11 @@ fn answers(
                 .access_direct(c, e, *now, &policy)
                 .unwrap_or_else(|err| panic!("{stage}: access_direct({c:?}, {e:?}) failed: {err}"));
             assert_eq!(a, direct, "{stage}: access != access_direct");
-            assert_eq!(a.allowed, engine.has_access(c, e, *now), "{stage}: has_access");
+            assert_eq!(
+                a.allowed,
+                engine.has_access(c, e, *now),
+                "{stage}: has_access"
+            );
             access.push(a);
         }
     }
@@ -193,17 +197,28 @@ fn run(data: &[u8]) -> Result<()> {
         let rejected = engine.rejected().expect("rejected");
         if let Some(q) = rejected.first() {
             if let Err(err) = engine.accept(&q.delivery_id, b) {
-                panic!("accept({:?}) of a listed rejection failed: {err}", q.delivery_id);
+                panic!(
+                    "accept({:?}) of a listed rejection failed: {err}",
+                    q.delivery_id
+                );
             }
         }
     }
     let live = answers(&engine, &pairs, &customers, &nows, "live");
-    engine.rebuild().unwrap_or_else(|err| panic!("rebuild failed: {err}"));
+    engine
+        .rebuild()
+        .unwrap_or_else(|err| panic!("rebuild failed: {err}"));
     let rebuilt = answers(&engine, &pairs, &customers, &nows, "after rebuild");
     assert_eq!(live.grants, rebuilt.grants, "rebuild != live: grants");
-    assert_eq!(live.rejected, rebuilt.rejected, "rebuild != live: quarantine");
+    assert_eq!(
+        live.rejected, rebuilt.rejected,
+        "rebuild != live: quarantine"
+    );
     assert_eq!(live.access, rebuilt.access, "rebuild != live: access");
-    assert_eq!(live.customers, rebuilt.customers, "rebuild != live: customer views");
+    assert_eq!(
+        live.customers, rebuilt.customers,
+        "rebuild != live: customer views"
+    );
     let listed = engine.deliveries(None, None).expect("deliveries");
     drop(engine);
 

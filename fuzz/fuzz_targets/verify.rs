@@ -35,7 +35,11 @@ fuzz_target!(|input: Input<'_>| {
     let _ = Secret::parse(input.secret_text);
     let _ = Verifier::from_list(input.secret_text);
 
-    let key: &[u8] = if input.key.is_empty() { b"k" } else { input.key };
+    let key: &[u8] = if input.key.is_empty() {
+        b"k"
+    } else {
+        input.key
+    };
     let secret = Secret::from_bytes(key).expect("non-empty key");
     let verifier = Verifier::new(vec![secret.clone()]);
 

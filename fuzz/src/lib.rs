@@ -109,8 +109,23 @@ const DISPUTE_STATUSES: &[&str] = &[
 const LICENSE_KEY_STATUSES: &[&str] = &["active", "expired", "disabled", "Active"];
 const TRANSACTION_TYPES: &[&str] = &["credit_added", "credit_deducted", "manual_adjustment"];
 const SCI: &[&str] = &[
-    "1e30", "-1E-5", "1e400", "1e-400", "1e28", "7.9e28", "-0", "0.0000", "1_000", "+5",
-    ".5", "5.", "NaN", "inf", " 12 ", "0x10", "1e9999999999",
+    "1e30",
+    "-1E-5",
+    "1e400",
+    "1e-400",
+    "1e28",
+    "7.9e28",
+    "-0",
+    "0.0000",
+    "1_000",
+    "+5",
+    ".5",
+    "5.",
+    "NaN",
+    "inf",
+    " 12 ",
+    "0x10",
+    "1e9999999999",
 ];
 
 /// The family of a generated envelope.
@@ -181,7 +196,16 @@ pub fn timestamp(u: &mut Unstructured<'_>) -> Result<String> {
             let second = u.int_in_range(0u8..=60)?;
             let frac = pick(
                 u,
-                &["", "", ".250", ".123456", ".1", ".000", ".999999999", ".0000000001"],
+                &[
+                    "",
+                    "",
+                    ".250",
+                    ".123456",
+                    ".1",
+                    ".000",
+                    ".999999999",
+                    ".0000000001",
+                ],
             )?;
             let sep = pick(u, &["T", "T", "T", "t", " "])?;
             let offset = match u.int_in_range(0u8..=9)? {
@@ -194,7 +218,9 @@ pub fn timestamp(u: &mut Unstructured<'_>) -> Result<String> {
                     format!("{sign}{hh:02}:{mm}")
                 }
             };
-            format!("{year}-{month:02}-{day:02}{sep}{hour:02}:{minute:02}:{second:02}{frac}{offset}")
+            format!(
+                "{year}-{month:02}-{day:02}{sep}{hour:02}:{minute:02}:{second:02}{frac}{offset}"
+            )
         }
     })
 }
@@ -585,9 +611,15 @@ pub fn envelope(u: &mut Unstructured<'_>) -> Result<Value> {
         .filter(|t| match family {
             Family::CreditEntry => t.starts_with("credit.") && *t != "credit.balance_low",
             Family::Unhandled => {
-                !["entitlement_grant.", "subscription.", "payment.", "refund.", "dispute."]
-                    .iter()
-                    .any(|p| t.starts_with(p))
+                ![
+                    "entitlement_grant.",
+                    "subscription.",
+                    "payment.",
+                    "refund.",
+                    "dispute.",
+                ]
+                .iter()
+                .any(|p| t.starts_with(p))
                     && !t.starts_with("license_key.")
                     && !t.starts_with("credit.")
             }
@@ -607,7 +639,14 @@ pub fn envelope(u: &mut Unstructured<'_>) -> Result<Value> {
     if o.u.ratio(1u8, 4)? {
         let pt = pick(
             o.u,
-            &["EntitlementGrant", "Subscription", "Payment", "Refund", "Dispute", "LicenseKey"],
+            &[
+                "EntitlementGrant",
+                "Subscription",
+                "Payment",
+                "Refund",
+                "Dispute",
+                "LicenseKey",
+            ],
         )?;
         if let Some(Value::Object(d)) = o.map.get_mut("data") {
             d.insert("payload_type".into(), Value::from(pt));
