@@ -5,6 +5,7 @@
 mod core;
 mod families;
 mod fixtures;
+mod fuzz_regressions;
 mod http;
 mod store;
 mod support;
