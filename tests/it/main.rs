@@ -6,6 +6,7 @@ mod cli;
 mod core;
 mod families;
 mod fixtures;
+mod fuzz_regressions;
 mod hardening;
 mod http;
 mod store;
