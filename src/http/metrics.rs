@@ -133,6 +133,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What the store and the server say at scrape time.
 pub(crate) struct Snapshot<'a> {
     pub quarantined: Option<u64>,
+    /// Rows the access index skipped because they do not decode.
+    pub bad_rows: u64,
     pub grants: Option<u64>,
     /// Deliveries waiting for their commit, and the bound.
     pub pending: u64,
@@ -344,6 +346,13 @@ impl Metrics {
             );
             let _ = writeln!(w, "entsync_quarantine_size {q}");
         }
+        header(
+            w,
+            "entsync_index_bad_rows_total",
+            "counter",
+            "Object rows the access index skipped because they do not decode (named in the log and by /healthz); every other answer stays right.",
+        );
+        let _ = writeln!(w, "entsync_index_bad_rows_total {}", snap.bad_rows);
         if let Some(g) = snap.grants {
             header(
                 w,
@@ -488,6 +497,7 @@ mod tests {
         let conns = ConnStats::default();
         let text = m.render(&Snapshot {
             quarantined: Some(3),
+            bad_rows: 1,
             grants: None,
             pending: 2,
             max_pending: 10,
@@ -509,6 +519,7 @@ mod tests {
             "entsync_http_request_duration_seconds_count{route=\"/webhooks/dodo\"} 2",
             "entsync_http_responses_total{route=\"/webhooks/dodo\",code=\"401\"} 1",
             "entsync_quarantine_size 3",
+            "entsync_index_bad_rows_total 1",
             "entsync_newest_applied_event_timestamp_seconds 1000",
             "entsync_newest_applied_event_age_seconds 10",
         ] {

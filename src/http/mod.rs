@@ -519,13 +519,21 @@ async fn webhook(State(s): State<Arc<Shared>>, request: Request) -> Response {
         }
         Err(e) => {
             s.metrics.store_failure();
+            let retryable = e.is_retryable();
             tracing::error!(
                 webhook_id = %id,
-                retryable = e.is_retryable(),
+                retryable,
                 error = %e,
-                "delivery not stored; answering 503 so that the sender retries"
+                "delivery not stored; answering 5xx so that the sender retries"
             );
-            store_unavailable()
+            if retryable {
+                // Busy, I/O, full disk, a restarting writer: it may pass in a moment.
+                store_unavailable()
+            } else {
+                // Corruption or a bug: Dodo still retries any 5xx, but no Retry-After
+                // promise, and operators see a 500 rather than a transient 503.
+                error(StatusCode::INTERNAL_SERVER_ERROR, "store_error")
+            }
         }
     }
 }
@@ -792,6 +800,7 @@ async fn metrics_text(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respo
     let now = chrono::Utc::now();
     let text = s.metrics.render(&Snapshot {
         quarantined,
+        bad_rows: s.engine.bad_rows().count,
         grants: Some(grants),
         pending: s.max_pending.saturating_sub(s.pending.available_permits()) as u64,
         max_pending: s.max_pending as u64,
