@@ -401,6 +401,10 @@ fn apply_snapshot<T: Stored>(
             Ok((Outcome::Duplicate, key, None))
         }
         Place::Within => {
+            // The lookup that placed it must not have failed: an error is not "unknown".
+            if let Some(Err(e)) = known {
+                return Err(e);
+            }
             let head = head.ok_or_else(|| StoreError::Corrupt("history without state".into()))?;
             let new = (&snap, at.delivery_id, at.delivery_seq);
             let outcome = refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
