@@ -466,7 +466,7 @@ pub fn rebuild(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
     let engine = open_existing(db, Policy::default())?;
     let started = std::time::Instant::now();
     let stats = engine
-        .rebuild()
+        .rebuild(chrono::Utc::now())
         .map_err(CliError::store("cannot rebuild"))?;
     if args.json {
         print_json(&stats)?;

@@ -752,7 +752,7 @@ impl<B: Backend> StateMachineTest for Sut<B> {
                 sut.last = Expect::Accepted(kind, id);
             }
             Tr::Rebuild => {
-                let stats = sut.engine().rebuild().expect("rebuild");
+                let stats = sut.engine().rebuild(chrono::Utc::now()).expect("rebuild");
                 assert_eq!(stats.deliveries, world.deliveries.len() as u64, "{stats:?}");
                 assert_eq!(stats.malformed, 0, "{stats:?}");
             }
