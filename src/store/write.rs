@@ -120,16 +120,14 @@ impl Writer {
         let policy = fixed.or(stored.clone()).unwrap_or_default();
         let mut feed = Feed::start(&tx, policy, now)?;
         let at = feed.tick(now);
-        if wanted.is_some() || stored.is_none() {
-            if stored.as_ref() != Some(&feed.policy) {
-                feed::store_policy(&tx, &feed.policy)?;
-                if stored.is_some() {
-                    let cause = Cause::Operator {
-                        delivery_id: None,
-                        detail: "policy_changed".into(),
-                    };
-                    feed::evaluate_all(&tx, &feed.policy, at, &cause)?;
-                }
+        if (wanted.is_some() || stored.is_none()) && stored.as_ref() != Some(&feed.policy) {
+            feed::store_policy(&tx, &feed.policy)?;
+            if stored.is_some() {
+                let cause = Cause::Operator {
+                    delivery_id: None,
+                    detail: "policy_changed".into(),
+                };
+                feed::evaluate_all(&tx, &feed.policy, at, &cause)?;
             }
         }
         if feed::needs_evaluation(&tx)? {
