@@ -130,7 +130,12 @@ pub async fn run(
 }
 
 /// Posts one change until a 2xx.
-async fn deliver(client: &reqwest::Client, forward: &Forward, change: &Change, stats: &ForwardStats) {
+async fn deliver(
+    client: &reqwest::Client,
+    forward: &Forward,
+    change: &Change,
+    stats: &ForwardStats,
+) {
     let id = format!("chg_{}", change.seq);
     let body = match body(change) {
         Ok(body) => body,

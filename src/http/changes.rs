@@ -248,7 +248,10 @@ mod tests {
     #[test]
     fn a_query_is_validated_and_capped() {
         let page = q(None, None, None).parse().unwrap();
-        assert_eq!((page.after, page.limit, page.wait), (0, 100, Duration::ZERO));
+        assert_eq!(
+            (page.after, page.limit, page.wait),
+            (0, 100, Duration::ZERO)
+        );
         let page = q(Some("42"), Some("5000"), Some("999")).parse().unwrap();
         assert_eq!((page.after, page.limit), (42, MAX_LIMIT));
         assert_eq!(page.wait, Duration::from_secs(300));
@@ -276,6 +279,9 @@ mod tests {
         assert_eq!(stream_start(&headers, &query), Ok(7));
         headers.insert("last-event-id", "seven".parse().unwrap());
         assert!(stream_start(&headers, &query).is_err());
-        assert_eq!(stream_start(&HeaderMap::new(), &StreamQuery::default()), Ok(0));
+        assert_eq!(
+            stream_start(&HeaderMap::new(), &StreamQuery::default()),
+            Ok(0)
+        );
     }
 }

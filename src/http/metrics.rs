@@ -471,14 +471,22 @@ fn render_forward(w: &mut String, f: &ForwardStats, last: Option<i64>, now_unix:
         "counter",
         "Access changes the forward receiver acknowledged since start.",
     );
-    let _ = writeln!(w, "entsync_forward_delivered_total {}", f.delivered.load(Relaxed));
+    let _ = writeln!(
+        w,
+        "entsync_forward_delivered_total {}",
+        f.delivered.load(Relaxed)
+    );
     header(
         w,
         "entsync_forward_failures_total",
         "counter",
         "Failed forward attempts (connection errors, timeouts, non-2xx) since start.",
     );
-    let _ = writeln!(w, "entsync_forward_failures_total {}", f.failures.load(Relaxed));
+    let _ = writeln!(
+        w,
+        "entsync_forward_failures_total {}",
+        f.failures.load(Relaxed)
+    );
 }
 
 fn render_conns(w: &mut String, c: &ConnStats) {

@@ -49,8 +49,8 @@ mod changes;
 mod metrics;
 mod server;
 
-pub use metrics::ForwardStats;
 pub use changes::{ChangesPage, ChangesQuery, StreamQuery, CHANGES_PATH, STREAM_PATH};
+pub use metrics::ForwardStats;
 
 pub use server::{
     serve, Limits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,

@@ -157,6 +157,14 @@ fn recorded(tx: &Connection, customer: &str, entitlement: &str) -> Result<Option
     .context("read a pair's recorded answer")
 }
 
+/// `t` rounded up to the microsecond (what the store keeps of an instant).
+fn ceil_micros(t: Timestamp) -> Option<Timestamp> {
+    match t.timestamp_subsec_nanos() % 1000 {
+        0 => Some(t),
+        rest => t.checked_add_signed(chrono::Duration::nanoseconds(i64::from(1000 - rest))),
+    }
+}
+
 /// The last instant the store can write back (see [`crate::wire::parse_timestamp`]).
 fn storable(t: Timestamp) -> Option<Timestamp> {
     (t.year() <= 9999).then_some(t)
@@ -188,7 +196,13 @@ fn record(
 ) -> Result<bool> {
     let (customer, entitlement) = (access.customer_id.as_str(), access.entitlement_id.as_str());
     let new = Answer::of(access);
-    let due = due.and_then(storable).map(|t| format_timestamp(&t));
+    // Stored to the microsecond, rounded up: evaluated at the stored instant, the change
+    // has happened. Never at or before `at`, so that `advance` always moves on.
+    let due = due
+        .and_then(ceil_micros)
+        .filter(|t| *t > at)
+        .and_then(storable)
+        .map(|t| format_timestamp(&t));
     let old = recorded(tx, customer, entitlement)?;
     let diff = change::diff(old.as_ref().map(|r| &r.answer), &new);
     let changed = matches!(diff, Diff::Changed { .. });
@@ -482,6 +496,18 @@ pub(super) fn clear_needs_evaluation(tx: &Connection) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_round_up_to_the_microsecond() {
+        let t = parse_timestamp("2026-06-15T08:00:00.123456001Z").unwrap();
+        assert_eq!(
+            format_timestamp(&ceil_micros(t).unwrap()),
+            "2026-06-15T08:00:00.123457Z"
+        );
+        let exact = parse_timestamp("2026-06-15T08:00:00.123456Z").unwrap();
+        assert_eq!(ceil_micros(exact), Some(exact));
+        assert_eq!(ceil_micros(DateTime::<Utc>::MAX_UTC), None);
+    }
 
     #[test]
     fn a_policy_reads_back_as_written() {
