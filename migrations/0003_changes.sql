@@ -36,13 +36,21 @@ CREATE TABLE answers (
     due_at         TEXT,                     -- RFC 3339, UTC; NULL: nothing due
     PRIMARY KEY (customer_id, entitlement_id)
 ) WITHOUT ROWID;
-CREATE INDEX answers_due ON answers (due_at) WHERE due_at IS NOT NULL;
+-- Not a partial index (`WHERE due_at IS NOT NULL`): that would make SQLite re-prepare
+-- every statement on `answers` that binds a parameter, on every execution.
+CREATE INDEX answers_due ON answers (due_at);
 
--- Which grants a subscription or a payment backs: the pairs a change of theirs touches.
-CREATE INDEX objects_grant_subscription ON objects (json_extract(body, '$.subscription_id'))
-    WHERE kind = 'grant';
-CREATE INDEX objects_grant_payment ON objects (json_extract(body, '$.payment_id'))
-    WHERE kind = 'grant';
+-- A grant's `subscription_id` and `payment_id` (NULL for other kinds): which pairs a
+-- change of a subscription or a payment touches. Columns, not partial indexes on
+-- `kind = 'grant'`: a partial index makes SQLite re-prepare every statement that binds
+-- `kind` as a parameter, on every execution.
+ALTER TABLE objects ADD COLUMN grant_subscription_id TEXT;
+ALTER TABLE objects ADD COLUMN grant_payment_id TEXT;
+UPDATE objects SET grant_subscription_id = json_extract(body, '$.subscription_id'),
+                   grant_payment_id = json_extract(body, '$.payment_id')
+ WHERE kind = 'grant';
+CREATE INDEX objects_grant_subscription ON objects (grant_subscription_id);
+CREATE INDEX objects_grant_payment ON objects (grant_payment_id);
 
 -- Text settings: `policy` (the access policy the feed is computed under, JSON).
 CREATE TABLE settings (

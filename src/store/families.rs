@@ -15,10 +15,14 @@ pub(super) trait Stored: Machine + Serialize + DeserializeOwned + PartialEq {
     fn from_event(event: Event) -> Option<Snap<Self>>;
     fn customer_id(&self) -> Option<&str>;
     fn ref_id(&self) -> Option<&str>;
+    /// A grant's `(subscription_id, payment_id)`; `(None, None)` for other kinds.
+    fn grant_links(&self) -> (Option<&str>, Option<&str>) {
+        (None, None)
+    }
 }
 
 macro_rules! stored {
-    ($ty:ident, |$s:ident| customer: $cust:expr, ref: $refid:expr) => {
+    ($ty:ident, |$s:ident| customer: $cust:expr, ref: $refid:expr $(, links: $links:expr)?) => {
         impl Stored for $ty {
             const KIND: Kind = Kind::$ty;
             fn from_event(event: Event) -> Option<Snap<Self>> {
@@ -35,11 +39,18 @@ macro_rules! stored {
                 let $s = self;
                 $refid
             }
+            $(
+                fn grant_links(&self) -> (Option<&str>, Option<&str>) {
+                    let $s = self;
+                    $links
+                }
+            )?
         }
     };
 }
 
-stored!(Grant, |g| customer: Some(&g.customer_id), ref: Some(&g.entitlement_id));
+stored!(Grant, |g| customer: Some(&g.customer_id), ref: Some(&g.entitlement_id),
+    links: (g.subscription_id.as_deref(), g.payment_id.as_deref()));
 stored!(Subscription, |s| customer: s.customer_id(), ref: s.product_id.as_deref());
 stored!(Payment, |p| customer: p.customer_id(), ref: p.subscription_id.as_deref());
 stored!(Refund, |r| customer: r.customer.as_ref().map(|c| c.customer_id.as_str()), ref: Some(&r.payment_id));

@@ -20,6 +20,7 @@ use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
 use crate::DisputePolicy;
 use chrono::{DateTime, Datelike, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 /// A (customer, entitlement) pair.
@@ -31,6 +32,11 @@ pub(super) type Pair = (String, String);
 pub(super) struct Feed {
     pub(super) policy: Policy,
     clock: Timestamp,
+    /// The earliest `answers.due_at` (text): read once per transaction and kept up to
+    /// date by [`record`], so that checking for due pairs before every delivery costs no
+    /// query. (A range query with a bound parameter would be re-prepared by SQLite on
+    /// every execution.)
+    next_due: RefCell<Option<String>>,
 }
 
 impl Feed {
@@ -46,7 +52,15 @@ impl Feed {
         Ok(Feed {
             policy,
             clock: now.max(stored),
+            next_due: RefCell::new(min_due(tx)?),
         })
+    }
+
+    fn note_due(&self, due: &str) {
+        let mut next = self.next_due.borrow_mut();
+        if next.as_deref().is_none_or(|n| due < n) {
+            *next = Some(due.to_string());
+        }
     }
 
     /// The instant to evaluate something that happened at `now`.
@@ -88,9 +102,9 @@ pub(super) fn pairs_of(tx: &Connection, kind: Kind, id: &str) -> Result<BTreeSet
         Ok(())
     };
     const BY_SUBSCRIPTION: &str = "SELECT customer_id, ref_id FROM objects
-        WHERE kind = 'grant' AND json_extract(body, '$.subscription_id') = ?1";
+        WHERE grant_subscription_id = ?1 AND kind = 'grant'";
     const BY_PAYMENT: &str = "SELECT customer_id, ref_id FROM objects
-        WHERE kind = 'grant' AND json_extract(body, '$.payment_id') = ?1";
+        WHERE grant_payment_id = ?1 AND kind = 'grant'";
     match kind {
         Kind::Grant => {
             if let (Some(c), Some(e)) = (customer, ref_id) {
@@ -109,20 +123,12 @@ pub(super) fn pairs_of(tx: &Connection, kind: Kind, id: &str) -> Result<BTreeSet
     Ok(pairs)
 }
 
-/// The rows one pair's answer needs, inside the transaction (the same rows as
-/// [`super::Reader::pair_rows`]).
-fn pair_rows(tx: &Connection, customer: &str, entitlement: &str) -> Result<Vec<ObjectRow>> {
-    let mut stmt = tx.prepare_cached(super::read::PAIR_ROWS)?;
-    let rows = stmt.query_map(params![customer, entitlement], ObjectRow::from_row)?;
-    rows.collect::<rusqlite::Result<Vec<_>>>()
-        .context("read a pair's rows")
-}
-
 /// An index of one pair's rows (rows that do not decode are skipped, as the engine's
 /// index skips them).
 fn pair_index(tx: &Connection, customer: &str, entitlement: &str) -> Result<Index> {
     let mut index = Index::default();
-    for row in pair_rows(tx, customer, entitlement)? {
+    let rows = super::read::pair_rows(tx, customer, entitlement).context("read a pair's rows")?;
+    for row in rows {
         if let Ok(decoded) = Index::decode(&row) {
             index.apply_decoded(decoded);
         }
@@ -175,20 +181,21 @@ fn storable(t: Timestamp) -> Option<Timestamp> {
 pub(super) fn evaluate(
     tx: &Connection,
     pair: &Pair,
-    policy: &Policy,
+    feed: &Feed,
     at: Timestamp,
     cause: impl FnOnce(&Answer, &Answer) -> Cause,
 ) -> Result<bool> {
     let (customer, entitlement) = (pair.0.as_str(), pair.1.as_str());
     let index = pair_index(tx, customer, entitlement)?;
-    let access = index.access(customer, entitlement, policy, at);
-    let due = index.next_change(customer, entitlement, policy, at);
-    record(tx, &access, due, at, cause)
+    let access = index.access(customer, entitlement, &feed.policy, at);
+    let due = index.next_change(customer, entitlement, &feed.policy, at);
+    record(tx, feed, &access, due, at, cause)
 }
 
 /// Records `access` (the pair's answer at `at`; time may next change it at `due`).
 fn record(
     tx: &Connection,
+    feed: &Feed,
     access: &Access,
     due: Option<Timestamp>,
     at: Timestamp,
@@ -203,6 +210,9 @@ fn record(
         .filter(|t| *t > at)
         .and_then(storable)
         .map(|t| format_timestamp(&t));
+    if let Some(due) = &due {
+        feed.note_due(due);
+    }
     let old = recorded(tx, customer, entitlement)?;
     let diff = change::diff(old.as_ref().map(|r| &r.answer), &new);
     let changed = matches!(diff, Diff::Changed { .. });
@@ -269,8 +279,16 @@ const DUE_CHUNK: usize = 256;
 
 /// Records the changes time alone made up to `now`, each at the instant it happened.
 /// Returns how many it recorded.
-pub(super) fn advance(tx: &Connection, policy: &Policy, now: Timestamp) -> Result<usize> {
+pub(super) fn advance(tx: &Connection, feed: &Feed, now: Timestamp) -> Result<usize> {
     let now_text = format_timestamp(&now);
+    let due_now = feed
+        .next_due
+        .borrow()
+        .as_deref()
+        .is_some_and(|d| d <= now_text.as_str());
+    if !due_now {
+        return Ok(0);
+    }
     let mut recorded = 0;
     loop {
         let due: Vec<(String, String, String)> = {
@@ -285,6 +303,7 @@ pub(super) fn advance(tx: &Connection, policy: &Policy, now: Timestamp) -> Resul
                 .context("read the due answers")?
         };
         if due.is_empty() {
+            *feed.next_due.borrow_mut() = min_due(tx)?;
             return Ok(recorded);
         }
         for (customer, entitlement, at) in due {
@@ -292,21 +311,23 @@ pub(super) fn advance(tx: &Connection, policy: &Policy, now: Timestamp) -> Resul
                 .ok_or_else(|| StoreError::Corrupt(format!("answers.due_at {at:?}")))?;
             // `next_change` only ever names instants after `at`: every pass moves on.
             let pair = (customer, entitlement);
-            if evaluate(tx, &pair, policy, at, Cause::of_time)? {
+            if evaluate(tx, &pair, feed, at, Cause::of_time)? {
                 recorded += 1;
             }
         }
     }
 }
 
+/// The earliest `answers.due_at`, as stored.
+fn min_due(conn: &Connection) -> Result<Option<String>> {
+    conn.prepare_cached("SELECT MIN(due_at) FROM answers")?
+        .query_row([], |r| r.get(0))
+        .context("read the next due instant")
+}
+
 /// The earliest instant at which time alone may change some answer.
 pub(super) fn next_due(conn: &Connection) -> Result<Option<Timestamp>> {
-    let due: Option<String> = conn
-        .prepare_cached(
-            "SELECT MIN(due_at) FROM answers INDEXED BY answers_due WHERE due_at IS NOT NULL",
-        )?
-        .query_row([], |r| r.get(0))
-        .context("read the next due instant")?;
+    let due = min_due(conn)?;
     due.map(|t| parse_timestamp(&t).ok_or_else(|| StoreError::Corrupt(format!("due_at {t:?}"))))
         .transpose()
 }
@@ -315,7 +336,7 @@ pub(super) fn next_due(conn: &Connection) -> Result<Option<Timestamp>> {
 /// `at`, from one index of every row: for rebuild and a policy change.
 pub(super) fn evaluate_all(
     tx: &Connection,
-    policy: &Policy,
+    feed: &Feed,
     at: Timestamp,
     cause: &Cause,
 ) -> Result<usize> {
@@ -343,9 +364,9 @@ pub(super) fn evaluate_all(
     pairs.extend(recorded_pairs.iter().map(|(c, e)| (c.as_str(), e.as_str())));
     let mut changed = 0;
     for (customer, entitlement) in pairs {
-        let access = index.access(customer, entitlement, policy, at);
-        let due = index.next_change(customer, entitlement, policy, at);
-        if record(tx, &access, due, at, |_, _| cause.clone())? {
+        let access = index.access(customer, entitlement, &feed.policy, at);
+        let due = index.next_change(customer, entitlement, &feed.policy, at);
+        if record(tx, feed, &access, due, at, |_, _| cause.clone())? {
             changed += 1;
         }
     }

@@ -9,7 +9,7 @@ use crate::change::Change;
 use crate::delivery::Outcome;
 use crate::event::Kind;
 use crate::wire::Timestamp;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
 /// A reading connection: change detection for the in-memory index, listings, views.
@@ -107,9 +107,7 @@ impl Reader {
     ///
     /// SQLite errors.
     pub fn pair_rows(&self, customer: &str, entitlement: &str) -> Result<Vec<ObjectRow>> {
-        let mut stmt = self.conn.prepare_cached(PAIR_ROWS)?;
-        let rows = stmt.query_map(params![customer, entitlement], ObjectRow::from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        Ok(pair_rows(&self.conn, customer, entitlement)?)
     }
 
     /// The raw point lookup the in-memory index is measured against: a grant pair's
@@ -137,22 +135,64 @@ impl Reader {
     }
 }
 
-/// The rows one pair's answer needs (`?1` customer, `?2` entitlement): its grants,
-/// their subscriptions and payments, and those payments' refunds and disputes.
-pub(super) const PAIR_ROWS: &str = "\
-    WITH g AS (SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_customer
-                WHERE customer_id = ?1 AND kind = 'grant' AND ref_id = ?2)
-    SELECT kind, id, as_of, since, body FROM g
-    UNION ALL
-    SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_key
-     WHERE kind = 'subscription' AND id IN (SELECT json_extract(body, '$.subscription_id') FROM g)
-    UNION ALL
-    SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_key
-     WHERE kind = 'payment' AND id IN (SELECT json_extract(body, '$.payment_id') FROM g)
-    UNION ALL
-    SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
-     WHERE kind IN ('refund', 'dispute')
-       AND ref_id IN (SELECT json_extract(body, '$.payment_id') FROM g)";
+/// The rows one pair's answer needs: its grants, their subscriptions and payments, and
+/// those payments' refunds and disputes. Point lookups by index, one statement each (a
+/// single query with `IN (SELECT ...)` builds temporary B-trees on every call).
+pub(super) fn pair_rows(
+    conn: &Connection,
+    customer: &str,
+    entitlement: &str,
+) -> rusqlite::Result<Vec<ObjectRow>> {
+    let mut rows = Vec::new();
+    let mut subscriptions = Vec::new();
+    let mut payments = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, id, as_of, since, body, grant_subscription_id, grant_payment_id
+               FROM objects INDEXED BY objects_customer
+              WHERE customer_id = ?1 AND kind = 'grant' AND ref_id = ?2",
+        )?;
+        let mut grants = stmt.query(params![customer, entitlement])?;
+        while let Some(r) = grants.next()? {
+            rows.push(ObjectRow::from_row(r)?);
+            if let Some(s) = r.get::<_, Option<String>>(5)? {
+                subscriptions.push(s);
+            }
+            if let Some(p) = r.get::<_, Option<String>>(6)? {
+                payments.push(p);
+            }
+        }
+    }
+    subscriptions.sort_unstable();
+    subscriptions.dedup();
+    payments.sort_unstable();
+    payments.dedup();
+    let mut object = conn.prepare_cached(
+        "SELECT kind, id, as_of, since, body FROM objects WHERE kind = ?1 AND id = ?2",
+    )?;
+    for (kind, ids) in [("subscription", &subscriptions), ("payment", &payments)] {
+        for id in ids {
+            if let Some(row) = object
+                .query_row(params![kind, id], ObjectRow::from_row)
+                .optional()?
+            {
+                rows.push(row);
+            }
+        }
+    }
+    let mut linked = conn.prepare_cached(
+        "SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
+          WHERE kind = ?1 AND ref_id = ?2",
+    )?;
+    for payment in &payments {
+        for kind in ["refund", "dispute"] {
+            for row in linked.query_map(params![kind, payment], ObjectRow::from_row)? {
+                rows.push(row?);
+            }
+        }
+    }
+    Ok(rows)
+}
 
 /// `'grant', 'subscription', ...`: the kinds the access index holds, as an SQL list.
 pub(super) fn index_kinds() -> &'static str {

@@ -127,11 +127,11 @@ impl Writer {
                     delivery_id: None,
                     detail: "policy_changed".into(),
                 };
-                feed::evaluate_all(&tx, &feed.policy, at, &cause)?;
+                feed::evaluate_all(&tx, &feed, at, &cause)?;
             }
         }
         if feed::needs_evaluation(&tx)? {
-            feed::evaluate_all(&tx, &feed.policy, at, &Cause::Rebuild)?;
+            feed::evaluate_all(&tx, &feed, at, &Cause::Rebuild)?;
             feed::clear_needs_evaluation(&tx)?;
         }
         Ok((tx, feed))
@@ -160,7 +160,7 @@ impl Writer {
     pub fn advance(&mut self, now: Timestamp) -> Result<usize> {
         let (tx, mut feed) = self.begin(now)?;
         let at = feed.tick(now);
-        let n = feed::advance(&tx, &feed.policy, at)?;
+        let n = feed::advance(&tx, &feed, at)?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         Ok(n)
@@ -215,7 +215,7 @@ impl WriteStore for Writer {
     fn accept(&mut self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String)> {
         let (tx, mut feed) = self.begin(now)?;
         let at = feed.tick(now);
-        feed::advance(&tx, &feed.policy, at)?;
+        feed::advance(&tx, &feed, at)?;
         // The quarantined snapshots this delivery id carried (one per body it came with).
         let quarantined: Vec<(String, String, String, String)> = {
             let mut stmt = tx.prepare_cached(
@@ -325,7 +325,7 @@ fn evaluate_pairs(
 ) -> Result<()> {
     pairs.extend(feed::pairs_of(tx, kind, id)?);
     for pair in &pairs {
-        feed::evaluate(tx, pair, &feed.policy, at, &cause)?;
+        feed::evaluate(tx, pair, feed, at, &cause)?;
     }
     Ok(())
 }
@@ -373,7 +373,7 @@ fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) ->
                 };
                 // Time first: what became due before this delivery is time's doing.
                 let at = feed.tick(d.received_at);
-                feed::advance(tx, &feed.policy, at)?;
+                feed::advance(tx, feed, at)?;
                 // The pairs a grant, refund or dispute backed before: an accepted
                 // snapshot may move it.
                 let before = match kind {
@@ -732,12 +732,15 @@ fn upsert_object_keyed<T: Stored>(
         .map_err(|e| StoreError::Corrupt(format!("encode {}: {e}", T::KIND)))?;
     tx.prepare_cached(
         "INSERT INTO objects (kind, id, customer_id, ref_id, status, as_of, since, state_key,
-                              max_key, delivery_id, body, seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                              max_key, delivery_id, body, seq, grant_subscription_id,
+                              grant_payment_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (kind, id) DO UPDATE SET customer_id = excluded.customer_id,
              ref_id = excluded.ref_id, status = excluded.status, as_of = excluded.as_of,
              since = excluded.since, state_key = excluded.state_key, max_key = excluded.max_key,
-             delivery_id = excluded.delivery_id, body = excluded.body, seq = excluded.seq",
+             delivery_id = excluded.delivery_id, body = excluded.body, seq = excluded.seq,
+             grant_subscription_id = excluded.grant_subscription_id,
+             grant_payment_id = excluded.grant_payment_id",
     )?
     .execute(params![
         T::KIND.as_str(),
@@ -752,6 +755,8 @@ fn upsert_object_keyed<T: Stored>(
         delivery_id,
         body,
         seq,
+        state.snap.body.grant_links().0,
+        state.snap.body.grant_links().1,
     ])
     .context("write the object")?;
     Ok(())
