@@ -78,6 +78,10 @@ pub enum CliError {
     /// `ingest` or `bench`: some deliveries were not stored (exit 2).
     #[error("{0} deliveries were not stored")]
     NotStored(u64),
+    /// `reconcile`: Dodo's API refused the key (401/403); the message says what to do
+    /// (exit 2).
+    #[error("{0}")]
+    Refused(String),
     /// `verify`: the delivery does not verify; its kind is the command's output on
     /// stdout (exit 1).
     #[error("{0}")]
@@ -98,7 +102,8 @@ impl CliError {
             | CliError::Store { .. }
             | CliError::Io { .. }
             | CliError::Json(_)
-            | CliError::NotStored(_) => ExitCode::from(2),
+            | CliError::NotStored(_)
+            | CliError::Refused(_) => ExitCode::from(2),
         }
     }
 

@@ -5,6 +5,7 @@
 mod bench;
 mod commands;
 mod error;
+mod reconcile;
 mod serve;
 mod simulate;
 
@@ -61,6 +62,8 @@ pub enum Command {
     Balance(commands::BalanceArgs),
     /// Generate realistic signed Dodo traffic against a running server.
     Simulate(simulate::SimulateArgs),
+    /// Fetch the current state from Dodo's API after missed webhooks and fold it in.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// The access policy knobs, shared by `serve` and `check`.
@@ -138,6 +141,7 @@ impl Command {
             Command::Customer(_) => "customer",
             Command::Balance(_) => "balance",
             Command::Simulate(_) => "simulate",
+            Command::Reconcile(_) => "reconcile",
         }
     }
 }
@@ -178,5 +182,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Customer(args) => commands::customer(&db, args),
         Command::Balance(args) => commands::balance(&db, args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Reconcile(args) => reconcile::run(&db, args),
     }
 }

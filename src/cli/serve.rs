@@ -48,6 +48,8 @@ pub struct ServeArgs {
     pub max_pending: u32,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub reconcile: super::reconcile::ServeArgs,
 }
 
 /// Parses `262144`, `256k`, `256KiB`, `1m`, `1MiB`.
@@ -136,6 +138,13 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
     };
     let protected = options.api_token.is_some();
     let receiver = Receiver::with_options(engine, verifier, options);
+    {
+        let _runtime = runtime.enter();
+        let policy = args.policy.policy();
+        if let Some(status) = super::reconcile::start(receiver.engine(), &args.reconcile, policy)? {
+            receiver.add_metrics(move || status.render());
+        }
+    }
     let code = runtime.block_on(serve(
         receiver,
         &args.listen,

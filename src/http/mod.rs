@@ -147,7 +147,12 @@ struct Shared {
     metrics: Metrics,
     /// Connection counters, kept by [`Receiver::serve`].
     conns: Arc<server::ConnStats>,
+    /// More `/metrics` lines, rendered on every scrape ([`Receiver::add_metrics`]).
+    extra_metrics: std::sync::Mutex<Vec<ExtraMetrics>>,
 }
+
+/// A source of more `/metrics` lines.
+type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -202,8 +207,20 @@ impl Receiver {
                     .map(|t| Sha256::digest(t.as_bytes()).into()),
                 metrics,
                 conns: Arc::default(),
+                extra_metrics: std::sync::Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Adds lines to `/metrics`: `render` is called on every scrape and what it returns
+    /// (Prometheus text, each line ending in `\n`) is appended. `entsync serve` reports
+    /// its background reconcile this way.
+    pub fn add_metrics(&self, render: impl Fn() -> String + Send + Sync + 'static) {
+        self.shared
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(render));
     }
 
     /// The engine behind it.
@@ -798,7 +815,7 @@ async fn metrics_text(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respo
         .await
         .unwrap_or((None, 0));
     let now = chrono::Utc::now();
-    let text = s.metrics.render(&Snapshot {
+    let mut text = s.metrics.render(&Snapshot {
         quarantined,
         bad_rows: s.engine.bad_rows().count,
         grants: Some(grants),
@@ -807,6 +824,14 @@ async fn metrics_text(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respo
         conns: s.conn_stats(),
         now_unix: now.timestamp_micros() as f64 / 1e6,
     });
+    let extra: Vec<ExtraMetrics> = s
+        .extra_metrics
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for render in extra {
+        text.push_str(&render());
+    }
     (
         StatusCode::OK,
         [(
