@@ -46,6 +46,8 @@ pub struct Data {
     pub unavailable: u32,
     /// Requests whose path starts with this always answer 500.
     pub broken_path: Option<String>,
+    /// The `Date` of every response (an IMF-fixdate); `None`: the server's clock.
+    pub date: Option<String>,
     /// Every request: `path?query` (sorted query).
     pub log: Vec<String>,
 }
@@ -178,6 +180,19 @@ fn customer_of(v: &Value) -> Option<&str> {
 }
 
 async fn handle(State(data): State<Arc<Mutex<Data>>>, req: Request) -> Response {
+    let mut d = data.lock().unwrap_or_else(|p| p.into_inner());
+    let mut resp = respond(&mut d, &req);
+    if let Some(date) = d
+        .date
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        resp.headers_mut().insert("date", date);
+    }
+    resp
+}
+
+fn respond(d: &mut Data, req: &Request) -> Response {
     let path = req.uri().path().to_string();
     let query: BTreeMap<String, String> = req
         .uri()
@@ -194,7 +209,6 @@ async fn handle(State(data): State<Arc<Mutex<Data>>>, req: Request) -> Response 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let mut d = data.lock().unwrap_or_else(|p| p.into_inner());
     let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
     d.log.push(if q.is_empty() {
         path.clone()

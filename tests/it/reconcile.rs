@@ -279,6 +279,8 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
     assert_eq!(before["cus_d/ent_pro"], allowed());
     assert_eq!(before["cus_e/ent_pro"].1, "none");
 
+    // The API's clock: every copy without an updated_at of its own is versioned by it.
+    fake.data().date = Some("Tue, 01 Dec 2026 20:41:51 GMT".into());
     let out = reconcile(&db, &fake, &[]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     // The exact contract: one line, these keys in this order. 7 grants, 1 subscription,
@@ -366,7 +368,9 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
     let stored = deliveries.len();
     drop(engine);
 
-    // A second run right after: nothing applied, nothing stored.
+    // A second run (15 minutes later by the API's clock, so that copies versioned by the
+    // response are new bytes): nothing applied, nothing stored.
+    fake.data().date = Some("Tue, 01 Dec 2026 20:56:51 GMT".into());
     let again = reconcile(&db, &fake, &[]);
     assert_eq!(again.code, Some(0), "stderr: {}", again.stderr);
     assert_eq!(
@@ -403,6 +407,7 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
     assert_eq!(after_rebuild, quarantine);
     drop(engine);
     // And a run after the rebuild still changes nothing.
+    fake.data().date = Some("Tue, 01 Dec 2026 21:11:51 GMT".into());
     let third = reconcile(&db, &fake, &[]);
     assert_eq!(
         counts(&third.summary()),
@@ -410,6 +415,74 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
         "{}",
         third.stdout
     );
+}
+
+/// A grant of ent_pro for cus_1 backed by sub_1, an API whose clock reads `date` and
+/// whose sub_1 is on_hold.
+fn tie_api(g: &Value, date: &str) -> FakeDodo {
+    FakeDodo::start(Data {
+        entitlements: vec![dodo::entitlement("ent_pro")],
+        grants: vec![g.clone()],
+        subscriptions: vec![dodo::subscription("sub_1", "cus_1", "on_hold")],
+        date: Some(date.into()),
+        ..Data::default()
+    })
+}
+
+#[test]
+fn a_webhook_of_the_response_instant_wins_the_tie() {
+    let mar = "2026-03-01T09:05:00Z";
+    let mut g = dodo::grant("entg_1", "cus_1", "ent_pro", "Delivered", mar);
+    g["subscription_id"] = json!("sub_1");
+    let grant = webhook("entitlement_grant.delivered", mar, &g, "EntitlementGrant");
+    let sub = |status: &str, at: &str| {
+        webhook(
+            &format!("subscription.{status}"),
+            at,
+            &dodo::subscription("sub_1", "cus_1", status),
+            "Subscription",
+        )
+    };
+    let second = "2026-12-01T20:41:51Z";
+    let date = "Tue, 01 Dec 2026 20:41:51 GMT";
+    let pair = [("cus_1", "ent_pro")];
+
+    // The webhook first: it says active at exactly the second the API answers in; the
+    // API (a read replica behind) still says on_hold, which would outrank active in a
+    // plain tie. The webhook's word stands.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    ingest(&db, &[grant.clone(), sub("active", second)]);
+    let fake = tie_api(&g, date);
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_eq!(counts(&out.summary()), [2, 0, 2, 0, 0, 0], "{}", out.stdout);
+    assert_eq!(answers(&db, &pair)["cus_1/ent_pro"], allowed());
+    // One second later the API's word is newer than the webhook's, and it applies.
+    fake.data().date = Some("Tue, 01 Dec 2026 20:41:52 GMT".into());
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(counts(&out.summary()), [2, 1, 1, 0, 1, 0], "{}", out.stdout);
+    assert_eq!(
+        answers(&db, &pair)["cus_1/ent_pro"],
+        denied("delivered", "subscription_on_hold")
+    );
+
+    // The API first, then the webhook of that same second, delayed: the webhook wins
+    // (it applies; `ingest` checks that every line does).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    ingest(&db, &[grant, sub("active", mar)]);
+    let out = reconcile(&db, &tie_api(&g, date), &[]);
+    assert_eq!(counts(&out.summary()), [2, 1, 1, 0, 1, 0], "{}", out.stdout);
+    assert_eq!(
+        answers(&db, &pair)["cus_1/ent_pro"],
+        denied("delivered", "subscription_on_hold")
+    );
+    ingest(&db, &[sub("active", second)]);
+    assert_eq!(answers(&db, &pair)["cus_1/ent_pro"], allowed());
+    let rebuilt = entsync(&db, &["rebuild"], None);
+    assert_eq!(rebuilt.code, Some(0), "{}", rebuilt.stderr);
+    assert_eq!(answers(&db, &pair)["cus_1/ent_pro"], allowed());
 }
 
 #[test]
