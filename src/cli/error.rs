@@ -220,6 +220,10 @@ mod tests {
             (CliError::NoDatabase(PathBuf::from("x.db")), 2),
             (CliError::io("cannot read input")(io()), 2),
             (CliError::NotStored(3), 2),
+            (
+                CliError::Refused("this key cannot read entitlements".into()),
+                2,
+            ),
             (CliError::Unverified(VerifyError::InvalidSignature), 1),
         ] {
             assert_eq!(err.exit_code(), ExitCode::from(code), "{err}");

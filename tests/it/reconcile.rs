@@ -636,6 +636,41 @@ fn failed_requests_are_counted_and_exit_1_the_rest_applies() {
 }
 
 #[test]
+fn an_unreachable_api_stops_the_sweep_with_exit_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let out = entsync(
+        &db,
+        &[
+            "reconcile",
+            "--base-url",
+            &url,
+            "--json",
+            "--rate-limit",
+            "200",
+        ],
+        Some(KEY),
+    );
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    // One failed request (after its retries), then the sweep stops instead of waiting
+    // for every other endpoint's retries.
+    assert_eq!(counts(&out.summary()), [0, 0, 0, 0, 0, 1], "{}", out.stdout);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(out.stderr.contains("cannot be reached"), "{}", out.stderr);
+}
+
+#[test]
 fn a_sweep_of_1000_grants_at_the_default_rate_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("store.db");

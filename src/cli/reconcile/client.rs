@@ -265,7 +265,11 @@ impl Client {
                 .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string));
             match status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    return Err(ApiError::Refused(self.refusal(status, message.as_deref())))
+                    return Err(ApiError::Refused(self.refusal(
+                        status,
+                        &path,
+                        message.as_deref(),
+                    )))
                 }
                 StatusCode::NOT_FOUND => return Err(ApiError::NotFound { path }),
                 StatusCode::TOO_MANY_REQUESTS if limited < self.config.rate_limited_retries => {
@@ -306,7 +310,7 @@ impl Client {
     }
 
     /// The message of a 401/403, with what to do about it.
-    fn refusal(&self, status: StatusCode, message: Option<&str>) -> String {
+    fn refusal(&self, status: StatusCode, path: &str, message: Option<&str>) -> String {
         let said = message.map(|m| format!(" ({m})")).unwrap_or_default();
         let base = self.config.base_url.as_str();
         let hint = if status == StatusCode::FORBIDDEN {
@@ -323,7 +327,7 @@ impl Client {
             "check DODO_PAYMENTS_API_KEY / --api-key".to_string()
         };
         format!(
-            "this key cannot read entitlements: {base} answered {} {}{said}; {hint}",
+            "this key cannot read entitlements: {base} answered {} {} to GET {path}{said}; {hint}",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
         )

@@ -56,6 +56,9 @@ type Answer = (bool, String, Option<String>);
 enum Stop {
     Refused(String),
     Engine(String),
+    /// The API could not be reached even after retries: the rest of the sweep would
+    /// only wait for the same timeouts (the failure is already counted).
+    Unreachable(String),
 }
 
 struct Run<'a> {
@@ -126,6 +129,10 @@ pub async fn run(
         Err(Stop::Engine(m)) => {
             tracing::error!(error = %m, "the store failed; the sweep stopped");
             run.summary.error();
+            None
+        }
+        Err(Stop::Unreachable(m)) => {
+            tracing::error!(error = %m, "the API cannot be reached; the sweep stopped");
             None
         }
     };
@@ -214,14 +221,16 @@ impl Run<'_> {
                     .await?;
                 // Grants of entitlements the per-customer list may leave out (soft-deleted).
                 let seen = self.seen.get(&Kind::Grant).cloned().unwrap_or_default();
-                let missing: BTreeSet<String> = self
-                    .engine
-                    .grants(Some(c))
-                    .map_err(|e| Stop::Engine(e.to_string()))?
-                    .into_iter()
-                    .filter(|g| !seen.contains(&g.grant_id))
-                    .map(|g| g.entitlement_id)
-                    .collect();
+                let (engine, customer) = (self.engine.clone(), c.clone());
+                let missing: BTreeSet<String> = blocking(move || {
+                    Ok(engine
+                        .grants(Some(&customer))?
+                        .into_iter()
+                        .filter(|g| !seen.contains(&g.grant_id))
+                        .map(|g| g.entitlement_id)
+                        .collect())
+                })
+                .await?;
                 for e in missing {
                     let segments = vec!["entitlements".into(), e, "grants".into()];
                     self.list(
@@ -280,10 +289,14 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Counts a failed request; a refused key stops the run.
+    /// Counts a failed request; a refused key or an unreachable API stops the run.
     fn failed(&mut self, e: ApiError) -> Result<(), Stop> {
         match e {
             ApiError::Refused(m) => Err(Stop::Refused(m)),
+            e @ ApiError::Transport { .. } => {
+                self.summary.error();
+                Err(Stop::Unreachable(e.to_string()))
+            }
             e => {
                 tracing::warn!(error = %e, "request failed");
                 self.summary.error();
