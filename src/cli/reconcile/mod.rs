@@ -215,6 +215,11 @@ pub fn run(db: &Path, args: ReconcileArgs) -> Result<ExitCode, CliError> {
         .map_err(CliError::io("cannot start the runtime"))?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message("reconcile: starting");
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     } else {

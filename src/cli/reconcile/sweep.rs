@@ -172,6 +172,8 @@ impl Run<'_> {
         match &plan.customer {
             None => {
                 let mut ids = Vec::new();
+                self.progress
+                    .update("entitlements", &self.summary, self.client.requests());
                 let mut pager = self
                     .client
                     .pages(vec!["entitlements".into()], Vec::new(), "id");
@@ -317,6 +319,8 @@ impl Run<'_> {
     ) -> Result<(), Stop> {
         let id_field = reconcile::id_field(kind).unwrap_or("id");
         let what = segments.join("/");
+        self.progress
+            .update(&what, &self.summary, self.client.requests());
         let mut pager = self.client.pages(segments, query, id_field);
         loop {
             match pager.next().await {
