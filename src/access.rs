@@ -376,3 +376,32 @@ pub fn decide(
         evaluated_at: now,
     }
 }
+
+/// The next instant after `now` at which time alone may change the pair's answer: the
+/// earliest license key expiry still ahead, or the end of an on-hold grace under way.
+/// `None` when no time-driven change is ahead. Recomputing the answer at that instant
+/// may still give the same answer (another grant may keep it allowed); the caller then
+/// asks again from there.
+///
+/// # Example
+///
+/// ```
+/// use entitlement_sync::access::{next_change, Policy};
+/// let now = chrono::Utc::now();
+/// assert_eq!(next_change(&[], &Policy::default(), now), None);
+/// ```
+pub fn next_change(grants: &[GrantView<'_>], policy: &Policy, now: Timestamp) -> Option<Timestamp> {
+    grants
+        .iter()
+        .flat_map(|v| {
+            let expiry = v
+                .grant
+                .license_key
+                .as_ref()
+                .and_then(|k| k.expires_at)
+                .filter(|e| *e > now);
+            let grace = judge(v, policy, now).grace_until.filter(|g| *g > now);
+            expiry.into_iter().chain(grace)
+        })
+        .min()
+}

@@ -338,6 +338,27 @@ impl Index {
         access::decide(customer, entitlement, &views, policy, now)
     }
 
+    /// When time alone may next change the pair's answer ([`access::next_change`]).
+    pub fn next_change(
+        &self,
+        customer: &str,
+        entitlement: &str,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let views: Vec<GrantView<'_>> = self.views(customer, entitlement).collect();
+        access::next_change(&views, policy, now)
+    }
+
+    /// Every (customer, entitlement) pair that has a grant.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().flat_map(|(c, m)| {
+            m.iter()
+                .filter(|(_, list)| !list.is_empty())
+                .map(move |(e, _)| (c.as_str(), e.as_str()))
+        })
+    }
+
     /// Just the decision.
     pub fn has_access(
         &self,

@@ -22,6 +22,7 @@
 //! environment and sockets.
 
 pub mod access;
+pub mod change;
 pub mod delivery;
 pub mod engine;
 pub mod event;

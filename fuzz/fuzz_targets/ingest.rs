@@ -206,7 +206,7 @@ fn run(data: &[u8]) -> Result<()> {
     }
     let live = answers(&engine, &pairs, &customers, &nows, "live");
     engine
-        .rebuild()
+        .rebuild(chrono::Utc::now())
         .unwrap_or_else(|err| panic!("rebuild failed: {err}"));
     let rebuilt = answers(&engine, &pairs, &customers, &nows, "after rebuild");
     assert_eq!(live.grants, rebuilt.grants, "rebuild != live: grants");

@@ -228,7 +228,7 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         eprintln!("bench: rebuilding");
         let t = Instant::now();
         let stats = engine
-            .rebuild()
+            .rebuild(chrono::Utc::now())
             .map_err(CliError::store("cannot rebuild"))?;
         let secs = t.elapsed().as_secs_f64();
         (Some(secs), Some(stats.deliveries as f64 / secs))

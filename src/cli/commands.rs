@@ -6,7 +6,7 @@ use chrono::Utc;
 use clap::Args;
 use entitlement_sync::verify::WebhookHeaders;
 use entitlement_sync::wire::parse_timestamp;
-use entitlement_sync::{Delivery, Engine, Outcome, Policy};
+use entitlement_sync::{Delivery, Engine, Outcome};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -135,11 +135,12 @@ pub struct BalanceArgs {
 }
 
 /// Opens an existing database for a read command (never creates an empty one).
-fn open_existing(db: &Path, policy: Policy) -> Result<Engine, CliError> {
+/// Its access-change feed keeps the policy it was last computed under (`serve` sets it).
+fn open_existing(db: &Path) -> Result<Engine, CliError> {
     if !db.exists() {
         return Err(CliError::NoDatabase(db.to_path_buf()));
     }
-    open_engine(db, policy)
+    open_engine(db, None)
 }
 
 /// One input line as a delivery.
@@ -181,7 +182,7 @@ fn open_input(file: Option<&Path>) -> std::io::Result<(Box<dyn Read>, Option<u64
 
 /// `entsync ingest`.
 pub fn ingest(db: &Path, args: IngestArgs) -> Result<ExitCode, CliError> {
-    let engine = open_engine(db, Policy::default())?;
+    let engine = open_engine(db, None)?;
     let (input, len) =
         open_input(args.file.as_deref()).map_err(CliError::io("cannot read input"))?;
     let bar = if std::io::stderr().is_terminal() {
@@ -316,10 +317,11 @@ pub fn check(db: &Path, args: CheckArgs) -> Result<ExitCode, CliError> {
             CliError::usage(format_args!("--at {t:?} is not an RFC 3339 timestamp"))
         })?,
     };
-    let engine = open_existing(db, args.policy.policy())?;
+    let engine = open_existing(db)?;
+    let policy = args.policy.policy();
     // One answer: read the pair's rows, not the whole index.
     let answer = engine
-        .access_direct(&args.customer, &args.entitlement, now, engine.policy())
+        .access_direct(&args.customer, &args.entitlement, now, &policy)
         .map_err(CliError::store("cannot read the access answer"))?;
     if args.json {
         print_json(&answer)?;
@@ -371,7 +373,7 @@ pub fn deliveries(db: &Path, args: DeliveriesArgs) -> Result<ExitCode, CliError>
         Some((_, Some(o))) => Some(o),
         Some((o, None)) => return Err(CliError::usage(format_args!("unknown outcome {o:?}"))),
     };
-    let engine = open_existing(db, Policy::default())?;
+    let engine = open_existing(db)?;
     let list = engine
         .deliveries(outcome, args.limit)
         .map_err(CliError::store("cannot list deliveries"))?;
@@ -394,7 +396,7 @@ pub fn deliveries(db: &Path, args: DeliveriesArgs) -> Result<ExitCode, CliError>
 
 /// `entsync rejected`.
 pub fn rejected(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
-    let engine = open_existing(db, Policy::default())?;
+    let engine = open_existing(db)?;
     let list = engine
         .rejected()
         .map_err(CliError::store("cannot list the quarantine"))?;
@@ -416,7 +418,7 @@ pub fn rejected(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
 
 /// `entsync accept`.
 pub fn accept(db: &Path, args: AcceptArgs) -> Result<ExitCode, CliError> {
-    let engine = open_existing(db, Policy::default())?;
+    let engine = open_existing(db)?;
     let (kind, id) = engine
         .accept(&args.delivery_id, Utc::now())
         .map_err(CliError::store(format!(
@@ -438,7 +440,7 @@ pub fn accept(db: &Path, args: AcceptArgs) -> Result<ExitCode, CliError> {
 
 /// `entsync grants`.
 pub fn grants(db: &Path, args: GrantsArgs) -> Result<ExitCode, CliError> {
-    let engine = open_existing(db, Policy::default())?;
+    let engine = open_existing(db)?;
     let list = engine
         .grants(args.customer.as_deref())
         .map_err(CliError::store("cannot list grants"))?;
@@ -463,10 +465,10 @@ pub fn grants(db: &Path, args: GrantsArgs) -> Result<ExitCode, CliError> {
 
 /// `entsync rebuild`.
 pub fn rebuild(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
-    let engine = open_existing(db, Policy::default())?;
+    let engine = open_existing(db)?;
     let started = std::time::Instant::now();
     let stats = engine
-        .rebuild()
+        .rebuild(chrono::Utc::now())
         .map_err(CliError::store("cannot rebuild"))?;
     if args.json {
         print_json(&stats)?;
@@ -481,7 +483,7 @@ pub fn rebuild(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
 
 /// `entsync customer`.
 pub fn customer(db: &Path, args: CustomerArgs) -> Result<ExitCode, CliError> {
-    let engine = open_existing(db, Policy::default())?;
+    let engine = open_existing(db)?;
     let view = engine
         .customer(&args.customer)
         .map_err(CliError::store(format!(
@@ -525,7 +527,7 @@ pub fn customer(db: &Path, args: CustomerArgs) -> Result<ExitCode, CliError> {
 
 /// `entsync balance`.
 pub fn balance(db: &Path, args: BalanceArgs) -> Result<ExitCode, CliError> {
-    let engine = open_existing(db, Policy::default())?;
+    let engine = open_existing(db)?;
     let balance = engine
         .credit_balance(&args.customer, &args.credit_entitlement)
         .map_err(CliError::store("cannot read the balance"))?;
@@ -562,4 +564,97 @@ pub fn balance(db: &Path, args: BalanceArgs) -> Result<ExitCode, CliError> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `changes`.
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    /// Print the changes after this seq (default: from the start).
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub after: i64,
+    /// Keep waiting for new changes and print them as they come (until interrupted).
+    #[arg(long)]
+    pub follow: bool,
+    /// Print JSON Lines, one change per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `entsync changes`.
+pub fn changes(db: &Path, args: ChangesArgs) -> Result<ExitCode, CliError> {
+    use std::io::Write;
+    if args.after < 0 {
+        return Err(CliError::usage(format_args!(
+            "--after {} is not a seq (an integer ≥ 0)",
+            args.after
+        )));
+    }
+    let engine = open_existing(db)?;
+    let mut after = args.after;
+    let stdout = std::io::stdout();
+    loop {
+        let page = if args.follow {
+            engine.wait_changes(after, 1000, std::time::Duration::from_secs(60))
+        } else {
+            engine.changes(after, 1000)
+        }
+        .map_err(CliError::store("cannot read the change feed"))?;
+        let mut out = stdout.lock();
+        for change in &page {
+            let line = if args.json {
+                serde_json::to_string(change)?
+            } else {
+                describe_change(change)
+            };
+            // A closed pipe (`entsync changes --follow | head`) ends the command.
+            if writeln!(out, "{line}").is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            after = change.seq;
+        }
+        if out.flush().is_err() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if page.is_empty() && !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// One change for people: `seq at customer entitlement before -> after (cause)`.
+fn describe_change(c: &entitlement_sync::change::Change) -> String {
+    use entitlement_sync::change::{Answer, Cause};
+    let answer = |a: &Answer| {
+        let verdict = if a.allowed { "allowed" } else { "denied" };
+        match &a.reason {
+            Some(reason) => format!("{verdict} ({} {reason})", a.status),
+            None => format!("{verdict} ({})", a.status),
+        }
+    };
+    let cause = match &c.cause {
+        Cause::Delivery {
+            delivery_id,
+            event_type,
+        } => format!("{event_type} {delivery_id}"),
+        Cause::Reconcile {
+            delivery_id,
+            event_type,
+        } => format!("reconcile {event_type} {delivery_id}"),
+        Cause::Time { detail } => format!("time: {detail}"),
+        Cause::Operator {
+            delivery_id: Some(id),
+            detail,
+        } => format!("operator: {detail} {id}"),
+        Cause::Operator { detail, .. } => format!("operator: {detail}"),
+        Cause::Rebuild => "rebuild".into(),
+    };
+    format!(
+        "{}  {}  {} {}  {} -> {}  [{cause}]",
+        c.seq,
+        entitlement_sync::wire::format_timestamp(&c.at),
+        c.customer_id,
+        c.entitlement_id,
+        answer(&c.previous),
+        answer(&c.answer()),
+    )
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod commands;
 mod error;
+mod forward;
 mod reconcile;
 mod serve;
 mod simulate;
@@ -60,6 +61,8 @@ pub enum Command {
     Customer(commands::CustomerArgs),
     /// A customer's credit balance for one credit entitlement.
     Balance(commands::BalanceArgs),
+    /// The access-change feed: every change of an answer, in commit order.
+    Changes(commands::ChangesArgs),
     /// Generate realistic signed Dodo traffic against a running server.
     Simulate(simulate::SimulateArgs),
     /// Fetch the current state from Dodo's API after missed webhooks and fold it in.
@@ -103,9 +106,14 @@ impl PolicyArgs {
     }
 }
 
-/// Opens the engine (creating the database if needed).
-pub fn open_engine(db: &std::path::Path, policy: Policy) -> Result<Engine, CliError> {
-    Engine::open_with(db, policy).map_err(|source| CliError::Open {
+/// Opens the engine (creating the database if needed), with `policy`, or with the one
+/// its access-change feed was last computed under.
+pub fn open_engine(db: &std::path::Path, policy: Option<Policy>) -> Result<Engine, CliError> {
+    match policy {
+        Some(policy) => Engine::open_with(db, policy),
+        None => Engine::open(db),
+    }
+    .map_err(|source| CliError::Open {
         path: db.to_path_buf(),
         source,
     })
@@ -140,6 +148,7 @@ impl Command {
             Command::Bench(_) => "bench",
             Command::Customer(_) => "customer",
             Command::Balance(_) => "balance",
+            Command::Changes(_) => "changes",
             Command::Simulate(_) => "simulate",
             Command::Reconcile(_) => "reconcile",
         }
@@ -181,6 +190,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(args) => bench::run(args),
         Command::Customer(args) => commands::customer(&db, args),
         Command::Balance(args) => commands::balance(&db, args),
+        Command::Changes(args) => commands::changes(&db, args),
         Command::Simulate(args) => simulate::run(args),
         Command::Reconcile(args) => reconcile::run(&db, args),
     }

@@ -4,8 +4,10 @@
 use super::{open_engine, webhook_verifier, CliError, PolicyArgs};
 use clap::Args;
 use entitlement_sync::http::{Limits, Options, Receiver};
+use entitlement_sync::Engine;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Arguments of `serve`.
@@ -46,10 +48,51 @@ pub struct ServeArgs {
     /// `Retry-After: 1` (nothing stored), so that Dodo retries.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000_000), value_name = "N")]
     pub max_pending: u32,
+    /// Post every access change to this URL as a Standard Webhooks delivery
+    /// (`webhook-id: chg_<seq>`), in seq order, at least once, signed with
+    /// $ENTSYNC_FORWARD_SECRET (a whsec_... secret). Plain http:// is for loopback hosts.
+    #[arg(long, env = "ENTSYNC_FORWARD_URL", value_name = "URL")]
+    pub forward_url: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub reconcile: super::reconcile::ServeArgs,
+}
+
+/// The forwarder's settings from `--forward-url` and `ENTSYNC_FORWARD_SECRET`.
+fn forward_settings(url: Option<&str>) -> Result<Option<super::forward::Forward>, CliError> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let url = reqwest::Url::parse(url)
+        .map_err(|e| CliError::usage(format_args!("--forward-url {url:?}: {e}")))?;
+    let loopback = url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(CliError::usage(format_args!(
+                "--forward-url {url}: plain http:// is accepted for loopback hosts only (changes carry customer ids); use https://"
+            )))
+        }
+        other => {
+            return Err(CliError::usage(format_args!(
+                "--forward-url {url}: unsupported scheme {other:?}"
+            )))
+        }
+    }
+    let secret = std::env::var("ENTSYNC_FORWARD_SECRET").map_err(|_| {
+        CliError::usage("--forward-url needs ENTSYNC_FORWARD_SECRET (a whsec_... secret)")
+    })?;
+    let secret = entitlement_sync::verify::Secret::parse(secret.trim())
+        .map_err(|e| CliError::usage(format_args!("ENTSYNC_FORWARD_SECRET: {e}")))?;
+    Ok(Some(super::forward::Forward { url, secret }))
 }
 
 /// Parses `262144`, `256k`, `256KiB`, `1m`, `1MiB`.
@@ -115,7 +158,8 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
         Ok(t) => Some(t),
         Err(_) => None,
     };
-    let engine = open_engine(db, args.policy.policy())?;
+    let forward = forward_settings(args.forward_url.as_deref())?;
+    let engine = open_engine(db, Some(args.policy.policy()))?;
     // Load the access index now, so that the first requests do not pay for it.
     let grants = engine.grant_count();
     // Deliveries are stored by the engine's writer thread; the blocking pool only serves
@@ -125,11 +169,15 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
         .thread_name("entsync")
         .build()
         .map_err(CliError::io("cannot start the runtime"))?;
+    let forward_stats = forward
+        .as_ref()
+        .map(|_| Arc::new(entitlement_sync::http::ForwardStats::default()));
     let options = Options {
         max_body: args.max_body,
         api_token,
         body_timeout: args.body_timeout,
         max_pending: args.max_pending as usize,
+        forward: forward_stats.clone(),
     };
     let limits = Limits {
         header_timeout: args.header_timeout,
@@ -137,6 +185,29 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
         max_connections: args.max_connections as usize,
     };
     let protected = options.api_token.is_some();
+    let commits = Arc::new(tokio::sync::Notify::new());
+    {
+        let commits = Arc::downgrade(&commits);
+        engine.on_commit(move || {
+            if let Some(c) = commits.upgrade() {
+                c.notify_waiters();
+                c.notify_one();
+            }
+        });
+    }
+    runtime.spawn(advance_time(engine.clone(), Arc::clone(&commits)));
+    if let (Some(forward), Some(stats)) = (forward, forward_stats) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        {
+            let wake = Arc::downgrade(&wake);
+            engine.on_commit(move || {
+                if let Some(w) = wake.upgrade() {
+                    w.notify_waiters();
+                }
+            });
+        }
+        runtime.spawn(super::forward::run(engine.clone(), forward, stats, wake));
+    }
     let receiver = Receiver::with_options(engine, verifier, options);
     {
         let _runtime = runtime.enter();
@@ -155,6 +226,43 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
     // In-flight blocking work (a commit) finishes before the process exits.
     runtime.shutdown_timeout(Duration::from_secs(args.shutdown_timeout));
     code
+}
+
+/// Records the access changes time alone makes (license keys expiring, on-hold graces
+/// ending) when they are due: sleeps until the store's next due instant, woken early by
+/// commits (which may bring an earlier one), and looks again at least every 30 s for
+/// other processes' commits. Never a scan: one indexed `MIN` per wake-up.
+async fn advance_time(engine: Engine, commits: Arc<tokio::sync::Notify>) {
+    const LOOK_AGAIN: Duration = Duration::from_secs(30);
+    loop {
+        let woken = commits.notified();
+        let e = engine.clone();
+        let next = tokio::task::spawn_blocking(move || {
+            let now = chrono::Utc::now();
+            if e.next_due()?.is_some_and(|due| due <= now) {
+                e.advance(now)?;
+            }
+            e.next_due()
+        })
+        .await;
+        let sleep = match next {
+            Ok(Ok(Some(due))) => (due - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(LOOK_AGAIN),
+            Ok(Ok(None)) => LOOK_AGAIN,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "recording time-driven access changes failed; retrying");
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the time-driven change task failed; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        // Past instants are recorded at their own time: a late wake-up loses nothing.
+        let _ = tokio::time::timeout(sleep, woken).await;
+    }
 }
 
 fn init_logging() {

@@ -10,6 +10,7 @@
 //! if so loads the rows changed since. Readers never wait behind a writer's transaction.
 
 use crate::access::{Access, Policy};
+use crate::change::Change;
 use crate::delivery::{Delivery, Outcome};
 use crate::event::Kind;
 use crate::index::{Decoded, Index, IndexError};
@@ -18,7 +19,7 @@ use crate::store::{
     ReadStore, Reader, RebuildStats, StoreError, StoreStats, Writer,
 };
 use crate::wire::Timestamp;
-use writer::{writer_loop, Job, Store};
+use writer::{writer_loop, Job, Signal, Store};
 
 mod writer;
 use std::path::{Path, PathBuf};
@@ -134,7 +135,7 @@ struct Inner {
     policy: Policy,
     jobs: mpsc::Sender<Job>,
     /// Bumped by the writer thread after every commit, before anyone is answered.
-    generation: Arc<AtomicU64>,
+    generation: Arc<Signal>,
     /// The generation the index reflects.
     synced: AtomicU64,
     /// When `PRAGMA data_version` was last asked (ns since `started`).
@@ -155,29 +156,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Engine {
-    /// Opens (creating and migrating if needed) the database at `path` with the default
-    /// [`Policy`]. The access index is loaded by the first read.
+    /// Opens (creating and migrating if needed) the database at `path` with the policy
+    /// the store's access-change feed was last computed under ([`Policy::default`] for
+    /// a new store). The access index is loaded by the first read.
     ///
     /// # Errors
     ///
     /// [`StoreError`] if the file cannot be opened, is newer than this build, or its
     /// projections do not decode.
     pub fn open(path: impl AsRef<Path>) -> Result<Engine, Error> {
-        Engine::open_with(path, Policy::default())
+        Engine::open_store(path.as_ref(), None)
     }
 
-    /// Like [`Engine::open`], with an access policy.
+    /// Like [`Engine::open`], with an access policy. The access-change feed is computed
+    /// under it too: when it differs from the stored one, the first write re-evaluates
+    /// every pair (cause `operator`, detail `policy_changed`) and stores it.
     ///
     /// # Errors
     ///
     /// See [`Engine::open`].
     pub fn open_with(path: impl AsRef<Path>, policy: Policy) -> Result<Engine, Error> {
-        let path = path.as_ref().to_path_buf();
-        let writer: Store = Box::new(Writer::open(&path)?);
+        Engine::open_store(path.as_ref(), Some(policy))
+    }
+
+    fn open_store(path: &Path, policy: Option<Policy>) -> Result<Engine, Error> {
+        let path = path.to_path_buf();
+        let writer = Writer::open_with(&path, policy)?;
+        let policy = writer.policy().clone();
+        let writer: Store = Box::new(writer);
         let reader: Box<dyn ReadStore> = Box::new(Reader::open(&path)?);
         let listing: Box<dyn ReadStore> = Box::new(Reader::open(&path)?);
         let (jobs, queue) = mpsc::channel();
-        let generation = Arc::new(AtomicU64::new(1));
+        let generation = Arc::new(Signal::new());
         let bump = Arc::clone(&generation);
         std::thread::Builder::new()
             .name("entsync-writer".into())
@@ -231,7 +241,7 @@ impl Engine {
     /// and the check for other processes' commits is not due: reads need no SQLite.
     fn index_is_current(&self) -> bool {
         let inner = &self.inner;
-        let generation = inner.generation.load(Ordering::Acquire);
+        let generation = inner.generation.load();
         let now = inner.started.elapsed().as_nanos() as u64;
         let checked = inner.checked_at.load(Ordering::Relaxed);
         generation == inner.synced.load(Ordering::Acquire)
@@ -315,9 +325,9 @@ impl Engine {
         f: impl FnOnce(&mut Store) -> R + Send + 'static,
     ) -> Result<R, Error> {
         let (reply, result) = mpsc::sync_channel(1);
-        let job = Job::Exec(Box::new(move |w: &mut Store, generation: &AtomicU64| {
+        let job = Job::Exec(Box::new(move |w: &mut Store, generation: &Signal| {
             let r = f(w);
-            generation.fetch_add(1, Ordering::AcqRel);
+            generation.bump();
             let _ = reply.send(r);
         }));
         self.inner.jobs.send(job).map_err(|_| writer_gone())?;
@@ -329,7 +339,7 @@ impl Engine {
         let inner = &self.inner;
         let mut sync = lock(&inner.sync);
         // Read the generation first: whatever committed before it is in what we load.
-        let generation = inner.generation.load(Ordering::Acquire);
+        let generation = inner.generation.load();
         let now = inner.started.elapsed().as_nanos() as u64;
         let dv = sync.reader.data_version()?;
         inner.checked_at.store(now, Ordering::Relaxed);
@@ -592,13 +602,123 @@ impl Engine {
         Ok(self.with_writer(move |w| w.accept(&delivery_id, now))??)
     }
 
-    /// Recomputes every projection from the stored deliveries and overrides.
+    /// Recomputes every projection from the stored deliveries and overrides, and
+    /// records the access changes that makes (cause `rebuild`, at `now`).
     ///
     /// # Errors
     ///
     /// SQLite errors (nothing changes then).
-    pub fn rebuild(&self) -> Result<RebuildStats, Error> {
-        Ok(self.with_writer(|w| w.rebuild())??)
+    pub fn rebuild(&self, now: Timestamp) -> Result<RebuildStats, Error> {
+        Ok(self.with_writer(move |w| w.rebuild(now))??)
+    }
+
+    /// Records the access changes time alone made up to `now` (a license key expired, an
+    /// on-hold grace ended), each at the instant it happened, with cause `time`. Returns
+    /// how many. A shell calls it from a timer set to [`Engine::next_due`]; every write
+    /// does it too, before its own changes.
+    ///
+    /// # Errors
+    ///
+    /// The store's (nothing is recorded then).
+    pub fn advance(&self, now: Timestamp) -> Result<usize, Error> {
+        Ok(self.with_writer(move |w| w.advance(now))??)
+    }
+
+    /// The earliest instant at which time alone may change some answer (when to call
+    /// [`Engine::advance`] next).
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn next_due(&self) -> Result<Option<Timestamp>, Error> {
+        Ok(self.listing().next_due()?)
+    }
+
+    /// Access changes after seq `after` (0: from the start), oldest first, at most
+    /// `limit`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use entitlement_sync::{Delivery, Engine};
+    /// let dir = tempfile::tempdir()?;
+    /// let engine = Engine::open(dir.path().join("entitlements.db"))?;
+    /// let body = br#"{"business_id":"bus_1","type":"entitlement_grant.delivered",
+    ///   "timestamp":"2026-05-01T10:25:33Z","data":{"id":"grant_1","customer_id":"cus_1",
+    ///   "entitlement_id":"ent_1","status":"Delivered","updated_at":"2026-05-01T10:25:33Z"}}"#;
+    /// engine.ingest(Delivery::new("msg_1", body.to_vec(), chrono::Utc::now()))?;
+    /// let changes = engine.changes(0, 100)?;
+    /// assert_eq!(changes.len(), 1);
+    /// assert!(changes[0].allowed && !changes[0].previous.allowed);
+    /// assert_eq!(changes[0].cause.kind(), "delivery");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The store's, or a row that does not decode.
+    pub fn changes(&self, after: i64, limit: usize) -> Result<Vec<Change>, Error> {
+        Ok(self.listing().changes(after, limit)?)
+    }
+
+    /// Like [`Engine::changes`], but when there is none yet, waits up to `timeout` for
+    /// the next one: woken at once by this engine's commits, and checking every 100 ms
+    /// for other processes'.
+    ///
+    /// # Errors
+    ///
+    /// See [`Engine::changes`].
+    pub fn wait_changes(
+        &self,
+        after: i64,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Change>, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.inner.generation.load();
+            let changes = self.changes(after, limit)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !changes.is_empty() || left.is_zero() {
+                return Ok(changes);
+            }
+            self.inner
+                .generation
+                .wait_past(seen, left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Calls `f` on the writer thread after every commit of this engine (quick, must
+    /// not block): how an async shell wakes its long polls and streams.
+    pub fn on_commit(&self, f: impl Fn() + Send + std::marker::Sync + 'static) {
+        self.inner.generation.listen(Box::new(f));
+    }
+
+    /// The newest seq of the access-change feed (0 when empty).
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn last_change_seq(&self) -> Result<i64, Error> {
+        Ok(self.listing().last_change_seq()?)
+    }
+
+    /// The forwarder's cursor: the last seq `serve --forward-url` delivered.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn forward_cursor(&self) -> Result<i64, Error> {
+        Ok(self.listing().forward_cursor()?)
+    }
+
+    /// Moves the forwarder's cursor to `seq` (never back), durably.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn set_forward_cursor(&self, seq: i64) -> Result<(), Error> {
+        Ok(self.with_writer(move |w| w.set_forward_cursor(seq))??)
     }
 
     /// Opens a second, independent reader on the same file (benchmarks).

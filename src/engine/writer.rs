@@ -7,7 +7,53 @@ use super::Error;
 use crate::store::{Applied, StoreError, WriteStore};
 use crate::Delivery;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Condvar, Mutex};
+use std::time::Duration;
+
+/// The commit generation: bumped by the writer thread after every commit, before anyone
+/// hears of it; waiters ([`Signal::wait_past`]) and listeners are woken.
+#[derive(Default)]
+pub(super) struct Signal {
+    generation: AtomicU64,
+    lock: Mutex<()>,
+    cond: Condvar,
+    listeners: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl Signal {
+    pub(super) fn new() -> Signal {
+        Signal {
+            generation: AtomicU64::new(1),
+            ..Signal::default()
+        }
+    }
+
+    pub(super) fn load(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(super) fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(super::lock(&self.lock));
+        self.cond.notify_all();
+        for listener in super::lock(&self.listeners).iter() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(listener));
+        }
+    }
+
+    /// Waits until the generation is past `seen`, at most `timeout`.
+    pub(super) fn wait_past(&self, seen: u64, timeout: Duration) {
+        let guard = super::lock(&self.lock);
+        if self.load() != seen {
+            return;
+        }
+        let _ = self.cond.wait_timeout(guard, timeout);
+    }
+
+    pub(super) fn listen(&self, f: Box<dyn Fn() + Send + Sync>) {
+        super::lock(&self.listeners).push(f);
+    }
+}
 
 /// How many deliveries one group commit takes at most.
 pub(super) const MAX_GROUP: usize = 512;
@@ -19,7 +65,7 @@ pub(super) type Reply = Box<dyn FnOnce(Result<Applied, Error>) + Send>;
 pub(super) type Store = Box<dyn WriteStore>;
 
 /// A closure run on the writer thread; it bumps the generation after writing.
-pub(super) type WriterTask = Box<dyn FnOnce(&mut Store, &AtomicU64) + Send>;
+pub(super) type WriterTask = Box<dyn FnOnce(&mut Store, &Signal) + Send>;
 
 /// Work for the writer thread.
 pub(super) enum Job {
@@ -32,7 +78,7 @@ pub(super) enum Job {
 /// The writer thread: takes whatever is queued (up to [`MAX_GROUP`] deliveries) and
 /// commits it as one transaction, so concurrent deliveries share one fsync. Exits when
 /// every [`Engine`] clone is gone.
-pub(super) fn writer_loop(mut writer: Store, queue: mpsc::Receiver<Job>, generation: &AtomicU64) {
+pub(super) fn writer_loop(mut writer: Store, queue: mpsc::Receiver<Job>, generation: &Signal) {
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
@@ -76,15 +122,10 @@ fn answer(reply: Reply, result: Result<Applied, Error>) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(result)));
 }
 
-fn commit(
-    writer: &mut Store,
-    deliveries: &[Delivery],
-    replies: Vec<Reply>,
-    generation: &AtomicU64,
-) {
+fn commit(writer: &mut Store, deliveries: &[Delivery], replies: Vec<Reply>, generation: &Signal) {
     let result = writer.apply_batch(deliveries);
     // Before anyone hears of the commit, so that their next read sees it.
-    generation.fetch_add(1, Ordering::AcqRel);
+    generation.bump();
     match result {
         Ok(results) => {
             for (reply, r) in replies.into_iter().zip(results) {

@@ -18,17 +18,21 @@ pub(crate) enum Route {
     Access,
     Customer,
     Credits,
+    Changes,
+    Stream,
     Healthz,
     Metrics,
     NotFound,
 }
 
 impl Route {
-    const ALL: [Route; 7] = [
+    const ALL: [Route; 9] = [
         Route::Webhook,
         Route::Access,
         Route::Customer,
         Route::Credits,
+        Route::Changes,
+        Route::Stream,
         Route::Healthz,
         Route::Metrics,
         Route::NotFound,
@@ -40,6 +44,8 @@ impl Route {
             Route::Access => super::ACCESS_PATH,
             Route::Customer => super::CUSTOMER_PATH,
             Route::Credits => super::CREDITS_PATH,
+            Route::Changes => super::CHANGES_PATH,
+            Route::Stream => super::STREAM_PATH,
             Route::Healthz => "/healthz",
             Route::Metrics => "/metrics",
             Route::NotFound => "(unmatched)",
@@ -133,6 +139,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What the store and the server say at scrape time.
 pub(crate) struct Snapshot<'a> {
     pub quarantined: Option<u64>,
+    /// The newest seq of the access-change feed.
+    pub last_change: Option<i64>,
+    /// The forwarder's counters, when it runs.
+    pub forward: Option<&'a ForwardStats>,
     /// Rows the access index skipped because they do not decode.
     pub bad_rows: u64,
     pub grants: Option<u64>,
@@ -383,6 +393,18 @@ impl Metrics {
                 snap.now_unix - newest as f64
             );
         }
+        if let Some(last) = snap.last_change {
+            header(
+                w,
+                "entsync_changes_last_seq",
+                "gauge",
+                "The newest seq of the access-change feed.",
+            );
+            let _ = writeln!(w, "entsync_changes_last_seq {last}");
+        }
+        if let Some(f) = snap.forward {
+            render_forward(w, f, snap.last_change, snap.now_unix);
+        }
         header(
             w,
             "entsync_uptime_seconds",
@@ -396,6 +418,75 @@ impl Metrics {
         );
         out
     }
+}
+
+/// What `serve --forward-url` reports: written by the forwarder, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// The last seq acknowledged by the receiver.
+    pub cursor: std::sync::atomic::AtomicI64,
+    /// Changes acknowledged since start.
+    pub delivered: AtomicU64,
+    /// Failed attempts since start.
+    pub failures: AtomicU64,
+    /// When (Unix µs, local clock) the forwarder first tried the change it is stuck on;
+    /// 0 when it is not behind.
+    pub pending_since_micros: std::sync::atomic::AtomicI64,
+}
+
+fn render_forward(w: &mut String, f: &ForwardStats, last: Option<i64>, now_unix: f64) {
+    let cursor = f.cursor.load(Relaxed);
+    header(
+        w,
+        "entsync_forward_cursor",
+        "gauge",
+        "The last access-change seq the forward receiver acknowledged.",
+    );
+    let _ = writeln!(w, "entsync_forward_cursor {cursor}");
+    if let Some(last) = last {
+        header(
+            w,
+            "entsync_forward_lag_seqs",
+            "gauge",
+            "Access changes recorded but not yet acknowledged by the forward receiver.",
+        );
+        let _ = writeln!(w, "entsync_forward_lag_seqs {}", (last - cursor).max(0));
+    }
+    let since = f.pending_since_micros.load(Relaxed);
+    header(
+        w,
+        "entsync_forward_lag_seconds",
+        "gauge",
+        "How long the forwarder has been trying to deliver the oldest pending change (0: caught up).",
+    );
+    let lag = if since == 0 {
+        0.0
+    } else {
+        (now_unix - since as f64 / 1e6).max(0.0)
+    };
+    let _ = writeln!(w, "entsync_forward_lag_seconds {lag}");
+    header(
+        w,
+        "entsync_forward_delivered_total",
+        "counter",
+        "Access changes the forward receiver acknowledged since start.",
+    );
+    let _ = writeln!(
+        w,
+        "entsync_forward_delivered_total {}",
+        f.delivered.load(Relaxed)
+    );
+    header(
+        w,
+        "entsync_forward_failures_total",
+        "counter",
+        "Failed forward attempts (connection errors, timeouts, non-2xx) since start.",
+    );
+    let _ = writeln!(
+        w,
+        "entsync_forward_failures_total {}",
+        f.failures.load(Relaxed)
+    );
 }
 
 fn render_conns(w: &mut String, c: &ConnStats) {
@@ -495,8 +586,14 @@ mod tests {
         m.observe(Route::Webhook, 401, Duration::from_secs(20));
         m.applied_event_at(1_000);
         let conns = ConnStats::default();
+        let forward = ForwardStats::default();
+        forward.cursor.store(40, Relaxed);
+        forward.failures.store(3, Relaxed);
+        forward.pending_since_micros.store(1_004_000_000, Relaxed);
         let text = m.render(&Snapshot {
             quarantined: Some(3),
+            last_change: Some(42),
+            forward: Some(&forward),
             bad_rows: 1,
             grants: None,
             pending: 2,
@@ -505,6 +602,11 @@ mod tests {
             now_unix: 1_010.0,
         });
         for line in [
+            "entsync_changes_last_seq 42",
+            "entsync_forward_cursor 40",
+            "entsync_forward_lag_seqs 2",
+            "entsync_forward_lag_seconds 6",
+            "entsync_forward_failures_total 3",
             "entsync_deliveries_total{outcome=\"applied\"} 1",
             "entsync_deliveries_total{outcome=\"malformed\"} 1",
             "entsync_deliveries_by_type_total{type=\"entitlement_grant.delivered\"} 1",

@@ -11,10 +11,12 @@
 //! | `GET /v1/access/{customer_id}/{entitlement_id}` | 200 with the [`crate::Access`] answer, allowed or not |
 //! | `GET /v1/customers/{customer_id}` | 200 with the [`crate::store::CustomerView`] |
 //! | `GET /v1/credits/{customer_id}/{credit_entitlement_id}` | 200 with the balance, amounts as decimal strings |
+//! | `GET /v1/changes?after=&limit=&wait=` | 200 `{"changes": [...], "next": seq}` ([`ChangesPage`]); with `wait`, an empty page waits up to that many seconds for the next change (long poll); 400 for a bad parameter |
+//! | `GET /v1/changes/stream?after=` | Server-Sent Events: `event: access.changed`, `id:` the seq, `data:` the change; `Last-Event-ID` takes precedence over `after` |
 //! | `GET /healthz` | 200 `{"status": "ok"}` while the store and the access index are usable; 503 `{"status": "unavailable", "error": "store_unavailable", "cause": ...}` otherwise |
 //! | `GET /metrics` | Prometheus text: requests by route and status, delivery outcomes, signature failures, the writer queue, connections |
 //!
-//! The read API and `/metrics` ask for `Authorization: Bearer <token>` when
+//! The read API (the change feed included) and `/metrics` ask for `Authorization: Bearer <token>` when
 //! [`Options::api_token`] is set (401 otherwise); webhooks never do (their signature is
 //! their authentication), nor does `/healthz`.
 //!
@@ -43,8 +45,12 @@
 //! # }
 //! ```
 
+mod changes;
 mod metrics;
 mod server;
+
+pub use changes::{ChangesPage, ChangesQuery, StreamQuery, CHANGES_PATH, STREAM_PATH};
+pub use metrics::ForwardStats;
 
 pub use server::{
     serve, Limits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
@@ -93,6 +99,8 @@ pub struct Options {
     /// Deliveries waiting for their commit at once; past it a delivery gets 503 with
     /// `Retry-After` (nothing of it stored), so that the sender retries later. At least 1.
     pub max_pending: usize,
+    /// The counters of a change forwarder, shown by `/metrics` (forward lag, failures).
+    pub forward: Option<Arc<ForwardStats>>,
 }
 
 /// The default [`Options::body_timeout`]: 30 s (Dodo gives up after 15 s).
@@ -109,6 +117,7 @@ impl Default for Options {
             api_token: None,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING,
+            forward: None,
         }
     }
 }
@@ -133,6 +142,8 @@ pub struct Receiver {
 
 struct Shared {
     engine: Engine,
+    /// Woken after every commit of the engine: long polls and streams of the change feed.
+    feed: Arc<tokio::sync::Notify>,
     /// Wakes the index catch-up loop (see [`Shared::catch_up`]).
     catch_up: Arc<tokio::sync::Notify>,
     catch_up_started: std::sync::atomic::AtomicBool,
@@ -145,6 +156,7 @@ struct Shared {
     /// SHA-256 of the API token: compared in constant time, whatever its length.
     token: Option<[u8; 32]>,
     metrics: Metrics,
+    forward: Option<Arc<ForwardStats>>,
     /// Connection counters, kept by [`Receiver::serve`].
     conns: Arc<server::ConnStats>,
     /// More `/metrics` lines, rendered on every scrape ([`Receiver::add_metrics`]).
@@ -191,9 +203,17 @@ impl Receiver {
                 metrics.applied_event_at(t.timestamp());
             }
         }
+        let feed = Arc::new(tokio::sync::Notify::new());
+        let wake = Arc::downgrade(&feed);
+        engine.on_commit(move || {
+            if let Some(feed) = wake.upgrade() {
+                feed.notify_waiters();
+            }
+        });
         Receiver {
             shared: Arc::new(Shared {
                 engine,
+                feed,
                 catch_up: Arc::new(tokio::sync::Notify::new()),
                 catch_up_started: std::sync::atomic::AtomicBool::new(false),
                 verifier,
@@ -206,6 +226,7 @@ impl Receiver {
                     .filter(|t| !t.is_empty())
                     .map(|t| Sha256::digest(t.as_bytes()).into()),
                 metrics,
+                forward: options.forward,
                 conns: Arc::default(),
                 extra_metrics: std::sync::Mutex::new(Vec::new()),
             }),
@@ -257,6 +278,8 @@ impl Receiver {
             .route(ACCESS_PATH, self.timed(Route::Access, get(access)))
             .route(CUSTOMER_PATH, self.timed(Route::Customer, get(customer)))
             .route(CREDITS_PATH, self.timed(Route::Credits, get(credits)))
+            .route(CHANGES_PATH, self.timed(Route::Changes, get(changes::page)))
+            .route(STREAM_PATH, self.timed(Route::Stream, get(changes::stream)))
     }
 
     /// `GET /healthz` and `GET /metrics`.
@@ -334,6 +357,22 @@ struct ErrorBody<'a> {
 
 fn error(status: StatusCode, kind: &str) -> Response {
     json(status, &ErrorBody { error: kind })
+}
+
+/// An error with a message for people: `{"error": kind, "message": ...}`.
+fn error_message(status: StatusCode, kind: &str, message: &str) -> Response {
+    #[derive(Serialize)]
+    struct WithMessage<'a> {
+        error: &'a str,
+        message: &'a str,
+    }
+    json(
+        status,
+        &WithMessage {
+            error: kind,
+            message,
+        },
+    )
 }
 
 fn store_unavailable() -> Response {
@@ -810,13 +849,21 @@ async fn metrics_text(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respo
     if let Some(refusal) = s.refuse(&headers) {
         return refusal;
     }
-    let (quarantined, grants) = s
-        .read(|e| Ok((e.quarantine_size().ok(), e.grant_count() as u64)))
+    let (quarantined, grants, last_change) = s
+        .read(|e| {
+            Ok((
+                e.quarantine_size().ok(),
+                e.grant_count() as u64,
+                e.last_change_seq().ok(),
+            ))
+        })
         .await
-        .unwrap_or((None, 0));
+        .unwrap_or((None, 0, None));
     let now = chrono::Utc::now();
     let mut text = s.metrics.render(&Snapshot {
         quarantined,
+        last_change,
+        forward: s.forward.as_deref(),
         bad_rows: s.engine.bad_rows().count,
         grants: Some(grants),
         pending: s.max_pending.saturating_sub(s.pending.available_permits()) as u64,

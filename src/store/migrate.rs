@@ -7,6 +7,7 @@ use rusqlite::Connection;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../schema.sql"),
     include_str!("../../migrations/0002_history.sql"),
+    include_str!("../../migrations/0003_changes.sql"),
 ];
 
 /// The schema version this build writes.

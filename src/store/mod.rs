@@ -18,11 +18,13 @@
 //! | `families.rs` | the families as stored objects: [`Kind`] to type, lookup columns |
 //! | `write.rs` | the writer: deliveries, plans carried out, accept |
 //! | `history.rs` | the history rows (one per distinct snapshot; the quarantine) |
+//! | `feed.rs` | the access-change feed: pairs re-evaluated in the writer's transaction |
 //! | `rebuild.rs` | every projection recomputed from `deliveries` + `overrides` |
 //! | `read.rs` | the reader: change feed for the index, one pair's rows |
 //! | `records.rs` | listings and views (`deliveries`, `rejected`, `grants`, ...) |
 
 mod families;
+mod feed;
 mod history;
 mod migrate;
 mod read;
@@ -37,6 +39,8 @@ pub use records::{
 };
 pub use write::{Applied, Writer};
 
+use crate::access::Policy;
+use crate::change::Change;
 use crate::delivery::{Delivery, Outcome};
 use crate::event::Kind;
 use crate::wire::Timestamp;
@@ -145,12 +149,31 @@ pub trait WriteStore: Send {
     /// [`StoreError::UnknownDelivery`], [`StoreError::NotQuarantined`], or the backend's.
     fn accept(&mut self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String)>;
 
-    /// Recomputes every projection from the stored deliveries and overrides alone.
+    /// Recomputes every projection from the stored deliveries and overrides alone, and
+    /// records the access changes that makes (cause `rebuild`, at `now`).
     ///
     /// # Errors
     ///
     /// The backend's; a failed rebuild changes nothing.
-    fn rebuild(&mut self) -> Result<RebuildStats>;
+    fn rebuild(&mut self, now: Timestamp) -> Result<RebuildStats>;
+
+    /// Records the access changes time alone made up to `now` (cause `time`), each at
+    /// the instant it happened. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The backend's; nothing is recorded then.
+    fn advance(&mut self, now: Timestamp) -> Result<usize>;
+
+    /// Moves the forwarder's cursor to `seq` (never back).
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn set_forward_cursor(&mut self, seq: i64) -> Result<()>;
+
+    /// The policy the access-change feed is computed under.
+    fn policy(&self) -> &Policy;
 }
 
 /// The read side of a store: change detection for the access index, listings.
@@ -231,6 +254,34 @@ pub trait ReadStore: Send {
     ///
     /// The backend's.
     fn quarantine_size(&mut self) -> Result<u64>;
+
+    /// Access changes after seq `after`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// The backend's, or a row that does not decode.
+    fn changes(&mut self, after: i64, limit: usize) -> Result<Vec<Change>>;
+
+    /// The newest seq in the access-change feed (0 when it is empty).
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn last_change_seq(&mut self) -> Result<i64>;
+
+    /// The forwarder's cursor: the last seq `serve --forward-url` delivered.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn forward_cursor(&mut self) -> Result<i64>;
+
+    /// The earliest instant at which time alone may change some answer.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn next_due(&mut self) -> Result<Option<Timestamp>>;
 
     /// One object's current state row (`entsync reconcile` compares what the API says
     /// with it), or `None` when the store has never seen the object.

@@ -5,8 +5,10 @@ use super::{
     Balance, CustomerView, DeliveryRecord, GrantRecord, ObjectRow, QuarantineRecord, ReadStore,
     Result, StoreStats,
 };
+use crate::change::Change;
 use crate::delivery::Outcome;
 use crate::event::Kind;
+use crate::wire::Timestamp;
 use rusqlite::{params, Connection};
 use std::path::Path;
 
@@ -105,22 +107,7 @@ impl Reader {
     ///
     /// SQLite errors.
     pub fn pair_rows(&self, customer: &str, entitlement: &str) -> Result<Vec<ObjectRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "WITH g AS (SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_customer
-                         WHERE customer_id = ?1 AND kind = 'grant' AND ref_id = ?2)
-             SELECT kind, id, as_of, since, body FROM g
-             UNION ALL
-             SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_key
-              WHERE kind = 'subscription'
-                AND id IN (SELECT json_extract(body, '$.subscription_id') FROM g)
-             UNION ALL
-             SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_key
-              WHERE kind = 'payment' AND id IN (SELECT json_extract(body, '$.payment_id') FROM g)
-             UNION ALL
-             SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
-              WHERE kind IN ('refund', 'dispute')
-                AND ref_id IN (SELECT json_extract(body, '$.payment_id') FROM g)",
-        )?;
+        let mut stmt = self.conn.prepare_cached(PAIR_ROWS)?;
         let rows = stmt.query_map(params![customer, entitlement], ObjectRow::from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -166,8 +153,25 @@ impl Reader {
     }
 }
 
+/// The rows one pair's answer needs (`?1` customer, `?2` entitlement): its grants,
+/// their subscriptions and payments, and those payments' refunds and disputes.
+pub(super) const PAIR_ROWS: &str = "\
+    WITH g AS (SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_customer
+                WHERE customer_id = ?1 AND kind = 'grant' AND ref_id = ?2)
+    SELECT kind, id, as_of, since, body FROM g
+    UNION ALL
+    SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_key
+     WHERE kind = 'subscription' AND id IN (SELECT json_extract(body, '$.subscription_id') FROM g)
+    UNION ALL
+    SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_key
+     WHERE kind = 'payment' AND id IN (SELECT json_extract(body, '$.payment_id') FROM g)
+    UNION ALL
+    SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
+     WHERE kind IN ('refund', 'dispute')
+       AND ref_id IN (SELECT json_extract(body, '$.payment_id') FROM g)";
+
 /// `'grant', 'subscription', ...`: the kinds the access index holds, as an SQL list.
-fn index_kinds() -> &'static str {
+pub(super) fn index_kinds() -> &'static str {
     static LIST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     LIST.get_or_init(|| {
         let kinds: Vec<String> = Kind::ALL
@@ -213,6 +217,18 @@ impl ReadStore for Reader {
     }
     fn quarantine_size(&mut self) -> Result<u64> {
         Reader::quarantine_size(self)
+    }
+    fn changes(&mut self, after: i64, limit: usize) -> Result<Vec<Change>> {
+        super::feed::changes(&self.conn, after, limit)
+    }
+    fn last_change_seq(&mut self) -> Result<i64> {
+        super::feed::last_seq(&self.conn)
+    }
+    fn forward_cursor(&mut self) -> Result<i64> {
+        super::feed::forward_cursor(&self.conn)
+    }
+    fn next_due(&mut self) -> Result<Option<Timestamp>> {
+        super::feed::next_due(&self.conn)
     }
     fn object(&mut self, kind: Kind, id: &str) -> Result<Option<ObjectRow>> {
         Reader::object(self, kind, id)

@@ -179,6 +179,13 @@ pub(super) fn rebuild(conn: &mut Connection) -> Result<RebuildStats> {
             |r| r.get::<_, i64>(0),
         )
         .context("count the quarantine")? as u64;
+    // The access-change feed re-evaluates every pair in the writer's next transaction
+    // (`Writer::rebuild` runs it at once); the flag survives a crash in between.
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('needs_evaluation', 1)",
+        [],
+    )
+    .context("flag the feed for evaluation")?;
     tx.commit().context("commit the rebuild")?;
     Ok(stats)
 }

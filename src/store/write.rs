@@ -3,10 +3,13 @@
 //! state row and history rows, all in the batch's transaction.
 
 use super::families::{kind_of, with_family, Stored};
+use super::feed::{self, Feed, Pair};
 pub(super) use super::history::write_step;
 use super::history::write_step_keyed;
 use super::history::{load_step, load_steps_from, representative_of, since_of};
 use super::{Context, RebuildStats, Result, StoreError, WriteStore};
+use crate::access::Policy;
+use crate::change::Cause;
 use crate::delivery::{Delivery, Outcome};
 use crate::event::{self, Kind};
 use crate::fold::{decode_key, Current, Rejection, Snap, VersionKey};
@@ -14,7 +17,7 @@ use crate::plan::{self, Flow, Place, Refold};
 use crate::wire::{format_timestamp, hex, parse_timestamp, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 /// How many stored steps a re-fold reads at a time.
@@ -23,6 +26,12 @@ const REFOLD_CHUNK: usize = 32;
 /// The single writing connection (SQLite).
 pub struct Writer {
     pub(super) conn: Connection,
+    /// The policy this writer was opened with, if any (else the stored one).
+    wanted: Option<Policy>,
+    /// `wanted` is the stored policy (checked in a committed transaction).
+    policy_synced: bool,
+    /// The policy the feed is computed under.
+    policy: Policy,
 }
 
 impl std::fmt::Debug for Writer {
@@ -50,8 +59,25 @@ impl Writer {
     ///
     /// See [`super::open`].
     pub fn open(path: &Path) -> Result<Writer> {
+        Writer::open_with(path, None)
+    }
+
+    /// Like [`Writer::open`]; the access-change feed is computed under `policy`, or,
+    /// for `None`, under the policy it was last computed under (the default if none).
+    /// A policy other than the stored one re-evaluates every pair at the first write
+    /// (cause `operator`, `policy_changed`) and becomes the stored one.
+    ///
+    /// # Errors
+    ///
+    /// See [`super::open`].
+    pub fn open_with(path: &Path, policy: Option<Policy>) -> Result<Writer> {
+        let conn = super::open(path)?;
+        let stored = feed::stored_policy(&conn)?;
         let mut writer = Writer {
-            conn: super::open(path)?,
+            policy: policy.clone().or(stored).unwrap_or_default(),
+            wanted: policy,
+            policy_synced: false,
+            conn,
         };
         let needs_rebuild: bool = writer
             .conn
@@ -62,23 +88,96 @@ impl Writer {
             )
             .context("read the rebuild flag")?;
         if needs_rebuild {
-            writer.rebuild()?;
+            // The feed is brought up to date by the next write (the rebuild flags it).
+            super::rebuild::rebuild(&mut writer.conn)?;
         }
         Ok(writer)
     }
 
-    fn begin(&mut self) -> Result<Transaction<'_>> {
-        self.conn
+    /// The policy the feed is computed under.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Begins a write transaction and the feed's part of it at `now`: the policy
+    /// recorded (re-evaluating every pair if it changed), a store that has never been
+    /// evaluated evaluated (after a rebuild or the migration that added the feed).
+    fn begin(&mut self, now: Timestamp) -> Result<(Transaction<'_>, Feed)> {
+        let wanted = if self.policy_synced {
+            None
+        } else {
+            self.wanted.clone()
+        };
+        let fixed = self.wanted.clone();
+        let tx = self
+            .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("begin a write transaction")
+            .context("begin a write transaction")?;
+        let stored = match (&fixed, &wanted) {
+            (Some(_), None) => None,
+            _ => feed::stored_policy(&tx)?,
+        };
+        let policy = fixed.or(stored.clone()).unwrap_or_default();
+        let mut feed = Feed::start(&tx, policy, now)?;
+        let at = feed.tick(now);
+        if (wanted.is_some() || stored.is_none()) && stored.as_ref() != Some(&feed.policy) {
+            feed::store_policy(&tx, &feed.policy)?;
+            if stored.is_some() {
+                let cause = Cause::Operator {
+                    delivery_id: None,
+                    detail: "policy_changed".into(),
+                };
+                feed::evaluate_all(&tx, &feed.policy, at, &cause)?;
+            }
+        }
+        if feed::needs_evaluation(&tx)? {
+            feed::evaluate_all(&tx, &feed.policy, at, &Cause::Rebuild)?;
+            feed::clear_needs_evaluation(&tx)?;
+        }
+        Ok((tx, feed))
+    }
+
+    fn commit(tx: Transaction<'_>, feed: &Feed) -> Result<()> {
+        feed.finish(&tx)?;
+        tx.commit().context("commit")
     }
 
     fn apply_alone(&mut self, d: &Delivery) -> Result<Applied> {
-        let tx = self.begin()?;
+        let (tx, mut feed) = self.begin(d.received_at)?;
         let mut seqs = Seqs::start(&tx)?;
-        let applied = apply_one(&tx, d, &mut seqs)?;
-        tx.commit().context("commit")?;
+        let applied = apply_one(&tx, d, &mut seqs, &mut feed)?;
+        Writer::commit(tx, &feed)?;
+        self.policy_synced = true;
         Ok(applied)
+    }
+
+    /// Records the access changes time alone made up to `now` (cause `time`), each at
+    /// the instant it happened. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors (nothing is recorded then).
+    pub fn advance(&mut self, now: Timestamp) -> Result<usize> {
+        let (tx, mut feed) = self.begin(now)?;
+        let at = feed.tick(now);
+        let n = feed::advance(&tx, &feed.policy, at)?;
+        Writer::commit(tx, &feed)?;
+        self.policy_synced = true;
+        Ok(n)
+    }
+
+    /// Moves the forwarder's cursor to `seq` (never back).
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors.
+    pub fn set_forward_cursor(&mut self, seq: i64) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("begin a write transaction")?;
+        feed::set_forward_cursor(&tx, seq)?;
+        tx.commit().context("commit")
     }
 }
 
@@ -88,12 +187,15 @@ impl WriteStore for Writer {
         // batch back and apply each in a transaction of its own, so one bad delivery
         // cannot take the others with it (savepoints would cost a statement journal
         // on every delivery of every batch).
-        let tx = self.begin()?;
+        let Some(first) = deliveries.first() else {
+            return Ok(Vec::new());
+        };
+        let (tx, mut feed) = self.begin(first.received_at)?;
         let mut seqs = Seqs::start(&tx)?;
         let mut results = Vec::with_capacity(deliveries.len());
         let mut failed = false;
         for d in deliveries {
-            match apply_one(&tx, d, &mut seqs) {
+            match apply_one(&tx, d, &mut seqs, &mut feed) {
                 Ok(applied) => results.push(applied),
                 Err(_) => {
                     failed = true;
@@ -102,7 +204,8 @@ impl WriteStore for Writer {
             }
         }
         if !failed {
-            tx.commit().context("commit")?;
+            Writer::commit(tx, &feed)?;
+            self.policy_synced = true;
             return Ok(results.into_iter().map(Ok).collect());
         }
         drop(tx); // rolls back
@@ -110,7 +213,9 @@ impl WriteStore for Writer {
     }
 
     fn accept(&mut self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String)> {
-        let tx = self.begin()?;
+        let (tx, mut feed) = self.begin(now)?;
+        let at = feed.tick(now);
+        feed::advance(&tx, &feed.policy, at)?;
         // The quarantined snapshots this delivery id carried (one per body it came with).
         let quarantined: Vec<(String, String, String, String)> = {
             let mut stmt = tx.prepare_cached(
@@ -150,13 +255,37 @@ impl WriteStore for Writer {
         }
         let kind = kind_of(&kind)?;
         let seq = next_seq(&tx)?;
+        let before = feed::pairs_of(&tx, kind, &id)?;
         with_family!(kind, accept_keys(&tx, &id, &keys, seq))?;
-        tx.commit().context("commit")?;
+        let cause = Cause::Operator {
+            delivery_id: Some(delivery_id.to_string()),
+            detail: "accept".into(),
+        };
+        evaluate_pairs(&tx, &feed, kind, &id, before, at, |_, _| cause.clone())?;
+        Writer::commit(tx, &feed)?;
+        self.policy_synced = true;
         Ok((kind, id))
     }
 
-    fn rebuild(&mut self) -> Result<RebuildStats> {
-        super::rebuild::rebuild(&mut self.conn)
+    fn rebuild(&mut self, now: Timestamp) -> Result<RebuildStats> {
+        let stats = super::rebuild::rebuild(&mut self.conn)?;
+        // The rebuild flagged the feed for evaluation: this records the changes it made.
+        let (tx, feed) = self.begin(now)?;
+        Writer::commit(tx, &feed)?;
+        self.policy_synced = true;
+        Ok(stats)
+    }
+
+    fn advance(&mut self, now: Timestamp) -> Result<usize> {
+        Writer::advance(self, now)
+    }
+
+    fn set_forward_cursor(&mut self, seq: i64) -> Result<()> {
+        Writer::set_forward_cursor(self, seq)
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
     }
 }
 
@@ -184,8 +313,25 @@ pub(super) fn next_seq(tx: &Connection) -> Result<i64> {
         .context("bump the change counter")
 }
 
+/// Re-evaluates the pairs an object backs, now and (`before`) before it changed.
+fn evaluate_pairs(
+    tx: &Connection,
+    feed: &Feed,
+    kind: Kind,
+    id: &str,
+    mut pairs: BTreeSet<Pair>,
+    at: Timestamp,
+    cause: impl Fn(&crate::change::Answer, &crate::change::Answer) -> Cause,
+) -> Result<()> {
+    pairs.extend(feed::pairs_of(tx, kind, id)?);
+    for pair in &pairs {
+        feed::evaluate(tx, pair, &feed.policy, at, &cause)?;
+    }
+    Ok(())
+}
+
 /// Applies one delivery inside the caller's transaction.
-fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs) -> Result<Applied> {
+fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) -> Result<Applied> {
     let body_sha256 = hex(&Sha256::digest(&d.body));
     let seen: bool = tx
         .prepare_cached(
@@ -220,13 +366,26 @@ fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs) -> Result<Applied> 
             row.outcome = Outcome::Unhandled;
             if let Some((kind, id)) = env.event.object() {
                 let (kind, id) = (kind, id.to_string());
-                let at = Arrival {
+                let arrival = Arrival {
                     delivery_id: &d.id,
                     delivery_seq: row.seq,
                     seq: seqs.change,
                 };
-                let (outcome, key, detail) =
-                    with_family!(kind, apply_snapshot(tx, env.event, &at))?;
+                // Time first: what became due before this delivery is time's doing.
+                let at = feed.tick(d.received_at);
+                feed::advance(tx, &feed.policy, at)?;
+                // The pairs a grant, refund or dispute backed before: an accepted
+                // snapshot may move it.
+                let before = match kind {
+                    Kind::Grant | Kind::Refund | Kind::Dispute => feed::pairs_of(tx, kind, &id)?,
+                    _ => BTreeSet::new(),
+                };
+                let (outcome, key, detail, changed) =
+                    with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
+                if changed {
+                    let cause = Cause::of_delivery(&d.id, &env.event_type);
+                    evaluate_pairs(tx, feed, kind, &id, before, at, |_, _| cause.clone())?;
+                }
                 row.object = Some((kind, id));
                 row.key = Some(key);
                 row.outcome = outcome;
@@ -343,12 +502,12 @@ fn current_of<T: Stored>(head: &Head) -> Result<Current<T>> {
 }
 
 /// Folds one new snapshot into its object, as the planner says. Returns (outcome,
-/// encoded key, detail).
+/// encoded key, detail, whether the object's state row changed).
 fn apply_snapshot<T: Stored>(
     tx: &Connection,
     event: event::Event,
     at: &Arrival<'_>,
-) -> Result<(Outcome, String, Option<String>)> {
+) -> Result<(Outcome, String, Option<String>, bool)> {
     let snap =
         T::from_event(event).ok_or_else(|| StoreError::Corrupt("event family mismatch".into()))?;
     let id = snap.body.object_id().to_string();
@@ -379,7 +538,7 @@ fn apply_snapshot<T: Stored>(
                 }
             }
             let detail = append.step.rejection().map(Rejection::message);
-            Ok((append.outcome, key, detail))
+            Ok((append.outcome, key, detail, append.state.is_some()))
         }
         Place::Known => {
             let Some(Ok(Some((stored, _)))) = known else {
@@ -398,7 +557,7 @@ fn apply_snapshot<T: Stored>(
                 .execute(params![T::KIND.as_str(), id, rep, key])
                 .context("update the representative delivery")?;
             }
-            Ok((Outcome::Duplicate, key, None))
+            Ok((Outcome::Duplicate, key, None, false))
         }
         Place::Within => {
             // The lookup that placed it must not have failed: an error is not "unknown".
@@ -407,13 +566,13 @@ fn apply_snapshot<T: Stored>(
             }
             let head = head.ok_or_else(|| StoreError::Corrupt("history without state".into()))?;
             let new = (&snap, at.delivery_id, at.delivery_seq);
-            let outcome = refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
+            let (outcome, changed) = refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
             let detail = match outcome {
                 Outcome::Rejected => load_step(tx, T::KIND, &id, &key)?
                     .and_then(|(s, _)| s.rejection().map(Rejection::message)),
                 _ => None,
             };
-            Ok((outcome, key, detail))
+            Ok((outcome, key, detail, changed))
         }
     }
 }
@@ -432,7 +591,7 @@ fn accept_keys<T: Stored>(tx: &Connection, id: &str, keys: &[VersionKey], seq: i
 /// Re-folds an object from key `from`: with the new snapshot `new` inserted there, or
 /// (for `accept`) with the steps of `accept` now accepted. Reads the stored steps after
 /// it only until the fold meets them again, writes what changed, and returns the outcome
-/// for `new`.
+/// for `new` and whether the object's state row changed.
 fn refold<T: Stored>(
     tx: &Connection,
     id: &str,
@@ -441,7 +600,7 @@ fn refold<T: Stored>(
     new: Option<(&Snap<T>, &str, i64)>,
     accept: &[VersionKey],
     seq: i64,
-) -> Result<Outcome> {
+) -> Result<(Outcome, bool)> {
     let kind = T::KIND;
     let before = state_before::<T>(tx, id, &from)?;
     // The state each stored step met, as stored: followed along the old history.
@@ -486,11 +645,12 @@ fn refold<T: Stored>(
         Some(since) => Some(since),
         None => since_of(tx, kind, id)?,
     };
-    match planned.state {
+    let changed = match planned.state {
         Some(mut state) => {
             state.since = since.unwrap_or(state.snap.key.at);
             let delivery_id = representative_of(tx, kind, id, &state.snap.key)?;
             upsert_object(tx, id, &state, &head.max_key, &delivery_id, seq)?;
+            true
         }
         None if since.is_some_and(|s| s != head.since) => {
             tx.prepare_cached(
@@ -503,10 +663,11 @@ fn refold<T: Stored>(
                 seq
             ])
             .context("move since")?;
+            true
         }
-        None => {}
-    }
-    Ok(planned.outcome)
+        None => false,
+    };
+    Ok((planned.outcome, changed))
 }
 
 /// The state just before key `key`: the snapshot of the last applied step before it.

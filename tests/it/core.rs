@@ -22,6 +22,7 @@ use crate::support::{
 };
 use chrono::Duration;
 use entitlement_sync::access::{decide, GrantView, Policy, SubscriptionFacts};
+use entitlement_sync::change::Answer;
 use entitlement_sync::event::{self, Event, Grant, Subscription};
 use entitlement_sync::fold::{self, outcome, Entry, Folded, Snap, Verdict, VersionKey};
 use entitlement_sync::{Delivery, Engine, Outcome};
@@ -752,7 +753,7 @@ impl<B: Backend> StateMachineTest for Sut<B> {
                 sut.last = Expect::Accepted(kind, id);
             }
             Tr::Rebuild => {
-                let stats = sut.engine().rebuild().expect("rebuild");
+                let stats = sut.engine().rebuild(world.now).expect("rebuild");
                 assert_eq!(stats.deliveries, world.deliveries.len() as u64, "{stats:?}");
                 assert_eq!(stats.malformed, 0, "{stats:?}");
             }
@@ -760,7 +761,10 @@ impl<B: Backend> StateMachineTest for Sut<B> {
                 drop(sut.engine.take());
                 sut.engine = Some(B::open(sut.dir.path()));
             }
-            Tr::Advance { .. } => {}
+            // What `serve`'s timer does when time moves on.
+            Tr::Advance { .. } => {
+                sut.engine().advance(world.now).expect("advance");
+            }
         }
         sut
     }
@@ -882,6 +886,8 @@ impl<B: Backend> StateMachineTest for Sut<B> {
                 },
             ),
         ];
+        let feed = folded_feed(engine);
+        let none = Answer::none();
         for (c, e) in &pairs {
             let facts: Vec<model::GrantFacts<'_>> = states
                 .iter()
@@ -905,10 +911,45 @@ impl<B: Backend> StateMachineTest for Sut<B> {
                 assert_eq!(got.evaluated_at, world.now);
                 if n == 0 {
                     assert_eq!(engine.has_access(c, e, world.now), want.allowed);
+                    // The feed is never wrong about the current answer.
+                    let fed = feed.get(&(c.clone(), e.clone())).unwrap_or(&none);
+                    let want = Answer {
+                        allowed: want.allowed,
+                        status: want.status.clone(),
+                        reason: want.reason.clone(),
+                    };
+                    assert_eq!(
+                        fed, &want,
+                        "the feed's last answer for ({c}, {e}) at {}\nfacts: {facts:?}",
+                        world.now
+                    );
                 }
             }
         }
     }
+}
+
+/// The access-change feed folded per pair, after checking its invariants: seqs strictly
+/// increase, each change's `previous` is the pair's change before it (or `none`), and
+/// no change repeats the answer before it.
+pub fn folded_feed(engine: &Engine) -> BTreeMap<(String, String), Answer> {
+    let changes = engine.changes(0, usize::MAX).expect("changes");
+    let mut last: BTreeMap<(String, String), Answer> = BTreeMap::new();
+    let mut seq = 0;
+    for c in changes {
+        assert!(c.seq > seq, "seq {} after {seq}", c.seq);
+        seq = c.seq;
+        let pair = (c.customer_id.clone(), c.entitlement_id.clone());
+        let before = last.get(&pair).cloned().unwrap_or_else(Answer::none);
+        assert_eq!(c.previous, before, "previous of change {c:?}");
+        assert_ne!(
+            c.answer(),
+            before,
+            "change {c:?} repeats the answer before it"
+        );
+        last.insert(pair, c.answer());
+    }
+    last
 }
 
 /// Runs one sequence of transitions through the model test on SQLite.

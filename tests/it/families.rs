@@ -2371,7 +2371,7 @@ fn families_done_when_on_hold_and_back_with_lost_and_late_grants() {
     for (id, body) in &sent {
         assert_eq!(world.send_as(id, body), Outcome::Duplicate);
     }
-    world.engine.rebuild().expect("rebuild");
+    world.engine.rebuild(chrono::Utc::now()).expect("rebuild");
     point(
         &world,
         "after rebuild",

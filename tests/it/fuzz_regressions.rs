@@ -132,7 +132,7 @@ fn assert_contained(poison: &[u8], poisoned_pair: (&str, &str)) {
         )
     };
     let live = check(&engine, "live", &mut problems);
-    match engine.rebuild() {
+    match engine.rebuild(chrono::Utc::now()) {
         Ok(_) => {
             if check(&engine, "after rebuild", &mut problems) != live {
                 problems.push("rebuild != live".into());

@@ -160,7 +160,7 @@ fn a_value_that_cannot_be_read_back_is_malformed_and_harms_no_other_answer() {
     drop(engine);
     let engine = Engine::open(&path).unwrap();
     check(&engine);
-    let stats = engine.rebuild().expect("rebuild");
+    let stats = engine.rebuild(chrono::Utc::now()).expect("rebuild");
     assert_eq!(stats.malformed as usize, malformed);
     check(&engine);
 }
@@ -195,7 +195,7 @@ fn an_undecodable_row_is_skipped_counted_and_named() {
     assert_eq!(bad.recent[0].0, "grant");
     assert_eq!(bad.recent[0].1, "grant_bad");
     // A rebuild writes the row anew from the stored delivery.
-    engine.rebuild().unwrap();
+    engine.rebuild(chrono::Utc::now()).unwrap();
     assert!(engine.has_access("cus_bad", "ent_pro", t0()));
 }
 
@@ -251,7 +251,7 @@ fn an_accept_binds_the_bytes_it_accepted_not_the_webhook_id() {
     let live = view(&engine);
     assert!(live.0.starts_with("true delivered"), "{live:?}");
     assert_eq!(live.1, vec!["m_x".to_string()]);
-    engine.rebuild().unwrap();
+    engine.rebuild(chrono::Utc::now()).unwrap();
     assert_eq!(view(&engine), live, "rebuild equals live");
     // The same story out of order converges to the same state.
     let dir2 = tempfile::tempdir().unwrap();
@@ -289,7 +289,7 @@ fn two_rejected_snapshots_under_one_delivery_id_are_two_quarantine_rows() {
     }
     assert_eq!(rejected_ids(&engine), vec!["m_y", "m_y"]);
     assert_eq!(engine.quarantine_size().unwrap(), 2);
-    engine.rebuild().unwrap();
+    engine.rebuild(chrono::Utc::now()).unwrap();
     assert_eq!(rejected_ids(&engine), vec!["m_y", "m_y"]);
     engine.accept("m_y", t0()).unwrap();
     assert!(rejected_ids(&engine).is_empty());

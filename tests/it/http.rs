@@ -13,11 +13,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-const BIN: &str = env!("CARGO_BIN_EXE_entsync");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_entsync");
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,16 +26,16 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 // ---------------------------------------------------------------------------------------
 // The server under test
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     db: PathBuf,
     log: PathBuf,
 }
@@ -43,7 +43,7 @@ struct Server {
 impl Server {
     /// Starts `entsync serve` on `db` with the test secret and extra environment, and
     /// waits for its `listening on http://ADDR` line.
-    fn start(db: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
+    pub(crate) fn start(db: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let log = db.with_extension(format!("{}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).expect("server log file");
         let mut cmd = Command::new(BIN);
@@ -95,16 +95,16 @@ impl Server {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// SIGKILL, now.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -129,7 +129,7 @@ impl Server {
         None
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -141,11 +141,11 @@ impl Server {
             .unwrap_or_default()
     }
 
-    fn post(&self, id: &str, body: &[u8]) -> Response {
+    pub(crate) fn post(&self, id: &str, body: &[u8]) -> Response {
         post_webhook(self.addr, SECRET, id, now(), body)
     }
 
-    fn get(&self, path: &str) -> Response {
+    pub(crate) fn get(&self, path: &str) -> Response {
         request(self.addr, "GET", path, &[], b"")
     }
 }
@@ -158,7 +158,7 @@ impl Drop for Server {
 }
 
 /// Runs an `entsync` command and parses its stdout as JSON.
-fn cli_json(db: &Path, args: &[&str]) -> Value {
+pub(crate) fn cli_json(db: &Path, args: &[&str]) -> Value {
     let out = Command::new(BIN)
         .arg("--db")
         .arg(db)
@@ -177,14 +177,14 @@ fn cli_json(db: &Path, args: &[&str]) -> Value {
 // A minimal HTTP/1.1 client
 
 #[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "status {} body {:?} is not json: {e}",
@@ -194,19 +194,19 @@ impl Response {
         })
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
-fn parse_response(raw: &[u8]) -> Response {
+pub(crate) fn parse_response(raw: &[u8]) -> Response {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -231,7 +231,7 @@ fn parse_response(raw: &[u8]) -> Response {
 
 /// Sends raw request bytes on a fresh connection and reads the answer until the server
 /// closes it.
-fn exchange(addr: SocketAddr, raw: &[u8]) -> Response {
+pub(crate) fn exchange(addr: SocketAddr, raw: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -258,7 +258,7 @@ fn head(method: &str, path: &str, headers: &[(&str, &[u8])], length: Option<usiz
     raw
 }
 
-fn request(
+pub(crate) fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -270,7 +270,13 @@ fn request(
     exchange(addr, &raw)
 }
 
-fn post_webhook(addr: SocketAddr, secret: &str, id: &str, ts: i64, body: &[u8]) -> Response {
+pub(crate) fn post_webhook(
+    addr: SocketAddr,
+    secret: &str,
+    id: &str,
+    ts: i64,
+    body: &[u8],
+) -> Response {
     let key = Secret::parse(secret).expect("test secret");
     let signature = sign(&key, id, ts, body);
     let ts = ts.to_string();

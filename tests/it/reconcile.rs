@@ -366,6 +366,25 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
     assert_eq!(rejected.len(), 1, "{rejected:#?}");
     assert!(rejected[0].delivery_id.starts_with("api:grant:entg_ill:"));
     let stored = deliveries.len();
+    // The access-change feed names reconcile as the cause of exactly the pairs the
+    // summary counted.
+    let changes = engine.changes(0, 1000).expect("changes");
+    let by_reconcile: std::collections::BTreeSet<String> = changes
+        .iter()
+        .filter(|c| c.cause.kind() == "reconcile")
+        .map(|c| format!("{}/{}", c.customer_id, c.entitlement_id))
+        .collect();
+    let expected: std::collections::BTreeSet<String> = [
+        "cus_b/ent_pro",
+        "cus_d/ent_pro",
+        "cus_e/ent_pro",
+        "cus_f/ent_pro",
+        "cus_s/ent_old",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(by_reconcile, expected, "{changes:#?}");
+    let feed = changes.len();
     drop(engine);
 
     // A second run (15 minutes later by the API's clock, so that copies versioned by the
@@ -384,6 +403,7 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
         engine.deliveries(None, None).expect("deliveries").len(),
         stored
     );
+    assert_eq!(engine.changes(0, 1000).expect("changes").len(), feed);
     let quarantine: Vec<String> = engine
         .rejected()
         .expect("rejected")

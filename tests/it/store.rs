@@ -131,7 +131,7 @@ proptest! {
         let live = dump(&shuffled_path);
         prop_assert_eq!(&dump(&in_order_path), &live);
         let b = Engine::open(&shuffled_path).expect("reopen");
-        let stats = b.rebuild().expect("rebuild");
+        let stats = b.rebuild(chrono::Utc::now()).expect("rebuild");
         prop_assert_eq!(stats.malformed, 0);
         prop_assert_eq!(&dump(&shuffled_path), &live);
     }
@@ -205,7 +205,7 @@ fn accept_applies_a_quarantined_snapshot_and_survives_rebuild() {
     assert!(engine.rejected().unwrap().is_empty());
     assert!(engine.has_access("cus_a", "ent_pro", t0() + ms(120_000)));
     let before = dump(&path);
-    engine.rebuild().expect("rebuild");
+    engine.rebuild(chrono::Utc::now()).expect("rebuild");
     assert_eq!(
         dump(&path),
         before,
@@ -236,7 +236,7 @@ fn rows_stored_as_malformed_are_picked_up_by_a_rebuild_once_they_parse() {
     .unwrap();
     drop(conn);
     assert!(!engine.has_access("cus_a", "ent_pro", t0()));
-    let stats = engine.rebuild().expect("rebuild");
+    let stats = engine.rebuild(chrono::Utc::now()).expect("rebuild");
     assert_eq!(
         (stats.deliveries, stats.reparsed, stats.malformed),
         (2, 1, 1)
@@ -325,7 +325,7 @@ fn sigkill_mid_ingest_loses_no_acknowledged_delivery_and_applies_none_by_half() 
     );
     // Nothing half-applied: the projections equal a rebuild from the stored deliveries.
     let live = dump(&db);
-    engine.rebuild().unwrap();
+    engine.rebuild(chrono::Utc::now()).unwrap();
     assert_eq!(dump(&db), live);
 }
 

@@ -203,7 +203,7 @@ pub fn run(db: &Path, args: ReconcileArgs) -> Result<ExitCode, CliError> {
         return Err(CliError::usage("--customer is empty"));
     }
     let client = client(args.base_url.as_deref(), args.environment, key, &args.api)?;
-    let engine = open_engine(db, args.policy.policy())?;
+    let engine = open_engine(db, Some(args.policy.policy()))?;
     let plan = sweep::Plan {
         customer: args.customer.clone(),
         policy: args.policy.policy(),

@@ -1,0 +1,287 @@
+//! The access-change feed over HTTP: `GET /v1/changes` (a page, or a long poll with
+//! `wait`) and `GET /v1/changes/stream` (Server-Sent Events, resumable with
+//! `Last-Event-ID`).
+//!
+//! Both read the store on tokio's blocking pool and wait on a [`tokio::sync::Notify`]
+//! that the engine's writer thread wakes after every commit ([`Engine::on_commit`]);
+//! every second they also look again, for commits made by other processes.
+
+use super::{error_message, json, store_unavailable, Shared};
+use crate::change::Change;
+use crate::Engine;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The route of a page of changes.
+pub const CHANGES_PATH: &str = "/v1/changes";
+/// The route of the change stream.
+pub const STREAM_PATH: &str = "/v1/changes/stream";
+/// `limit` when none is given.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit`; larger ones are capped.
+pub const MAX_LIMIT: usize = 1000;
+/// The longest `wait`, in seconds; longer ones are capped.
+pub const MAX_WAIT_SECS: f64 = 300.0;
+/// How often a waiting request looks again without being woken (other processes).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The query of `GET /v1/changes`, as received (validated by [`ChangesQuery::parse`]).
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+pub struct ChangesQuery {
+    /// Return changes with a seq above this one (default 0: from the start).
+    #[cfg_attr(feature = "openapi", param(value_type = Option<i64>, minimum = 0))]
+    pub after: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    #[cfg_attr(feature = "openapi", param(value_type = Option<i64>, minimum = 1))]
+    pub limit: Option<String>,
+    /// When there is no change yet, wait up to this many seconds for one (long poll;
+    /// at most 300).
+    #[cfg_attr(feature = "openapi", param(value_type = Option<f64>, minimum = 0))]
+    pub wait: Option<String>,
+}
+
+/// A validated [`ChangesQuery`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Page {
+    after: i64,
+    limit: usize,
+    wait: Duration,
+}
+
+impl ChangesQuery {
+    fn parse(&self) -> Result<Page, String> {
+        let after = match self.after.as_deref() {
+            None | Some("") => 0,
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("after must be a seq (an integer ≥ 0), not {s:?}"))?,
+        };
+        let limit = match self.limit.as_deref() {
+            None | Some("") => DEFAULT_LIMIT,
+            Some(s) => s
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(|n| usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT))
+                .ok_or_else(|| format!("limit must be an integer ≥ 1, not {s:?}"))?,
+        };
+        let wait = match self.wait.as_deref() {
+            None | Some("") => Duration::ZERO,
+            Some(s) => s
+                .parse::<f64>()
+                .ok()
+                .filter(|w| w.is_finite() && *w >= 0.0)
+                .map(|w| Duration::from_secs_f64(w.min(MAX_WAIT_SECS)))
+                .ok_or_else(|| format!("wait must be a number of seconds ≥ 0, not {s:?}"))?,
+        };
+        Ok(Page { after, limit, wait })
+    }
+}
+
+/// A page of changes: `next` is the seq of the last change in it, or `after` when it
+/// is empty (the `after` of the next request).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChangesPage {
+    /// The changes, oldest first.
+    pub changes: Vec<Change>,
+    /// Where to continue from.
+    pub next: i64,
+}
+
+async fn read_changes(engine: &Engine, after: i64, limit: usize) -> Option<Vec<Change>> {
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || engine.changes(after, limit)).await {
+        Ok(Ok(changes)) => Some(changes),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reading the change feed failed");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the change feed failed");
+            None
+        }
+    }
+}
+
+/// `GET /v1/changes?after=&limit=&wait=`.
+pub(super) async fn page(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(refusal) = s.refuse(&headers) {
+        return refusal;
+    }
+    let page = match query.map_err(|e| e.body_text()).and_then(|q| q.parse()) {
+        Ok(page) => page,
+        Err(message) => return error_message(StatusCode::BAD_REQUEST, "bad_request", &message),
+    };
+    let deadline = tokio::time::Instant::now() + page.wait;
+    loop {
+        // Armed before reading, so that a commit between the read and the wait wakes it.
+        let woken = s.feed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let Some(changes) = read_changes(&s.engine, page.after, page.limit).await else {
+            return store_unavailable();
+        };
+        let now = tokio::time::Instant::now();
+        if !changes.is_empty() || now >= deadline {
+            let next = changes.last().map_or(page.after, |c| c.seq);
+            return json(StatusCode::OK, &ChangesPage { changes, next });
+        }
+        let _ = tokio::time::timeout((deadline - now).min(RECHECK), woken).await;
+    }
+}
+
+/// The query of `GET /v1/changes/stream`.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+pub struct StreamQuery {
+    /// Stream changes with a seq above this one (default 0). A `Last-Event-ID` header
+    /// takes precedence.
+    #[cfg_attr(feature = "openapi", param(value_type = Option<i64>, minimum = 0))]
+    pub after: Option<String>,
+}
+
+/// How a stream resumes: `Last-Event-ID` over `after`.
+fn stream_start(headers: &HeaderMap, query: &StreamQuery) -> Result<i64, String> {
+    let given = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| "Last-Event-ID must be a seq".to_string())
+        })
+        .transpose()?;
+    let (what, value) = match (given, query.after.as_deref()) {
+        (Some(id), _) => ("Last-Event-ID", id),
+        (None, Some(after)) => ("after", after.to_string()),
+        (None, None) => return Ok(0),
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(0);
+    }
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| format!("{what} must be a seq (an integer ≥ 0), not {value:?}"))
+}
+
+/// `GET /v1/changes/stream?after=`: `event: access.changed`, `id:` the seq, `data:` the
+/// change as one line of JSON.
+pub(super) async fn stream(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(refusal) = s.refuse(&headers) {
+        return refusal;
+    }
+    let after = match query
+        .map_err(|e| e.body_text())
+        .and_then(|q| stream_start(&headers, &q))
+    {
+        Ok(after) => after,
+        Err(message) => return error_message(StatusCode::BAD_REQUEST, "bad_request", &message),
+    };
+    let state = (s, after, VecDeque::<Change>::new());
+    let events = futures_util::stream::unfold(state, |(s, mut after, mut buffered)| async move {
+        loop {
+            if let Some(change) = buffered.pop_front() {
+                let event = match serde_json::to_string(&change) {
+                    Ok(data) => Event::default()
+                        .event("access.changed")
+                        .id(change.seq.to_string())
+                        .data(data),
+                    Err(e) => Event::default().comment(format!("unencodable change: {e}")),
+                };
+                return Some((Ok::<_, Infallible>(event), (s, after, buffered)));
+            }
+            let woken = s.feed.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match read_changes(&s.engine, after, DEFAULT_LIMIT).await {
+                Some(changes) if !changes.is_empty() => {
+                    after = changes.last().map_or(after, |c| c.seq);
+                    buffered.extend(changes);
+                }
+                // Nothing yet, or the store failed (logged): look again soon.
+                _ => {
+                    let _ = tokio::time::timeout(RECHECK, woken).await;
+                }
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(after: Option<&str>, limit: Option<&str>, wait: Option<&str>) -> ChangesQuery {
+        ChangesQuery {
+            after: after.map(Into::into),
+            limit: limit.map(Into::into),
+            wait: wait.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_query_is_validated_and_capped() {
+        let page = q(None, None, None).parse().unwrap();
+        assert_eq!(
+            (page.after, page.limit, page.wait),
+            (0, 100, Duration::ZERO)
+        );
+        let page = q(Some("42"), Some("5000"), Some("999")).parse().unwrap();
+        assert_eq!((page.after, page.limit), (42, MAX_LIMIT));
+        assert_eq!(page.wait, Duration::from_secs(300));
+        for bad in [
+            q(Some("-1"), None, None),
+            q(Some("x"), None, None),
+            q(None, Some("0"), None),
+            q(None, Some("1.5"), None),
+            q(None, None, Some("-2")),
+            q(None, None, Some("NaN")),
+            q(None, None, Some("inf")),
+        ] {
+            assert!(bad.parse().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn last_event_id_takes_precedence_over_after() {
+        let mut headers = HeaderMap::new();
+        let query = StreamQuery {
+            after: Some("3".into()),
+        };
+        assert_eq!(stream_start(&headers, &query), Ok(3));
+        headers.insert("last-event-id", "7".parse().unwrap());
+        assert_eq!(stream_start(&headers, &query), Ok(7));
+        headers.insert("last-event-id", "seven".parse().unwrap());
+        assert!(stream_start(&headers, &query).is_err());
+        assert_eq!(
+            stream_start(&HeaderMap::new(), &StreamQuery::default()),
+            Ok(0)
+        );
+    }
+}
