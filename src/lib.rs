@@ -32,6 +32,7 @@ pub mod grant;
 pub mod http;
 pub mod index;
 pub mod plan;
+pub mod reconcile;
 pub mod store;
 pub mod subscription;
 #[doc(hidden)]

@@ -78,6 +78,10 @@ pub enum CliError {
     /// `ingest` or `bench`: some deliveries were not stored (exit 2).
     #[error("{0} deliveries were not stored")]
     NotStored(u64),
+    /// `reconcile`: Dodo's API refused the key (401/403); the message says what to do
+    /// (exit 2).
+    #[error("{0}")]
+    Refused(String),
     /// `verify`: the delivery does not verify; its kind is the command's output on
     /// stdout (exit 1).
     #[error("{0}")]
@@ -98,7 +102,8 @@ impl CliError {
             | CliError::Store { .. }
             | CliError::Io { .. }
             | CliError::Json(_)
-            | CliError::NotStored(_) => ExitCode::from(2),
+            | CliError::NotStored(_)
+            | CliError::Refused(_) => ExitCode::from(2),
         }
     }
 
@@ -215,6 +220,10 @@ mod tests {
             (CliError::NoDatabase(PathBuf::from("x.db")), 2),
             (CliError::io("cannot read input")(io()), 2),
             (CliError::NotStored(3), 2),
+            (
+                CliError::Refused("this key cannot read entitlements".into()),
+                2,
+            ),
             (CliError::Unverified(VerifyError::InvalidSignature), 1),
         ] {
             assert_eq!(err.exit_code(), ExitCode::from(code), "{err}");

@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod error;
 mod forward;
+mod reconcile;
 mod serve;
 mod simulate;
 
@@ -64,6 +65,8 @@ pub enum Command {
     Changes(commands::ChangesArgs),
     /// Generate realistic signed Dodo traffic against a running server.
     Simulate(simulate::SimulateArgs),
+    /// Fetch the current state from Dodo's API after missed webhooks and fold it in.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// The access policy knobs, shared by `serve` and `check`.
@@ -147,6 +150,7 @@ impl Command {
             Command::Balance(_) => "balance",
             Command::Changes(_) => "changes",
             Command::Simulate(_) => "simulate",
+            Command::Reconcile(_) => "reconcile",
         }
     }
 }
@@ -188,5 +192,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Balance(args) => commands::balance(&db, args),
         Command::Changes(args) => commands::changes(&db, args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Reconcile(args) => reconcile::run(&db, args),
     }
 }

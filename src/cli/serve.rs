@@ -55,6 +55,8 @@ pub struct ServeArgs {
     pub forward_url: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub reconcile: super::reconcile::ServeArgs,
 }
 
 /// The forwarder's settings from `--forward-url` and `ENTSYNC_FORWARD_SECRET`.
@@ -207,6 +209,13 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
         runtime.spawn(super::forward::run(engine.clone(), forward, stats, wake));
     }
     let receiver = Receiver::with_options(engine, verifier, options);
+    {
+        let _runtime = runtime.enter();
+        let policy = args.policy.policy();
+        if let Some(status) = super::reconcile::start(receiver.engine(), &args.reconcile, policy)? {
+            receiver.add_metrics(move || status.render());
+        }
+    }
     let code = runtime.block_on(serve(
         receiver,
         &args.listen,

@@ -571,6 +571,17 @@ impl Engine {
         Ok(self.listing().quarantine_size()?)
     }
 
+    /// One object's current state row (kind, id, version, state JSON), read from the
+    /// store; `None` when it was never seen. `entsync reconcile` compares what Dodo's API
+    /// says with it.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors.
+    pub fn object(&self, kind: Kind, id: &str) -> Result<Option<ObjectRow>, Error> {
+        Ok(self.listing().object(kind, id)?)
+    }
+
     /// Counters for monitoring.
     ///
     /// # Errors

@@ -159,7 +159,12 @@ struct Shared {
     forward: Option<Arc<ForwardStats>>,
     /// Connection counters, kept by [`Receiver::serve`].
     conns: Arc<server::ConnStats>,
+    /// More `/metrics` lines, rendered on every scrape ([`Receiver::add_metrics`]).
+    extra_metrics: std::sync::Mutex<Vec<ExtraMetrics>>,
 }
+
+/// A source of more `/metrics` lines.
+type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,8 +228,20 @@ impl Receiver {
                 metrics,
                 forward: options.forward,
                 conns: Arc::default(),
+                extra_metrics: std::sync::Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Adds lines to `/metrics`: `render` is called on every scrape and what it returns
+    /// (Prometheus text, each line ending in `\n`) is appended. `entsync serve` reports
+    /// its background reconcile this way.
+    pub fn add_metrics(&self, render: impl Fn() -> String + Send + Sync + 'static) {
+        self.shared
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(render));
     }
 
     /// The engine behind it.
@@ -843,7 +860,7 @@ async fn metrics_text(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respo
         .await
         .unwrap_or((None, 0, None));
     let now = chrono::Utc::now();
-    let text = s.metrics.render(&Snapshot {
+    let mut text = s.metrics.render(&Snapshot {
         quarantined,
         last_change,
         forward: s.forward.as_deref(),
@@ -854,6 +871,14 @@ async fn metrics_text(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respo
         conns: s.conn_stats(),
         now_unix: now.timestamp_micros() as f64 / 1e6,
     });
+    let extra: Vec<ExtraMetrics> = s
+        .extra_metrics
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for render in extra {
+        text.push_str(&render());
+    }
     (
         StatusCode::OK,
         [(

@@ -282,6 +282,14 @@ pub trait ReadStore: Send {
     ///
     /// The backend's.
     fn next_due(&mut self) -> Result<Option<Timestamp>>;
+
+    /// One object's current state row (`entsync reconcile` compares what the API says
+    /// with it), or `None` when the store has never seen the object.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn object(&mut self, kind: Kind, id: &str) -> Result<Option<ObjectRow>>;
 }
 
 /// Opens (creating if needed) a database file and applies the migrations.

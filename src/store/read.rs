@@ -129,6 +129,22 @@ impl Reader {
         Ok(n)
     }
 
+    /// One object's current state row, if the store has it.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors.
+    pub fn object(&self, kind: Kind, id: &str) -> Result<Option<ObjectRow>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT kind, id, as_of, since, body FROM objects WHERE kind = ?1 AND id = ?2",
+            )?
+            .query_row(params![kind.as_str(), id], ObjectRow::from_row)
+            .optional()?)
+    }
+
     /// The connection, for the listing queries in `records`.
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
@@ -253,5 +269,8 @@ impl ReadStore for Reader {
     }
     fn next_due(&mut self) -> Result<Option<Timestamp>> {
         super::feed::next_due(&self.conn)
+    }
+    fn object(&mut self, kind: Kind, id: &str) -> Result<Option<ObjectRow>> {
+        Reader::object(self, kind, id)
     }
 }

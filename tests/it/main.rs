@@ -5,11 +5,13 @@
 mod changes;
 mod cli;
 mod core;
+mod fake_dodo;
 mod families;
 mod fixtures;
 mod fuzz_regressions;
 mod hardening;
 mod http;
+mod reconcile;
 mod store;
 mod support;
 mod verify;

@@ -1,0 +1,454 @@
+//! The sweep: what access depends on, fetched from Dodo's API and fed to the engine.
+//!
+//! Entitlements (the API's list plus every entitlement id already in the store, since a
+//! soft-deleted entitlement keeps its grants), each one's grants; all subscriptions;
+//! license keys; payments, refunds and disputes where the policy uses them. With
+//! `--customer C`, the per-customer endpoint and `customer_id` filters instead. Each
+//! object is compared with its stored state ([`reconcile::compare`]): unchanged ones are
+//! not stored; the others are ingested like any delivery, one batch (one transaction)
+//! per page. The run is idempotent, so an interrupted one simply runs again.
+
+use super::client::{ApiError, Client, Page};
+use entitlement_sync::event::Kind;
+use entitlement_sync::reconcile::{self, Decision, Summary};
+use entitlement_sync::wire::Timestamp;
+use entitlement_sync::{DisputePolicy, Engine, Policy};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Only this customer.
+    pub customer: Option<String>,
+    /// The access policy (which of payments, refunds, disputes matter).
+    pub policy: Policy,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Report {
+    /// The counts.
+    pub summary: Summary,
+    /// Requests sent (retries included).
+    pub requests: u64,
+    /// The key was refused (401/403): the run stopped there.
+    pub refused: Option<String>,
+}
+
+/// Progress, for a bar on a terminal.
+pub trait Progress: Send + Sync {
+    /// Called after every page.
+    fn update(&self, what: &str, summary: &Summary, requests: u64);
+}
+
+/// No progress shown.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn update(&self, _: &str, _: &Summary, _: u64) {}
+}
+
+/// The access answer's identity: what the change feed compares too.
+type Answer = (bool, String, Option<String>);
+
+/// Why the run stops early.
+enum Stop {
+    Refused(String),
+    Engine(String),
+    /// The API could not be reached even after retries: the rest of the sweep would
+    /// only wait for the same timeouts (the failure is already counted).
+    Unreachable(String),
+}
+
+struct Run<'a> {
+    engine: &'a Engine,
+    client: &'a Client,
+    progress: &'a dyn Progress,
+    summary: Summary,
+    /// Object ids already handled in this run, per kind (lists may repeat items).
+    seen: HashMap<Kind, HashSet<String>>,
+    business_id: Option<String>,
+}
+
+/// Runs the blocking engine call `f` off the async workers.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, entitlement_sync::EngineError> + Send + 'static,
+) -> Result<R, Stop> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(Stop::Engine(e.to_string())),
+        Err(e) => Err(Stop::Engine(format!("engine task failed: {e}"))),
+    }
+}
+
+/// The answers of every (customer, entitlement) pair with a grant in the store (one
+/// customer's with `customer`), at `now`.
+async fn answers(
+    engine: &Engine,
+    customer: Option<String>,
+    now: Timestamp,
+) -> Result<BTreeMap<(String, String), Answer>, Stop> {
+    let engine = engine.clone();
+    blocking(move || {
+        let grants = engine.grants(customer.as_deref())?;
+        let pairs: BTreeSet<(String, String)> = grants
+            .into_iter()
+            .map(|g| (g.customer_id, g.entitlement_id))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (c, e) in pairs {
+            let a = engine.access(&c, &e, now)?;
+            out.insert((c, e), (a.allowed, a.status.to_string(), a.reason.clone()));
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// One sweep. `now`: the local clock at the start (access before and after is compared
+/// at this instant, so that only what the run brought counts).
+pub async fn run(
+    engine: &Engine,
+    client: &Client,
+    plan: &Plan,
+    progress: &dyn Progress,
+    now: Timestamp,
+) -> Report {
+    let mut run = Run {
+        engine,
+        client,
+        progress,
+        summary: Summary::default(),
+        seen: HashMap::new(),
+        business_id: None,
+    };
+    let refused = match run.sweep(plan, now).await {
+        Ok(()) => None,
+        Err(Stop::Refused(m)) => Some(m),
+        Err(Stop::Engine(m)) => {
+            tracing::error!(error = %m, "the store failed; the sweep stopped");
+            run.summary.error();
+            None
+        }
+        Err(Stop::Unreachable(m)) => {
+            tracing::error!(error = %m, "the API cannot be reached; the sweep stopped");
+            None
+        }
+    };
+    Report {
+        summary: run.summary,
+        requests: client.requests(),
+        refused,
+    }
+}
+
+impl Run<'_> {
+    async fn sweep(&mut self, plan: &Plan, now: Timestamp) -> Result<(), Stop> {
+        let before = answers(self.engine, plan.customer.clone(), now).await?;
+        let result = self.fetch_all(plan, now, &before).await;
+        // Count what changed even when the run stopped early.
+        let after = answers(self.engine, plan.customer.clone(), now).await?;
+        let none: Answer = (false, "none".into(), Some("no_grant".into()));
+        let pairs: BTreeSet<&(String, String)> = before.keys().chain(after.keys()).collect();
+        self.summary.access_changed = pairs
+            .into_iter()
+            .filter(|p| before.get(*p).unwrap_or(&none) != after.get(*p).unwrap_or(&none))
+            .count() as u64;
+        result
+    }
+
+    async fn fetch_all(
+        &mut self,
+        plan: &Plan,
+        now: Timestamp,
+        before: &BTreeMap<(String, String), Answer>,
+    ) -> Result<(), Stop> {
+        let by_customer = |c: &Option<String>| -> Vec<(&'static str, String)> {
+            c.iter().map(|c| ("customer_id", c.clone())).collect()
+        };
+        // Entitlement ids the store knows (of this customer's grants, with --customer).
+        let stored: BTreeSet<String> = before.keys().map(|(_, e)| e.clone()).collect();
+        match &plan.customer {
+            None => {
+                let mut ids = Vec::new();
+                self.progress
+                    .update("entitlements", &self.summary, self.client.requests());
+                let mut pager = self
+                    .client
+                    .pages(vec!["entitlements".into()], Vec::new(), "id");
+                loop {
+                    match pager.next().await {
+                        Ok(Some(page)) => {
+                            for e in page.items {
+                                if self.business_id.is_none() {
+                                    self.business_id = e
+                                        .get("business_id")
+                                        .and_then(Value::as_str)
+                                        .map(str::to_string);
+                                }
+                                if let Some(id) = e.get("id").and_then(Value::as_str) {
+                                    if !ids.iter().any(|i| i == id) {
+                                        ids.push(id.to_string());
+                                    }
+                                }
+                            }
+                            self.progress.update(
+                                "entitlements",
+                                &self.summary,
+                                self.client.requests(),
+                            );
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.failed(e)?;
+                            break;
+                        }
+                    }
+                }
+                let listed: HashSet<String> = ids.iter().cloned().collect();
+                for e in stored.iter().filter(|e| !listed.contains(*e)) {
+                    ids.push(e.clone());
+                }
+                for e in ids {
+                    let soft_deleted = !listed.contains(&e);
+                    let segments = vec!["entitlements".into(), e.clone(), "grants".into()];
+                    self.list(Kind::Grant, segments, Vec::new(), now, soft_deleted)
+                        .await?;
+                }
+            }
+            Some(c) => {
+                let segments = vec!["customers".into(), c.clone(), "entitlement-grants".into()];
+                self.list(Kind::Grant, segments, Vec::new(), now, false)
+                    .await?;
+                // Grants of entitlements the per-customer list may leave out (soft-deleted).
+                let seen = self.seen.get(&Kind::Grant).cloned().unwrap_or_default();
+                let (engine, customer) = (self.engine.clone(), c.clone());
+                let missing: BTreeSet<String> = blocking(move || {
+                    Ok(engine
+                        .grants(Some(&customer))?
+                        .into_iter()
+                        .filter(|g| !seen.contains(&g.grant_id))
+                        .map(|g| g.entitlement_id)
+                        .collect())
+                })
+                .await?;
+                for e in missing {
+                    let segments = vec!["entitlements".into(), e, "grants".into()];
+                    self.list(
+                        Kind::Grant,
+                        segments,
+                        by_customer(&plan.customer),
+                        now,
+                        true,
+                    )
+                    .await?;
+                }
+            }
+        }
+        let filter = by_customer(&plan.customer);
+        self.list(
+            Kind::Subscription,
+            vec!["subscriptions".into()],
+            filter.clone(),
+            now,
+            false,
+        )
+        .await?;
+        self.list(
+            Kind::LicenseKey,
+            vec!["license_keys".into()],
+            filter.clone(),
+            now,
+            false,
+        )
+        .await?;
+        let disputes = plan.policy.disputes != DisputePolicy::Never;
+        if plan.policy.refund_denies || disputes {
+            self.list(
+                Kind::Payment,
+                vec!["payments".into()],
+                filter.clone(),
+                now,
+                false,
+            )
+            .await?;
+        }
+        if plan.policy.refund_denies {
+            self.list(
+                Kind::Refund,
+                vec!["refunds".into()],
+                filter.clone(),
+                now,
+                false,
+            )
+            .await?;
+        }
+        if disputes {
+            self.list(Kind::Dispute, vec!["disputes".into()], filter, now, false)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Counts a failed request; a refused key or an unreachable API stops the run.
+    fn failed(&mut self, e: ApiError) -> Result<(), Stop> {
+        match e {
+            ApiError::Refused(m) => Err(Stop::Refused(m)),
+            e @ ApiError::Transport { .. } => {
+                self.summary.error();
+                Err(Stop::Unreachable(e.to_string()))
+            }
+            e => {
+                tracing::warn!(error = %e, "request failed");
+                self.summary.error();
+                Ok(())
+            }
+        }
+    }
+
+    /// One list endpoint to the end, each page folded as it comes. `may_be_gone`: a 404
+    /// is not an error (an entitlement only the store still knows).
+    async fn list(
+        &mut self,
+        kind: Kind,
+        segments: Vec<String>,
+        query: Vec<(&'static str, String)>,
+        now: Timestamp,
+        may_be_gone: bool,
+    ) -> Result<(), Stop> {
+        let id_field = reconcile::id_field(kind).unwrap_or("id");
+        let what = segments.join("/");
+        self.progress
+            .update(&what, &self.summary, self.client.requests());
+        let mut pager = self.client.pages(segments, query, id_field);
+        loop {
+            match pager.next().await {
+                Ok(Some(page)) => {
+                    self.page(kind, page, now).await?;
+                    self.progress
+                        .update(&what, &self.summary, self.client.requests());
+                }
+                Ok(None) => return Ok(()),
+                Err(ApiError::NotFound { path }) if may_be_gone => {
+                    tracing::debug!(%path, "not found: an entitlement the API no longer has");
+                    return Ok(());
+                }
+                Err(e) => return self.failed(e),
+            }
+        }
+    }
+
+    /// Folds one page: compare each item with its stored state, fetch the full object
+    /// of a changed light list item, ingest the rest in one batch.
+    async fn page(&mut self, kind: Kind, page: Page, now: Timestamp) -> Result<(), Stop> {
+        let response_at = page.date.unwrap_or(now);
+        let seen = self.seen.entry(kind).or_default();
+        let mut items = Vec::with_capacity(page.items.len());
+        for item in page.items {
+            match reconcile::object_id(kind, &item) {
+                Some(id) if seen.insert(id.to_string()) => items.push((id.to_string(), item)),
+                Some(_) => {}
+                None => {
+                    tracing::warn!(%kind, "an api object without an id");
+                    self.summary.error();
+                }
+            }
+        }
+        let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
+        let engine = self.engine.clone();
+        let current = blocking(move || {
+            ids.iter()
+                .map(|id| engine.object(kind, id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        let mut batch = Vec::new();
+        for ((id, item), current) in items.into_iter().zip(current) {
+            let v = reconcile::version(kind, &item, response_at);
+            if reconcile::compare(kind, &item, current.as_ref(), v).is_unchanged() {
+                self.summary.unchanged();
+                continue;
+            }
+            let (obj, at) = if reconcile::listed_light(kind) {
+                match self.full(kind, &id).await? {
+                    Some((obj, at)) => {
+                        let at = at.unwrap_or_else(chrono::Utc::now);
+                        let v = reconcile::version(kind, &obj, at);
+                        if reconcile::compare(kind, &obj, current.as_ref(), v) != Decision::Ingest {
+                            self.summary.unchanged();
+                            continue;
+                        }
+                        (obj, at)
+                    }
+                    None => continue,
+                }
+            } else {
+                (item, response_at)
+            };
+            match reconcile::snapshot(
+                kind,
+                &obj,
+                at,
+                self.business_id.as_deref(),
+                chrono::Utc::now(),
+            ) {
+                Ok(s) => batch.push(s.delivery),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an api object that cannot be stored");
+                    self.summary.error();
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.len() as u64;
+        let engine = self.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.ingest_batch(batch)).await {
+            Ok(Ok(results)) => {
+                for r in results {
+                    match r {
+                        Ok(a) => self.summary.outcome(a.outcome),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "an api snapshot was not stored");
+                            self.summary.error();
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.summary.errors += n;
+                Err(Stop::Engine(format!("a batch was not stored: {e}")))
+            }
+            Err(e) => {
+                self.summary.errors += n;
+                Err(Stop::Engine(format!("engine task failed: {e}")))
+            }
+        }
+    }
+
+    /// The full object of a light list item (`GET /subscriptions/{id}`, ...), with the
+    /// response's `Date`; `None` when it could not be fetched (counted as an error).
+    async fn full(
+        &mut self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<(Value, Option<Timestamp>)>, Stop> {
+        let collection = match kind {
+            Kind::Subscription => "subscriptions",
+            Kind::Payment => "payments",
+            Kind::Refund => "refunds",
+            Kind::Dispute => "disputes",
+            _ => return Ok(None),
+        };
+        match self.client.get(&[collection, id], &[]).await {
+            Ok(resp) => Ok(Some((resp.body, resp.date))),
+            Err(e) => {
+                self.failed(e)?;
+                Ok(None)
+            }
+        }
+    }
+}
