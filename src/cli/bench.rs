@@ -49,15 +49,20 @@ struct Latency {
     p999_ns: u64,
 }
 
+/// The `q` quantile of sorted samples by the nearest-rank method (0 when empty): the
+/// one percentile definition `bench` and `simulate` share.
+pub(super) fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
 fn latency(mut samples: Vec<u64>) -> Latency {
     samples.sort_unstable();
     let n = samples.len().max(1);
-    let at = |q: f64| {
-        samples
-            .get(((n as f64 * q) as usize).min(n - 1))
-            .copied()
-            .unwrap_or(0)
-    };
+    let at = |q: f64| nearest_rank(&samples, q);
     Latency {
         calls: samples.len(),
         mean_ns: samples.iter().sum::<u64>() as f64 / n as f64,

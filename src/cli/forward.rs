@@ -65,8 +65,7 @@ pub fn backoff(failures: u32) -> Duration {
 /// `delay` scaled by a factor in [0.75, 1.25) drawn from `seed`, capped at
 /// [`MAX_BACKOFF`].
 fn jitter(delay: Duration, seed: u64) -> Duration {
-    let mut rng = entitlement_sync::synth::Rng(seed | 1);
-    let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let unit = entitlement_sync::synth::Rng::new(seed).unit();
     delay.mul_f64(0.75 + unit / 2.0).min(MAX_BACKOFF)
 }
 

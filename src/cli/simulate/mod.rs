@@ -82,10 +82,7 @@ fn percentiles(mut micros: Vec<u64>) -> Latency {
         return Latency::default();
     }
     micros.sort_unstable();
-    let at = |q: f64| {
-        let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1;
-        micros[i] as f64 / 1000.0
-    };
+    let at = |q: f64| super::bench::nearest_rank(&micros, q) as f64 / 1000.0;
     Latency {
         p50: at(0.50),
         p90: at(0.90),
