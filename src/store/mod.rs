@@ -17,6 +17,7 @@
 //! | `migrate.rs` | append-only migrations (`schema.sql`, `migrations/*.sql`) |
 //! | `families.rs` | the families as stored objects: [`Kind`] to type, lookup columns |
 //! | `write.rs` | the writer: deliveries, plans carried out, accept |
+//! | `refold.rs` | re-folding an object from a place in its history (late snapshot, accept) |
 //! | `history.rs` | the history rows (one per distinct snapshot; the quarantine) |
 //! | `feed.rs` | the access-change feed: pairs re-evaluated in the writer's transaction |
 //! | `rebuild.rs` | every projection recomputed from `deliveries` + `overrides` |
@@ -30,6 +31,7 @@ mod migrate;
 mod read;
 mod rebuild;
 mod records;
+mod refold;
 mod write;
 
 pub use read::Reader;
