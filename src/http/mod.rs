@@ -47,10 +47,12 @@
 
 mod changes;
 mod metrics;
+mod openapi;
 mod server;
 
 pub use changes::{ChangesPage, ChangesQuery, StreamQuery, CHANGES_PATH, STREAM_PATH};
 pub use metrics::ForwardStats;
+pub use openapi::{document, ApiDoc, OPENAPI_PATH};
 
 pub use server::{
     serve, Limits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
@@ -62,6 +64,7 @@ use crate::verify::{RawWebhookHeaders, Verifier};
 use crate::Engine;
 use crate::EngineError;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -157,6 +160,9 @@ struct Shared {
     token: Option<[u8; 32]>,
     metrics: Metrics,
     forward: Option<Arc<ForwardStats>>,
+    /// `GET /openapi.json`, encoded once: the document of these routes under these
+    /// options (with the bearer scheme only when a token is set).
+    openapi: Bytes,
     /// Connection counters, kept by [`Receiver::serve`].
     conns: Arc<server::ConnStats>,
 }
@@ -198,6 +204,18 @@ impl Receiver {
                 metrics.applied_event_at(t.timestamp());
             }
         }
+        let token: Option<[u8; 32]> = options
+            .api_token
+            .filter(|t| !t.is_empty())
+            .map(|t| Sha256::digest(t.as_bytes()).into());
+        let openapi = match serde_json::to_vec(&document(token.is_some())) {
+            Ok(doc) => Bytes::from(doc),
+            Err(e) => {
+                // Not reachable (the document is plain data); answered as a 500 if it were.
+                tracing::error!(error = %e, "cannot encode the OpenAPI document");
+                Bytes::new()
+            }
+        };
         let feed = Arc::new(tokio::sync::Notify::new());
         let wake = Arc::downgrade(&feed);
         engine.on_commit(move || {
@@ -216,12 +234,10 @@ impl Receiver {
                 body_timeout: options.body_timeout,
                 pending: Arc::new(tokio::sync::Semaphore::new(max_pending)),
                 max_pending,
-                token: options
-                    .api_token
-                    .filter(|t| !t.is_empty())
-                    .map(|t| Sha256::digest(t.as_bytes()).into()),
+                token,
                 metrics,
                 forward: options.forward,
+                openapi,
                 conns: Arc::default(),
             }),
         }
@@ -275,6 +291,18 @@ impl Receiver {
             .route("/metrics", self.timed(Route::Metrics, get(metrics_text)))
     }
 
+    /// `GET /openapi.json`: the OpenAPI 3.1 document of every route [`Receiver::router`]
+    /// answers ([`document`]). Public, like `/healthz`.
+    pub fn openapi_routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new().route(
+            OPENAPI_PATH,
+            self.timed(Route::OpenApi, get(openapi::openapi_json)),
+        )
+    }
+
     /// Everything `entsync serve` answers, with a JSON 404 for anything else.
     pub fn router<S>(&self) -> Router<S>
     where
@@ -285,6 +313,7 @@ impl Receiver {
             .merge(self.webhook_routes())
             .merge(self.api_routes())
             .merge(self.ops_routes())
+            .merge(self.openapi_routes())
             .fallback(move || {
                 let shared = shared.clone();
                 async move {
@@ -333,9 +362,24 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// An error: `{"error": kind}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody<'a> {
+    /// What went wrong, as a stable kind: `unauthorized`, `not_found`,
+    /// `store_unavailable`, `queue_full`, `body_too_large`, or a signature failure
+    /// (`missing_headers`, `bad_signature`, `stale_timestamp`, ...).
+    #[schema(example = "store_unavailable")]
     error: &'a str,
+}
+
+/// An error with a message for people: `{"error": kind, "message": ...}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorMessage<'a> {
+    /// What went wrong, as a stable kind (`bad_request`).
+    #[schema(example = "bad_request")]
+    error: &'a str,
+    /// What was wrong with the request, for people.
+    message: &'a str,
 }
 
 fn error(status: StatusCode, kind: &str) -> Response {
@@ -344,17 +388,22 @@ fn error(status: StatusCode, kind: &str) -> Response {
 
 /// An error with a message for people: `{"error": kind, "message": ...}`.
 fn error_message(status: StatusCode, kind: &str, message: &str) -> Response {
-    #[derive(Serialize)]
-    struct WithMessage<'a> {
-        error: &'a str,
-        message: &'a str,
-    }
     json(
         status,
-        &WithMessage {
+        &ErrorMessage {
             error: kind,
             message,
         },
+    )
+}
+
+/// The 400 for path parameters axum could not decode (e.g. a percent-encoding that is
+/// not UTF-8), as JSON like every other error.
+fn bad_path(rejection: &PathRejection) -> Response {
+    error_message(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        &rejection.body_text(),
     )
 }
 
@@ -407,12 +456,21 @@ fn envelope_head(body: &[u8]) -> (Option<String>, Option<i64>) {
     }
 }
 
-#[derive(Serialize)]
-struct Ack<'a> {
+/// What became of a verified delivery, once durably committed.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Ack<'a> {
+    /// `applied`, `duplicate`, `stale`, `rejected` (quarantined), `unhandled` or
+    /// `malformed`.
+    #[schema(example = "applied")]
     outcome: &'static str,
+    /// The delivery's `webhook-id`.
     delivery_id: &'a str,
+    /// The event type, when the body parsed far enough to tell.
     #[serde(rename = "type")]
+    #[schema(required = true)]
     event_type: Option<&'a str>,
+    /// Why it was rejected, malformed or unhandled, for people.
+    #[schema(required = true)]
     detail: Option<&'a str>,
 }
 
@@ -429,6 +487,47 @@ fn early_answer(conn: Option<&server::ConnHandle>, mut resp: Response) -> Respon
     resp
 }
 
+/// `POST /webhooks/dodo`.
+#[utoipa::path(
+    post,
+    path = "/webhooks/dodo",
+    tag = "webhooks",
+    operation_id = "webhook",
+    summary = "Receive one Dodo Payments webhook delivery",
+    description = "Standard Webhooks: the signature covers `webhook-id`, `webhook-timestamp` and the \
+        raw body, which is read as bytes (at most the configured limit, 256 KiB by default) and \
+        stored exactly as signed. Every verified delivery is answered 200 once it is durably \
+        committed, duplicates, stale, quarantined and unhandled ones included; 5xx only when \
+        it could not be stored, so that Dodo retries. Never asks for the API token: the \
+        signature is the authentication.",
+    params(
+        ("webhook-id" = String, Header, description = "The delivery's id (the idempotency key)."),
+        ("webhook-timestamp" = String, Header, description = "Unix seconds; more than 5 minutes off the server's clock is refused."),
+        ("webhook-signature" = String, Header, description = "Space-separated `v1,<base64 HMAC-SHA256>` signatures."),
+    ),
+    request_body(
+        content = inline(serde_json::Value),
+        content_type = "application/json",
+        description = "The event envelope `{business_id, type, timestamp, data}` exactly as \
+            signed: verified over its raw bytes before it is parsed.",
+    ),
+    responses(
+        (status = 200, description = "Verified and durably stored, whatever its outcome.", body = Ack),
+        (status = 400, description = "The body was cut off (`incomplete_body`).", body = ErrorBody),
+        (status = 401, description = "Verification failed (`missing_headers`, `bad_signature`, \
+            `stale_timestamp`, ...); nothing stored.", body = ErrorBody),
+        (status = 408, description = "The body arrived slower than the body timeout (`body_timeout`); \
+            the connection closes.", body = ErrorBody),
+        (status = 413, description = "The body is over the limit (`body_too_large`), checked before \
+            it is read; the connection closes.", body = ErrorBody),
+        (status = 500, description = "The store failed in a way retrying may not fix (`store_error`); \
+            nothing acknowledged.", body = ErrorBody),
+        (status = 503, description = "The writer queue is full (`queue_full`, `Retry-After: 1`) or the \
+            store failed transiently (`store_unavailable`, `Retry-After: 5`); nothing acknowledged.",
+            body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying."))),
+    ),
+)]
 async fn webhook(State(s): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
@@ -704,14 +803,43 @@ impl Shared {
     }
 }
 
+/// `GET /v1/access/{customer_id}/{entitlement_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/access/{customer_id}/{entitlement_id}",
+    tag = "read",
+    operation_id = "access",
+    summary = "Whether a customer has an entitlement now",
+    description = "The access answer at the server's current time, allowed or not: 200 either way.",
+    params(
+        ("customer_id" = String, Path, description = "The customer."),
+        ("entitlement_id" = String, Path, description = "The entitlement."),
+    ),
+    responses(
+        (status = 200, description = "The answer.", body = crate::access::Access),
+        (status = 400, description = "A path parameter that does not decode (a percent-encoding \
+            that is not UTF-8).", body = ErrorMessage),
+        (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
+            `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"entsync\"`"))),
+        (status = 404, description = "No such route, e.g. an empty path segment (`not_found`).", body = ErrorBody),
+        (status = 503, description = "The store could not be read (`store_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_token" = [])),
+)]
 async fn access(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path((customer, entitlement)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
     if let Some(refusal) = s.refuse(&headers) {
         return refusal;
     }
+    let Path((customer, entitlement)) = match path {
+        Ok(path) => path,
+        Err(rejection) => return bad_path(&rejection),
+    };
     match access_answer(&s.engine, customer, entitlement, chrono::Utc::now()).await {
         Ok(answer) => json(StatusCode::OK, &answer),
         Err(e) => {
@@ -721,55 +849,147 @@ async fn access(
     }
 }
 
+/// `GET /v1/customers/{customer_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}",
+    tag = "read",
+    operation_id = "customer",
+    summary = "Everything known about one customer",
+    description = "Grants, subscriptions, payments (with refunds and disputes), credit balances and \
+        license keys; empty arrays for a customer nothing is known about.",
+    params(("customer_id" = String, Path, description = "The customer.")),
+    responses(
+        (status = 200, description = "The customer view.", body = crate::store::CustomerView),
+        (status = 400, description = "A path parameter that does not decode (a percent-encoding \
+            that is not UTF-8).", body = ErrorMessage),
+        (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
+            `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"entsync\"`"))),
+        (status = 404, description = "No such route, e.g. an empty path segment (`not_found`).", body = ErrorBody),
+        (status = 503, description = "The store could not be read (`store_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_token" = [])),
+)]
 async fn customer(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path(customer): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response {
     if let Some(refusal) = s.refuse(&headers) {
         return refusal;
     }
+    let Path(customer) = match path {
+        Ok(path) => path,
+        Err(rejection) => return bad_path(&rejection),
+    };
     match s.read(move |e| e.customer(&customer)).await {
         Some(view) => json(StatusCode::OK, &view),
         None => store_unavailable(),
     }
 }
 
-#[derive(Serialize)]
-struct NoBalance<'a> {
-    customer_id: &'a str,
-    credit_entitlement_id: &'a str,
-    balance: &'static str,
-    overage: &'static str,
+/// What `GET /v1/credits/...` answers: the [`crate::store::Balance`] when a ledger
+/// entry is known, else zero with `entry_id`, `as_of` and `balance_low` null.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CreditAnswer {
+    /// Customer.
+    customer_id: String,
+    /// Credit entitlement.
+    credit_entitlement_id: String,
+    /// `balance_after` of the newest ledger entry, exact (`"0"` when none is known).
+    #[schema(value_type = String, example = "1000.500")]
+    balance: rust_decimal::Decimal,
+    /// `overage_after` of the newest ledger entry, exact (`"0"` when absent).
+    #[schema(value_type = String, example = "0")]
+    overage: rust_decimal::Decimal,
+    /// Ledger entries seen.
     entries: u64,
-    entry_id: Option<()>,
-    as_of: Option<()>,
-    balance_low: Option<()>,
+    /// The newest entry's id (null when none is known).
+    #[schema(required = true)]
+    entry_id: Option<String>,
+    /// The newest entry's `created_at` (null when none is known).
+    #[schema(required = true, value_type = Option<String>, format = DateTime)]
+    as_of: Option<crate::wire::Timestamp>,
+    /// The last `credit.balance_low` notice, if any.
+    #[schema(required = true)]
+    balance_low: Option<crate::event::CreditBalanceLow>,
 }
 
-async fn credits(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Path((customer, credit_entitlement)): Path<(String, String)>,
-) -> Response {
-    if let Some(refusal) = s.refuse(&headers) {
-        return refusal;
-    }
-    let (c, ce) = (customer.clone(), credit_entitlement.clone());
-    match s.read(move |e| e.credit_balance(&c, &ce)).await {
-        Some(Some(balance)) => json(StatusCode::OK, &balance),
-        Some(None) => json(
-            StatusCode::OK,
-            &NoBalance {
-                customer_id: &customer,
-                credit_entitlement_id: &credit_entitlement,
-                balance: "0",
-                overage: "0",
+impl CreditAnswer {
+    fn new(
+        customer_id: String,
+        credit_entitlement_id: String,
+        balance: Option<crate::store::Balance>,
+    ) -> Self {
+        match balance {
+            Some(b) => CreditAnswer {
+                customer_id: b.customer_id,
+                credit_entitlement_id: b.credit_entitlement_id,
+                balance: b.balance,
+                overage: b.overage,
+                entries: b.entries,
+                entry_id: Some(b.entry_id),
+                as_of: Some(b.as_of),
+                balance_low: b.balance_low,
+            },
+            None => CreditAnswer {
+                customer_id,
+                credit_entitlement_id,
+                balance: rust_decimal::Decimal::ZERO,
+                overage: rust_decimal::Decimal::ZERO,
                 entries: 0,
                 entry_id: None,
                 as_of: None,
                 balance_low: None,
             },
+        }
+    }
+}
+
+/// `GET /v1/credits/{customer_id}/{credit_entitlement_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/credits/{customer_id}/{credit_entitlement_id}",
+    tag = "read",
+    operation_id = "credits",
+    summary = "A customer's balance of one credit entitlement",
+    description = "Amounts are exact decimal strings; zero with nulls when no ledger entry is known.",
+    params(
+        ("customer_id" = String, Path, description = "The customer."),
+        ("credit_entitlement_id" = String, Path, description = "The credit entitlement."),
+    ),
+    responses(
+        (status = 200, description = "The balance.", body = CreditAnswer),
+        (status = 400, description = "A path parameter that does not decode (a percent-encoding \
+            that is not UTF-8).", body = ErrorMessage),
+        (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
+            `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"entsync\"`"))),
+        (status = 404, description = "No such route, e.g. an empty path segment (`not_found`).", body = ErrorBody),
+        (status = 503, description = "The store could not be read (`store_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_token" = [])),
+)]
+async fn credits(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    if let Some(refusal) = s.refuse(&headers) {
+        return refusal;
+    }
+    let Path((customer, credit_entitlement)) = match path {
+        Ok(path) => path,
+        Err(rejection) => return bad_path(&rejection),
+    };
+    let (c, ce) = (customer.clone(), credit_entitlement.clone());
+    match s.read(move |e| e.credit_balance(&c, &ce)).await {
+        Some(balance) => json(
+            StatusCode::OK,
+            &CreditAnswer::new(customer, credit_entitlement, balance),
         ),
         None => store_unavailable(),
     }
@@ -778,11 +998,16 @@ async fn credits(
 // ---------------------------------------------------------------------------------------
 // Operations
 
-#[derive(Serialize)]
-struct Health {
+/// The health answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `ok` or `unavailable`.
+    #[schema(example = "ok")]
     status: &'static str,
+    /// `store_unavailable` when unavailable.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
+    /// What failed, for people, when unavailable.
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<String>,
 }
@@ -792,6 +1017,20 @@ struct Health {
 /// when it is current) and the newest delivery row is read (one indexed row); 503 with
 /// the cause when either fails. (It cannot see a stuck writer thread: the engine has no
 /// probe for that.)
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    summary = "Whether the store and the access index are usable",
+    description = "Public: never asks for the API token.",
+    responses(
+        (status = 200, description = "Usable: `{\"status\": \"ok\"}`.", body = Health),
+        (status = 503, description = "Not usable: `{\"status\": \"unavailable\", \"error\": \
+            \"store_unavailable\", \"cause\": ...}`.", body = Health,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying."))),
+    ),
+)]
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     let engine = s.engine.clone();
     let checked = tokio::task::spawn_blocking(move || {
@@ -828,6 +1067,24 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition format 0.0.4: requests by route and status, delivery \
+        outcomes, signature failures, the writer queue, connections, the change feed and the \
+        forward lag.",
+    responses(
+        (status = 200, description = "The metrics.", body = String, content_type = "text/plain"),
+        (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
+            `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"entsync\"`"))),
+    ),
+    security(("api_token" = [])),
+)]
 async fn metrics_text(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Some(refusal) = s.refuse(&headers) {
         return refusal;
