@@ -10,6 +10,7 @@ mod fixtures;
 mod fuzz_regressions;
 mod hardening;
 mod http;
+mod openapi;
 mod store;
 mod support;
 mod verify;
