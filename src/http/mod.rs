@@ -515,6 +515,21 @@ fn early_answer(conn: Option<&server::ConnHandle>, mut resp: Response) -> Respon
         content_type = "application/json",
         description = "The event envelope `{business_id, type, timestamp, data}` exactly as \
             signed: verified over its raw bytes before it is parsed.",
+        example = json!({
+            "business_id": "bus_demo",
+            "type": "entitlement_grant.delivered",
+            "timestamp": "2026-05-01T10:02:00Z",
+            "data": {
+                "payload_type": "EntitlementGrant",
+                "id": "grant_example",
+                "business_id": "bus_demo",
+                "entitlement_id": "ent_pro",
+                "customer_id": "cus_example",
+                "status": "Delivered",
+                "created_at": "2026-05-01T10:00:00Z",
+                "updated_at": "2026-05-01T10:02:00Z"
+            }
+        }),
     ),
     responses(
         (status = 200, description = "Verified and durably stored, whatever its outcome.", body = Ack),
