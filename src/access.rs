@@ -116,6 +116,7 @@ pub struct GrantView<'a> {
 
 /// The access answer, as the CLI and the HTTP API print it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Access {
     /// The decision.
     pub allowed: bool,
@@ -129,26 +130,36 @@ pub struct Access {
     /// Why not (null when allowed or pending): the revocation reason, the failure's
     /// `error_code`, `license_key_expired`, `subscription_<status>`, `refund`, `dispute`,
     /// `no_grant`.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub reason: Option<String>,
     /// The most relevant grant.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub grant_id: Option<String>,
     /// For a pending grant: where the customer completes delivery.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub oauth_url: Option<String>,
     /// For a failed grant: the error code.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error_code: Option<String>,
     /// The grant's license key expiry, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub license_key_expires_at: Option<Timestamp>,
     /// The grant's subscription, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub subscription_id: Option<String>,
     /// That subscription's status, if known.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub subscription_status: Option<String>,
     /// Access kept by the on_hold grace period until then.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub grace_until: Option<Timestamp>,
     /// How many grants the pair has.
     pub grants: usize,
     /// Freshness: the version (`updated_at`) of the most relevant grant.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub as_of: Option<Timestamp>,
     /// The instant the answer was computed for.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub evaluated_at: Timestamp,
 }
 

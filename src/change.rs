@@ -20,6 +20,7 @@ pub struct Answer {
     /// `delivered`, `pending`, `failed`, `revoked` or `none`.
     pub status: String,
     /// Why not (null when allowed or pending).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub reason: Option<String>,
 }
 
@@ -185,8 +186,10 @@ pub struct Change {
     /// The new status.
     pub status: String,
     /// The new reason.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub reason: Option<String>,
     /// The most relevant grant of the new answer.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub grant_id: Option<String>,
     /// The answer before: the previous change's, or [`Answer::none`] for a pair's first.
     pub previous: Answer,

@@ -559,18 +559,23 @@ pub struct Subscription {
 /// A plan change scheduled for later (`change-plan` with `effective_at:
 /// next_billing_date`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScheduledChange {
     /// The product the subscription moves to.
     #[serde(default, deserialize_with = "de_opt_id")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub product_id: Option<String>,
     /// The quantity it will have.
     #[serde(default, deserialize_with = "de_opt_i64")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub quantity: Option<i64>,
     /// When the change takes effect.
     #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub effective_at: Option<Timestamp>,
     /// The new product's name, when given.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub product_name: Option<String>,
 }
 
@@ -897,6 +902,7 @@ pub struct CreditEntry {
 
 /// A `CreditBalanceLow` notification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreditBalanceLow {
     /// `customer_id:credit_entitlement_id`, filled in by the parser.
     #[serde(default)]
@@ -907,14 +913,18 @@ pub struct CreditBalanceLow {
     pub credit_entitlement_id: String,
     /// The subscription.
     #[serde(default, deserialize_with = "de_opt_id")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub subscription_id: Option<String>,
     /// Balance available when it fired.
     #[serde(default, deserialize_with = "de_opt_decimal")]
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, example = "1250.5"))]
     pub available_balance: Option<Decimal>,
     /// The threshold amount.
     #[serde(default, deserialize_with = "de_opt_decimal")]
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, example = "1250.5"))]
     pub threshold_amount: Option<Decimal>,
     /// The threshold percent.
     #[serde(default, deserialize_with = "de_opt_i64")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub threshold_percent: Option<i64>,
 }

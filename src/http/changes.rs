@@ -6,7 +6,7 @@
 //! that the engine's writer thread wakes after every commit ([`Engine::on_commit`]);
 //! every second they also look again, for commits made by other processes.
 
-use super::{error_message, json, store_unavailable, Shared};
+use super::{error_message, json, store_unavailable, ErrorBody, ErrorMessage, Shared};
 use crate::change::Change;
 use crate::Engine;
 use axum::extract::{Query, State};
@@ -59,8 +59,9 @@ struct Page {
 
 impl ChangesQuery {
     fn parse(&self) -> Result<Page, String> {
+        // An empty value is not a number: 400, as the document says (not the default).
         let after = match self.after.as_deref() {
-            None | Some("") => 0,
+            None => 0,
             Some(s) => s
                 .parse::<i64>()
                 .ok()
@@ -68,16 +69,17 @@ impl ChangesQuery {
                 .ok_or_else(|| format!("after must be a seq (an integer ≥ 0), not {s:?}"))?,
         };
         let limit = match self.limit.as_deref() {
-            None | Some("") => DEFAULT_LIMIT,
+            None => DEFAULT_LIMIT,
             Some(s) => s
-                .parse::<u64>()
+                // An int64, as the document says (like `after`); above 1000 it is capped.
+                .parse::<i64>()
                 .ok()
                 .filter(|n| *n >= 1)
                 .map(|n| usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT))
-                .ok_or_else(|| format!("limit must be an integer ≥ 1, not {s:?}"))?,
+                .ok_or_else(|| format!("limit must be an integer from 1 to 2^63-1, not {s:?}"))?,
         };
         let wait = match self.wait.as_deref() {
-            None | Some("") => Duration::ZERO,
+            None => Duration::ZERO,
             Some(s) => s
                 .parse::<f64>()
                 .ok()
@@ -116,6 +118,27 @@ async fn read_changes(engine: &Engine, after: i64, limit: usize) -> Option<Vec<C
 }
 
 /// `GET /v1/changes?after=&limit=&wait=`.
+#[utoipa::path(
+    get,
+    path = "/v1/changes",
+    tag = "changes",
+    operation_id = "changes",
+    summary = "A page of access changes, or a long poll for the next ones",
+    description = "Changes with a seq above `after`, oldest first. With `wait`, an empty page \
+        waits up to that many seconds for the next change (long poll). `next` is the seq of \
+        the last change returned, or `after` when none: the `after` of the next request.",
+    params(ChangesQuery),
+    responses(
+        (status = 200, description = "A page (empty when nothing came within `wait`).", body = ChangesPage),
+        (status = 400, description = "A bad parameter (`bad_request`).", body = ErrorMessage),
+        (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
+            `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"entsync\"`"))),
+        (status = 503, description = "The store could not be read (`store_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_token" = [])),
+)]
 pub(super) async fn page(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -173,7 +196,9 @@ fn stream_start(headers: &HeaderMap, query: &StreamQuery) -> Result<i64, String>
         (None, None) => return Ok(0),
     };
     let value = value.trim();
-    if value.is_empty() {
+    // An empty Last-Event-ID is "no event yet" (EventSource sends none then); an empty
+    // `after` is not an integer (400, as the document says).
+    if value.is_empty() && what == "Last-Event-ID" {
         return Ok(0);
     }
     value
@@ -185,6 +210,31 @@ fn stream_start(headers: &HeaderMap, query: &StreamQuery) -> Result<i64, String>
 
 /// `GET /v1/changes/stream?after=`: `event: access.changed`, `id:` the seq, `data:` the
 /// change as one line of JSON.
+#[utoipa::path(
+    get,
+    path = "/v1/changes/stream",
+    tag = "changes",
+    operation_id = "changes_stream",
+    summary = "Access changes as Server-Sent Events",
+    description = "Never ends: every change with a seq above the start, then each new one as it \
+        commits, as `event: access.changed`, `id:` the seq, `data:` the change (a `Change`) as \
+        one line of JSON; a comment every 15 s keeps the connection open. Resume with \
+        `Last-Event-ID`.",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "The seq of the last event \
+            received (an integer ≥ 0); takes precedence over `after`."),
+    ),
+    responses(
+        (status = 200, description = "The stream; each event's `data` is a `Change`.",
+            body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A bad `after` or `Last-Event-ID` (`bad_request`).", body = ErrorMessage),
+        (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
+            `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"entsync\"`"))),
+    ),
+    security(("api_token" = [])),
+)]
 pub(super) async fn stream(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -260,9 +310,13 @@ mod tests {
             q(Some("x"), None, None),
             q(None, Some("0"), None),
             q(None, Some("1.5"), None),
+            q(None, Some("9223372036854775808"), None),
             q(None, None, Some("-2")),
             q(None, None, Some("NaN")),
             q(None, None, Some("inf")),
+            q(Some(""), None, None),
+            q(None, Some(""), None),
+            q(None, None, Some("")),
         ] {
             assert!(bad.parse().is_err(), "{bad:?}");
         }
@@ -279,6 +333,12 @@ mod tests {
         assert_eq!(stream_start(&headers, &query), Ok(7));
         headers.insert("last-event-id", "seven".parse().unwrap());
         assert!(stream_start(&headers, &query).is_err());
+        headers.insert("last-event-id", "".parse().unwrap());
+        assert_eq!(stream_start(&headers, &query), Ok(0));
+        let empty = StreamQuery {
+            after: Some(String::new()),
+        };
+        assert!(stream_start(&HeaderMap::new(), &empty).is_err());
         assert_eq!(
             stream_start(&HeaderMap::new(), &StreamQuery::default()),
             Ok(0)

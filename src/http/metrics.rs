@@ -22,11 +22,12 @@ pub(crate) enum Route {
     Stream,
     Healthz,
     Metrics,
+    OpenApi,
     NotFound,
 }
 
 impl Route {
-    const ALL: [Route; 9] = [
+    const ALL: [Route; 10] = [
         Route::Webhook,
         Route::Access,
         Route::Customer,
@@ -35,6 +36,7 @@ impl Route {
         Route::Stream,
         Route::Healthz,
         Route::Metrics,
+        Route::OpenApi,
         Route::NotFound,
     ];
 
@@ -48,6 +50,7 @@ impl Route {
             Route::Stream => super::STREAM_PATH,
             Route::Healthz => "/healthz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => super::OPENAPI_PATH,
             Route::NotFound => "(unmatched)",
         }
     }

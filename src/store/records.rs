@@ -85,6 +85,7 @@ pub struct QuarantineRecord {
 
 /// One grant (`entsync grants --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrantRecord {
     /// Grant id.
     pub grant_id: String,
@@ -95,18 +96,25 @@ pub struct GrantRecord {
     /// Status.
     pub status: String,
     /// Revocation reason.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub revocation_reason: Option<String>,
     /// Subscription.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub subscription_id: Option<String>,
     /// Payment.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub payment_id: Option<String>,
     /// Version (`updated_at`).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
     /// License key expiry.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub license_key_expires_at: Option<Timestamp>,
     /// OAuth URL of a pending grant.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub oauth_url: Option<String>,
     /// Error code of a failed grant.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error_code: Option<String>,
     /// The delivery whose snapshot is the state.
     pub delivery_id: String,
@@ -114,53 +122,71 @@ pub struct GrantRecord {
 
 /// A subscription in a customer view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubscriptionRecord {
     /// Subscription id.
     pub subscription_id: String,
     /// Status.
     pub status: String,
     /// Since when it has this status.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub since: String,
     /// Version (envelope timestamp).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub as_of: String,
     /// Product (after a plan change, the new one).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub product_id: Option<String>,
     /// Quantity.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub quantity: Option<i64>,
     /// Recurring amount before tax, minor units, exact.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, example = "1250.5"))]
     pub recurring_pre_tax_amount: Option<Decimal>,
     /// Currency.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub currency: Option<String>,
     /// Start of the current period.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub previous_billing_date: Option<Timestamp>,
     /// End of the current period.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub next_billing_date: Option<Timestamp>,
     /// Cancels at period end.
     pub cancel_at_next_billing_date: bool,
     /// When the past_due grace ends.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub past_due_ends_at: Option<Timestamp>,
     /// When it was paused.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub paused_at: Option<Timestamp>,
     /// When it was cancelled.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub cancelled_at: Option<Timestamp>,
     /// When its term ends, if it does.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub expires_at: Option<Timestamp>,
     /// A plan change scheduled for later.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub scheduled_change: Option<ScheduledChange>,
 }
 
 /// A payment in a customer view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PaymentRecord {
     /// Payment id.
     pub payment_id: String,
     /// Status.
     pub status: String,
     /// Total, minor units, exact.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, example = "1250.5"))]
     pub total_amount: Option<Decimal>,
     /// Currency.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub currency: Option<String>,
     /// Subscription, for renewals.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub subscription_id: Option<String>,
     /// Refunds of it: from `refund.*` events and from the payment's own `refunds[]`
     /// (the newer word on each wins), by id.
@@ -168,60 +194,74 @@ pub struct PaymentRecord {
     /// Disputes of it, likewise.
     pub disputes: Vec<LinkedRecord>,
     /// Version.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub as_of: String,
 }
 
 /// A refund or dispute linked to a payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkedRecord {
     /// Refund or dispute id.
     pub id: String,
     /// Status.
     pub status: String,
     /// Version.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub as_of: String,
 }
 
 /// A license key in a customer view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LicenseKeyRecord {
     /// Key id.
     pub id: String,
     /// Status.
     pub status: String,
     /// Expiry.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub expires_at: Option<Timestamp>,
     /// Product.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub product_id: Option<String>,
     /// Activations used.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub instances_count: Option<i64>,
     /// Activation limit.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub activations_limit: Option<i64>,
 }
 
 /// A credit balance (`entsync balance --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Balance {
     /// Customer.
     pub customer_id: String,
     /// Credit entitlement.
     pub credit_entitlement_id: String,
     /// `balance_after` of the newest ledger entry, exact.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1250.5"))]
     pub balance: Decimal,
     /// `overage_after` of the newest ledger entry, exact (0 when absent).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1250.5"))]
     pub overage: Decimal,
     /// The newest entry's id.
     pub entry_id: String,
     /// The newest entry's `created_at`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub as_of: Timestamp,
     /// Ledger entries seen.
     pub entries: u64,
     /// The last `credit.balance_low` notice, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub balance_low: Option<CreditBalanceLow>,
 }
 
 /// Everything known about one customer (`entsync customer --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CustomerView {
     /// Customer.
     pub customer_id: String,

@@ -11,6 +11,7 @@ mod fixtures;
 mod fuzz_regressions;
 mod hardening;
 mod http;
+mod openapi;
 mod reconcile;
 mod store;
 mod support;
