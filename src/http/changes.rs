@@ -3,12 +3,11 @@
 //! `Last-Event-ID`).
 //!
 //! Both read the store on tokio's blocking pool and wait on a [`tokio::sync::Notify`]
-//! that the engine's writer thread wakes after every commit ([`Engine::on_commit`]);
+//! that the engine's writer thread wakes after every commit ([`crate::Engine::on_commit`]);
 //! every second they also look again, for commits made by other processes.
 
 use super::{error_message, json, store_unavailable, ErrorBody, ErrorMessage, Shared};
 use crate::change::Change;
-use crate::Engine;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -102,21 +101,6 @@ pub struct ChangesPage {
     pub next: i64,
 }
 
-async fn read_changes(engine: &Engine, after: i64, limit: usize) -> Option<Vec<Change>> {
-    let engine = engine.clone();
-    match tokio::task::spawn_blocking(move || engine.changes(after, limit)).await {
-        Ok(Ok(changes)) => Some(changes),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "reading the change feed failed");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reading the change feed failed");
-            None
-        }
-    }
-}
-
 /// `GET /v1/changes?after=&limit=&wait=`.
 #[utoipa::path(
     get,
@@ -157,7 +141,7 @@ pub(super) async fn page(
         let woken = s.feed.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let Some(changes) = read_changes(&s.engine, page.after, page.limit).await else {
+        let Some(changes) = s.read(move |e| e.changes(page.after, page.limit)).await else {
             return store_unavailable();
         };
         let now = tokio::time::Instant::now();
@@ -266,7 +250,7 @@ pub(super) async fn stream(
             let woken = s.feed.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            match read_changes(&s.engine, after, DEFAULT_LIMIT).await {
+            match s.read(move |e| e.changes(after, DEFAULT_LIMIT)).await {
                 Some(changes) if !changes.is_empty() => {
                     after = changes.last().map_or(after, |c| c.seq);
                     buffered.extend(changes);
