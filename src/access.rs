@@ -187,6 +187,14 @@ impl Judgement {
     }
 }
 
+/// Whether a subscription in `status` can bear on any answer: only the statuses the
+/// backstop denies on (and `on_hold`'s grace) do. A subscription moving between two
+/// statuses that cannot (`active`, `past_due`, `pending`, unknown ones) changes no answer
+/// under any policy, whatever its versions.
+pub fn subscription_status_matters(status: &SubscriptionStatus) -> bool {
+    backstop_denies(status)
+}
+
 /// A subscription status that the backstop denies on.
 fn backstop_denies(status: &SubscriptionStatus) -> bool {
     use SubscriptionStatus::*;

@@ -9,10 +9,10 @@ pub(super) use super::history::write_step;
 use super::history::write_step_keyed;
 use super::refold::{accept_keys, refold};
 use super::{Context, RebuildStats, Result, StoreError, WriteStore};
-use crate::access::Policy;
+use crate::access::{self, Policy};
 use crate::change::Cause;
 use crate::delivery::{Delivery, Outcome};
-use crate::event::{self, Kind};
+use crate::event::{self, Kind, SubscriptionStatus};
 use crate::fold::{decode_key, Current, Rejection, Snap, VersionKey};
 use crate::plan::{self, Place};
 use crate::wire::{format_timestamp, hex, parse_timestamp, Timestamp};
@@ -378,9 +378,18 @@ fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) ->
                     Kind::Grant | Kind::Refund | Kind::Dispute => feed::pairs_of(tx, kind, &id)?,
                     _ => BTreeSet::new(),
                 };
+                // A subscription that neither was nor is in a status that can bear on
+                // an answer (`active` renewed, `past_due`) changes none: skip the pairs.
+                let inert = |tx: &Connection| -> Result<bool> {
+                    Ok(kind == Kind::Subscription
+                        && !subscription_status(tx, &id)?.is_some_and(|s| {
+                            access::subscription_status_matters(&SubscriptionStatus::parse(&s))
+                        }))
+                };
+                let inert_before = inert(tx)?;
                 let (outcome, key, detail, changed) =
                     with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
-                if changed {
+                if changed && !(inert_before && inert(tx)?) {
                     let cause = Cause::of_delivery(&d.id, &env.event_type);
                     evaluate_pairs(tx, feed, kind, &id, before, at, |_, _| cause.clone())?;
                 }
@@ -397,6 +406,14 @@ fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) ->
         event_type: row.event_type,
         detail: row.detail,
     })
+}
+
+/// A subscription's stored status.
+fn subscription_status(tx: &Connection, id: &str) -> Result<Option<String>> {
+    tx.prepare_cached("SELECT status FROM objects WHERE kind = 'subscription' AND id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()
+        .context("read a subscription's status")
 }
 
 /// The delivery a snapshot arrived in.
