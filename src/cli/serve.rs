@@ -189,8 +189,8 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
     {
         let commits = Arc::downgrade(&commits);
         engine.on_commit(move || {
+            // One waiter: a permit kept while it is busy wakes its next wait at once.
             if let Some(c) = commits.upgrade() {
-                c.notify_waiters();
                 c.notify_one();
             }
         });

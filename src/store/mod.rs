@@ -41,7 +41,6 @@ pub use records::{
 };
 pub use write::{Applied, Writer};
 
-use crate::access::Policy;
 use crate::change::Change;
 use crate::delivery::{Delivery, Outcome};
 use crate::event::Kind;
@@ -173,9 +172,6 @@ pub trait WriteStore: Send {
     ///
     /// The backend's.
     fn set_forward_cursor(&mut self, seq: i64) -> Result<()>;
-
-    /// The policy the access-change feed is computed under.
-    fn policy(&self) -> &Policy;
 }
 
 /// The read side of a store: change detection for the access index, listings.

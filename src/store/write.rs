@@ -101,24 +101,24 @@ impl Writer {
     /// recorded (re-evaluating every pair if it changed), a store that has never been
     /// evaluated evaluated (after a rebuild or the migration that added the feed).
     fn begin(&mut self, now: Timestamp) -> Result<(Transaction<'_>, Feed)> {
-        let wanted = if self.policy_synced {
-            None
-        } else {
-            self.wanted.clone()
-        };
-        let fixed = self.wanted.clone();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("begin a write transaction")?;
-        let stored = match (&fixed, &wanted) {
-            (Some(_), None) => None,
-            _ => feed::stored_policy(&tx)?,
+        // Opened with a policy: it is the feed's; compared with the stored one until a
+        // transaction that checked it committed. Opened without: the stored one, read
+        // in every transaction (`serve` may change it), the default stored if none is.
+        let (policy, stored) = match &self.wanted {
+            Some(p) if self.policy_synced => (p.clone(), Some(p.clone())),
+            Some(p) => (p.clone(), feed::stored_policy(&tx)?),
+            None => {
+                let stored = feed::stored_policy(&tx)?;
+                (stored.clone().unwrap_or_default(), stored)
+            }
         };
-        let policy = fixed.or(stored.clone()).unwrap_or_default();
         let mut feed = Feed::start(&tx, policy, now)?;
         let at = feed.tick(now);
-        if (wanted.is_some() || stored.is_none()) && stored.as_ref() != Some(&feed.policy) {
+        if stored.as_ref() != Some(&feed.policy) {
             feed::store_policy(&tx, &feed.policy)?;
             if stored.is_some() {
                 let cause = Cause::Operator {
@@ -280,10 +280,6 @@ impl WriteStore for Writer {
 
     fn set_forward_cursor(&mut self, seq: i64) -> Result<()> {
         Writer::set_forward_cursor(self, seq)
-    }
-
-    fn policy(&self) -> &Policy {
-        &self.policy
     }
 }
 
