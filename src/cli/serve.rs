@@ -4,6 +4,7 @@
 use super::{open_engine, webhook_verifier, CliError, PolicyArgs};
 use clap::Args;
 use entitlement_sync::http::{Limits, Options, Receiver};
+use entitlement_sync::store::Location;
 use entitlement_sync::Engine;
 use std::path::Path;
 use std::process::ExitCode;
@@ -147,7 +148,7 @@ fn exposed(addr: std::net::SocketAddr, protected: bool) -> bool {
 }
 
 /// `entsync serve`.
-pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
+pub fn run(db: &Location, args: ServeArgs) -> Result<ExitCode, CliError> {
     init_logging();
     let verifier = webhook_verifier(&args.secrets)?;
     let api_token = match std::env::var("ENTSYNC_API_TOKEN") {
@@ -279,7 +280,7 @@ async fn serve(
     receiver: Receiver,
     listen: &str,
     limits: Limits,
-    (db, grants, protected): (&Path, usize, bool),
+    (db, grants, protected): (&Location, usize, bool),
     grace: Duration,
 ) -> Result<ExitCode, CliError> {
     let listener = tokio::net::TcpListener::bind(listen)
