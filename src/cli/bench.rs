@@ -91,7 +91,7 @@ struct Report {
 /// Opens a bench store.
 fn open(path: &Path) -> Result<Engine, CliError> {
     Engine::open(path).map_err(|source| CliError::Open {
-        path: path.to_path_buf(),
+        store: path.display().to_string(),
         source,
     })
 }

@@ -6,7 +6,6 @@ use clap::Args;
 use entitlement_sync::http::{Limits, Options, Receiver};
 use entitlement_sync::store::Location;
 use entitlement_sync::Engine;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;

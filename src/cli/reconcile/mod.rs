@@ -13,7 +13,6 @@ use entitlement_sync::reconcile::{self, Summary, LIVE_URL, MAX_PAGE_SIZE, TEST_U
 use entitlement_sync::store::Location;
 use entitlement_sync::Engine;
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
