@@ -38,13 +38,20 @@ pub struct BenchArgs {
     /// Directory for the stores (default: a new temporary directory, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Also measure on this PostgreSQL database (in schemas of the bench's own, dropped
+    /// afterwards), printed under `postgres`.
+    #[arg(long, env = "ENTSYNC_BENCH_POSTGRES", value_name = "URL")]
+    pub postgres: Option<String>,
+    /// Grants in the PostgreSQL access store.
+    #[arg(long, default_value_t = 20_000)]
+    pub pg_grants: usize,
 }
 
 #[derive(Debug, Serialize)]
-struct Latency {
+pub(super) struct Latency {
     calls: usize,
     mean_ns: f64,
-    p50_ns: u64,
+    pub(super) p50_ns: u64,
     p99_ns: u64,
     p999_ns: u64,
 }
@@ -59,7 +66,7 @@ pub(super) fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
-fn latency(mut samples: Vec<u64>) -> Latency {
+pub(super) fn latency(mut samples: Vec<u64>) -> Latency {
     samples.sort_unstable();
     let n = samples.len().max(1);
     let at = |q: f64| nearest_rank(&samples, q);
@@ -86,6 +93,9 @@ struct Report {
     group_commit_writers: usize,
     rebuild_seconds: Option<f64>,
     rebuild_deliveries_per_sec: Option<f64>,
+    /// The same figures on PostgreSQL (`--postgres`), measured in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<super::bench_pg::PgReport>,
 }
 
 /// Opens a bench store.
@@ -248,6 +258,16 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
     );
     let group = ingest_run(dir, "ingest-group.db", args.ingest * 4, args.writers)?;
     let ratio = raw.p50_ns as f64 / has_access.p50_ns.max(1) as f64;
+    let postgres = match &args.postgres {
+        Some(url) => Some(super::bench_pg::bench(
+            url,
+            args.pg_grants,
+            args.lookups,
+            args.ingest,
+            args.writers,
+        )?),
+        None => None,
+    };
     Ok(Report {
         grants: count,
         build_seconds: build,
@@ -261,5 +281,6 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         group_commit_writers: args.writers,
         rebuild_seconds,
         rebuild_deliveries_per_sec: rebuild_rate,
+        postgres,
     })
 }

@@ -3,6 +3,7 @@
 //! errors and turns them into exit codes (ripgrep's `main` / `try_main` shape).
 
 mod bench;
+mod bench_pg;
 mod commands;
 mod error;
 mod forward;

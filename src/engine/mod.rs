@@ -23,6 +23,8 @@ use crate::wire::Timestamp;
 use writer::{writer_loop, Job, Signal, Store};
 
 mod changes;
+mod lease;
+pub use lease::Lease;
 mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -495,6 +495,56 @@ fn open_listener(config: &Config) -> Result<Client> {
     Ok(client)
 }
 
+/// A session advisory lock on a connection of its own: held by one connection of the
+/// whole database at a time, released by PostgreSQL when that connection ends (a
+/// crashed holder loses it at once).
+pub(crate) struct AdvisoryLock {
+    config: Config,
+    key: i64,
+    client: Option<Client>,
+}
+
+impl AdvisoryLock {
+    pub(crate) fn new(url: &str, schema: &str, name: &str) -> Result<AdvisoryLock> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.application_name(&format!("entsync lock {name} {schema}"));
+        let digest = Sha256::digest(format!("entsync lock {schema} {name}").as_bytes());
+        let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+        Ok(AdvisoryLock {
+            config,
+            key,
+            client: None,
+        })
+    }
+
+    /// Whether this process holds the lock now: checks that the holding connection
+    /// still lives, else (re)connects and tries to take it.
+    pub(crate) fn held(&mut self) -> bool {
+        if let Some(client) = &mut self.client {
+            if client.batch_execute("SELECT 1").is_ok() {
+                return true;
+            }
+            self.client = None;
+        }
+        let Ok(mut client) = self.config.connect(NoTls) else {
+            return false;
+        };
+        let took = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.key])
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if took {
+            self.client = Some(client);
+        }
+        took
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

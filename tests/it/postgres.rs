@@ -574,3 +574,86 @@ fn three_serve_instances_lose_nothing_when_one_is_sigkilled_under_load() {
         server.kill();
     }
 }
+
+#[test]
+fn one_instance_forwards_the_feed_and_another_takes_over_when_it_dies() {
+    use crate::changes::{receiver, wait_for, FORWARD_SECRET};
+    let Some(schema) = Schema::new("forward") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, seen) = receiver(0);
+    let env = [
+        ("ENTSYNC_PG_SCHEMA", schema.name.as_str()),
+        ("ENTSYNC_FORWARD_SECRET", FORWARD_SECRET),
+    ];
+    let args = ["--forward-url", url.as_str()];
+    let start = |k: usize| {
+        Server::start_logged(
+            &schema.url,
+            dir.path().join(format!("serve-{k}.log")),
+            &env,
+            &args,
+        )
+    };
+    let mut servers = vec![Some(start(0)), Some(start(1))];
+    let history = history(5, 30);
+    let ts = crate::http::now();
+    let (first, rest) = history.split_at(history.len() / 2);
+    for (i, (id, body)) in first.iter().enumerate() {
+        let server = servers[i % 2].as_ref().expect("running");
+        assert_eq!(post_webhook(server.addr, SECRET, id, ts, body).status, 200);
+    }
+    let engine = schema.engine();
+    let last = engine.last_change_seq().expect("last seq");
+    let arrived = |seq: i64| {
+        let id = format!("chg_{seq}");
+        seen.lock().unwrap().acked.iter().any(|(i, _)| *i == id)
+    };
+    wait_for("the first half", Duration::from_secs(30), || arrived(last));
+    // One instance forwards: the other's cursor never moved, and nothing arrived twice.
+    let cursor = |s: &Server| {
+        s.get("/metrics")
+            .text()
+            .contains(&format!("entsync_forward_cursor {last}"))
+    };
+    let leader = (0..2)
+        .find(|&k| cursor(servers[k].as_ref().expect("running")))
+        .expect("one instance forwards");
+    assert!(
+        !cursor(servers[1 - leader].as_ref().expect("running")),
+        "both instances forward"
+    );
+    {
+        let seen = seen.lock().unwrap();
+        let ids: BTreeSet<&String> = seen.acked.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), seen.acked.len(), "a change was posted twice");
+    }
+    // The forwarding instance dies; the other takes over from the stored cursor.
+    servers[leader].take().expect("running").kill();
+    let survivor = servers[1 - leader].as_ref().expect("running");
+    for (id, body) in rest {
+        assert_eq!(
+            post_webhook(survivor.addr, SECRET, id, ts, body).status,
+            200
+        );
+    }
+    let last = engine.last_change_seq().expect("last seq");
+    wait_for("every change", Duration::from_secs(30), || arrived(last));
+    let seen = seen.lock().unwrap();
+    let ids: BTreeSet<i64> = seen
+        .acked
+        .iter()
+        .map(|(id, _)| id.trim_start_matches("chg_").parse().expect("chg_<seq>"))
+        .collect();
+    let every: BTreeSet<i64> = engine
+        .changes(0, usize::MAX)
+        .expect("changes")
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(ids, every, "every change arrived");
+    for server in servers.into_iter().flatten() {
+        server.kill();
+    }
+}
