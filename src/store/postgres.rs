@@ -29,7 +29,9 @@ use super::sql::{Arg, Backend, Db, Mode, Row, Val};
 use super::{Result, StoreError};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use postgres::{Client, Config, NoTls, Statement};
+#[cfg(not(feature = "postgres-tls"))]
+use postgres::NoTls;
+use postgres::{Client, Config, Statement};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
@@ -139,8 +141,29 @@ fn migration_lock(schema: &str) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
+/// Opens a connection: with TLS as the URL's `sslmode` asks when the `postgres-tls`
+/// feature is on (rustls, the webpki roots), else in plain text (`sslmode=require`
+/// then fails to connect, saying so).
+fn connect(config: &Config) -> Result<Client> {
+    #[cfg(feature = "postgres-tls")]
+    {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Config(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?)
+    }
+    #[cfg(not(feature = "postgres-tls"))]
+    Ok(config.connect(NoTls)?)
+}
+
 fn open_client(config: &Config, schema: &str) -> Result<Client> {
-    let mut client = config.connect(NoTls)?;
+    let mut client = connect(config)?;
     // Every table is found in the schema; text compares bytewise (`COLLATE "C"` on the
     // columns), instants are stored as text, so the session's time zone never matters.
     client.batch_execute(&format!("SET search_path TO {schema}"))?;
@@ -490,7 +513,7 @@ fn listen(config: &Config, schema: &str, wake: &dyn Fn(Wake) -> bool) {
 }
 
 fn open_listener(config: &Config) -> Result<Client> {
-    let mut client = config.connect(NoTls)?;
+    let mut client = connect(config)?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     Ok(client)
 }
@@ -531,7 +554,7 @@ impl AdvisoryLock {
             }
             self.client = None;
         }
-        let Ok(mut client) = self.config.connect(NoTls) else {
+        let Ok(mut client) = connect(&self.config) else {
             return false;
         };
         let took = client
