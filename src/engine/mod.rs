@@ -140,7 +140,37 @@ impl BadRows {
     }
 }
 
+/// How far the in-memory access index is (see [`Engine::warm_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[non_exhaustive]
+pub enum IndexState {
+    /// Not loaded yet: the first read loads it (and waits for it).
+    Lazy,
+    /// Loading in the background: reads are answered from the store meanwhile.
+    Warming,
+    /// Loaded: reads are answered from memory.
+    Ready,
+}
+
+impl IndexState {
+    /// `lazy`, `warming` or `ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexState::Lazy => "lazy",
+            IndexState::Warming => "warming",
+            IndexState::Ready => "ready",
+        }
+    }
+}
+
+const LAZY: u8 = 0;
+const WARMING: u8 = 1;
+const READY: u8 = 2;
+
 struct Inner {
+    /// [`IndexState`], as `LAZY`, `WARMING`, `READY`.
+    state: std::sync::atomic::AtomicU8,
     location: Location,
     /// The SQLite file, or the redacted PostgreSQL URL (see [`Engine::path`]).
     path: PathBuf,
@@ -227,6 +257,7 @@ impl Engine {
             .map_err(EngineError::Spawn)?;
         let engine = Engine {
             inner: Arc::new(Inner {
+                state: std::sync::atomic::AtomicU8::new(LAZY),
                 location,
                 path,
                 policy,
@@ -290,6 +321,63 @@ impl Engine {
     pub fn set_external_check_interval(&self, interval: Duration) {
         let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
         self.inner.external_interval.store(ns, Ordering::Relaxed);
+    }
+
+    /// Loads the access index on a thread of its own and returns at once: until it is
+    /// loaded, reads are answered from the store, pair by pair (the same answers,
+    /// slower: [`Engine::access_direct`]), instead of waiting for the whole index. For a
+    /// server that should answer right after it starts on a large store. Reads before
+    /// any call to this load the index themselves, on the first one.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not be started.
+    pub fn warm_up(&self) -> Result<(), Error> {
+        if self
+            .inner
+            .state
+            .compare_exchange(LAZY, WARMING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Ok(());
+        }
+        let engine = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("entsync-warm".into())
+            .spawn(move || {
+                // Until the load succeeds; a failing store is retried.
+                let mut delay = Duration::from_millis(100);
+                while engine.refresh().is_err() {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                engine.inner.state.store(READY, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.inner.state.store(LAZY, Ordering::Release);
+            return Err(EngineError::Spawn(e));
+        }
+        Ok(())
+    }
+
+    /// How far the access index is.
+    pub fn index_state(&self) -> IndexState {
+        match self.inner.state.load(Ordering::Acquire) {
+            WARMING => IndexState::Warming,
+            READY => IndexState::Ready,
+            _ => {
+                if lock(&self.inner.sync).epoch >= 0 {
+                    IndexState::Ready
+                } else {
+                    IndexState::Lazy
+                }
+            }
+        }
+    }
+
+    /// The index is being loaded in the background: answer from the store.
+    fn warming(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) == WARMING
     }
 
     /// Refreshes the index only when this engine committed since, or when the external
@@ -477,6 +565,9 @@ impl Engine {
         now: Timestamp,
         policy: &Policy,
     ) -> Result<Access, Error> {
+        if self.warming() {
+            return self.access_direct(customer, entitlement, now, policy);
+        }
         self.refresh_for_read()?;
         Ok(self.index().access(customer, entitlement, policy, now))
     }
@@ -490,6 +581,9 @@ impl Engine {
     ///
     /// [`StoreError`] when the changed rows could not be read.
     pub fn sync_index(&self) -> Result<(), Error> {
+        if self.warming() {
+            return Ok(());
+        }
         self.refresh_for_read()
     }
 
@@ -520,7 +614,7 @@ impl Engine {
         entitlement: &str,
         now: Timestamp,
     ) -> Option<Access> {
-        self.index_is_current().then(|| {
+        (!self.warming() && self.index_is_current()).then(|| {
             self.index()
                 .access(customer, entitlement, &self.inner.policy, now)
         })
@@ -551,6 +645,11 @@ impl Engine {
     /// Does `customer` have `entitlement` at `now`? Fails closed: `false` if the store
     /// could not be read.
     pub fn has_access(&self, customer: &str, entitlement: &str, now: Timestamp) -> bool {
+        if self.warming() {
+            return self
+                .access_direct(customer, entitlement, now, &self.inner.policy)
+                .is_ok_and(|a| a.allowed);
+        }
         if self.refresh_for_read().is_err() {
             return false;
         }
@@ -558,9 +657,11 @@ impl Engine {
             .has_access(customer, entitlement, &self.inner.policy, now)
     }
 
-    /// Number of grants in the access index.
+    /// Number of grants in the access index (0 while it warms up).
     pub fn grant_count(&self) -> usize {
-        let _ = self.refresh_for_read();
+        if !self.warming() {
+            let _ = self.refresh_for_read();
+        }
         self.index().grants()
     }
 

@@ -80,23 +80,51 @@ impl Feed {
     }
 }
 
+/// What of an object's state row says which pairs it backs, and whether a subscription
+/// can bear on an answer: its `customer_id`, `ref_id` and `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Links {
+    pub(super) customer_id: Option<String>,
+    pub(super) ref_id: Option<String>,
+    pub(super) status: String,
+}
+
 /// The pairs an object's state backs, as its row says now. `kind`/`id` of a kind the
 /// access index does not hold back no pair.
 pub(super) fn pairs_of(tx: &dyn Db, kind: Kind, id: &str) -> Result<BTreeSet<Pair>> {
-    let mut pairs = BTreeSet::new();
     if !kind.in_index() {
-        return Ok(pairs);
+        return Ok(BTreeSet::new());
     }
     let row = tx
         .row(
-            "SELECT customer_id, ref_id FROM objects WHERE kind = ?1 AND id = ?2",
+            "SELECT customer_id, ref_id, status FROM objects WHERE kind = ?1 AND id = ?2",
             args![kind.as_str(), id],
         )
         .context("read an object's links")?;
-    let Some(mut row) = row else {
+    let links = row
+        .map(|mut r| {
+            Ok::<_, StoreError>(Links {
+                customer_id: r.opt_string(0)?,
+                ref_id: r.opt_string(1)?,
+                status: r.string(2)?,
+            })
+        })
+        .transpose()?;
+    pairs_from(tx, kind, id, links.as_ref())
+}
+
+/// The pairs an object with these links backs (`None`: no state, no pair). A grant
+/// names its own; the others are found through the grants' link columns.
+pub(super) fn pairs_from(
+    tx: &dyn Db,
+    kind: Kind,
+    id: &str,
+    links: Option<&Links>,
+) -> Result<BTreeSet<Pair>> {
+    let mut pairs = BTreeSet::new();
+    let Some(links) = links.filter(|_| kind.in_index()) else {
         return Ok(pairs);
     };
-    let (customer, ref_id) = (row.opt_string(0)?, row.opt_string(1)?);
     let linked = |sql: &str, key: &str, pairs: &mut BTreeSet<Pair>| -> Result<()> {
         tx.for_each(sql, args![key], &mut |mut r| {
             pairs.insert((r.string(0)?, r.string(1)?));
@@ -110,15 +138,15 @@ pub(super) fn pairs_of(tx: &dyn Db, kind: Kind, id: &str) -> Result<BTreeSet<Pai
         WHERE grant_payment_id = ?1 AND kind = 'grant'";
     match kind {
         Kind::Grant => {
-            if let (Some(c), Some(e)) = (customer, ref_id) {
-                pairs.insert((c, e));
+            if let (Some(c), Some(e)) = (&links.customer_id, &links.ref_id) {
+                pairs.insert((c.clone(), e.clone()));
             }
         }
         Kind::Subscription => linked(BY_SUBSCRIPTION, id, &mut pairs)?,
         Kind::Payment => linked(BY_PAYMENT, id, &mut pairs)?,
         Kind::Refund | Kind::Dispute => {
-            if let Some(payment) = ref_id {
-                linked(BY_PAYMENT, &payment, &mut pairs)?;
+            if let Some(payment) = &links.ref_id {
+                linked(BY_PAYMENT, payment, &mut pairs)?;
             }
         }
         Kind::LicenseKey | Kind::CreditEntry | Kind::CreditBalanceLow => {}

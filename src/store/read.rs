@@ -216,17 +216,16 @@ pub(super) fn pair_rows(
         }
     }
     for payment in &payments {
-        for kind in ["refund", "dispute"] {
-            conn.for_each(
-                "SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
-                  WHERE kind = ?1 AND ref_id = ?2",
-                args![kind, payment],
-                &mut |r| {
-                    rows.push(ObjectRow::from_row(r)?);
-                    Ok(())
-                },
-            )?;
-        }
+        // One statement for both kinds: two seeks of the same index.
+        conn.for_each(
+            "SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
+              WHERE kind IN ('refund', 'dispute') AND ref_id = ?1",
+            args![payment],
+            &mut |r| {
+                rows.push(ObjectRow::from_row(r)?);
+                Ok(())
+            },
+        )?;
     }
     Ok(rows)
 }

@@ -3,9 +3,10 @@
 //! them again (see [`crate::plan::Refold`]), and writes what changed.
 
 use super::families::Stored;
+use super::feed::Links;
 use super::history::{load_steps_from, representative_of, since_of, write_step};
 use super::sql::{args, Db};
-use super::write::{load_head, upsert_object, Head};
+use super::write::{links_of, load_head, upsert_object, Head};
 use super::{Context, Result, StoreError};
 use crate::delivery::Outcome;
 use crate::event;
@@ -36,7 +37,8 @@ pub(super) fn accept_keys<T: Stored>(
 /// Re-folds an object from key `from`: with the new snapshot `new` inserted there, or
 /// (for `accept`) with the steps of `accept` now accepted. Reads the stored steps after
 /// it only until the fold meets them again, writes what changed, and returns the outcome
-/// for `new` and whether the object's state row changed.
+/// for `new`, whether the object's state row changed, and the new state's links if it
+/// has a new state.
 pub(super) fn refold<T: Stored>(
     tx: &dyn Db,
     id: &str,
@@ -45,7 +47,7 @@ pub(super) fn refold<T: Stored>(
     new: Option<(&Snap<T>, &str, i64)>,
     accept: &[VersionKey],
     seq: i64,
-) -> Result<(Outcome, bool)> {
+) -> Result<(Outcome, bool, Option<Links>)> {
     let kind = T::KIND;
     let before = state_before::<T>(tx, id, &from)?;
     // The state each stored step met, as stored: followed along the old history.
@@ -90,11 +92,13 @@ pub(super) fn refold<T: Stored>(
         Some(since) => Some(since),
         None => since_of(tx, kind, id)?,
     };
+    let mut links = None;
     let changed = match planned.state {
         Some(mut state) => {
             state.since = since.unwrap_or(state.snap.key.at);
             let delivery_id = representative_of(tx, kind, id, &state.snap.key)?;
             upsert_object(tx, id, &state, &head.max_key, &delivery_id, seq)?;
+            links = Some(links_of(&state));
             true
         }
         None if since.is_some_and(|s| s != head.since) => {
@@ -112,7 +116,7 @@ pub(super) fn refold<T: Stored>(
         }
         None => false,
     };
-    Ok((planned.outcome, changed))
+    Ok((planned.outcome, changed, links))
 }
 
 /// The state just before key `key`: the snapshot of the last applied step before it.

@@ -3,7 +3,7 @@
 //! state row and history rows, all in the batch's transaction.
 
 use super::families::{kind_of, with_family, Stored};
-use super::feed::{self, Feed, Pair};
+use super::feed::{self, Feed, Links, Pair};
 use super::history::load_step;
 pub(super) use super::history::write_step;
 use super::history::write_step_keyed;
@@ -386,31 +386,35 @@ fn apply_one(tx: &dyn Db, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) -> Res
                 // Time first: what became due before this delivery is time's doing.
                 let at = feed.tick(d.received_at);
                 feed::advance(tx, feed, at)?;
-                // The pairs a grant, refund or dispute backed before: an accepted
-                // snapshot may move it.
-                let before = match kind {
-                    Kind::Grant | Kind::Refund | Kind::Dispute => feed::pairs_of(tx, kind, &id)?,
-                    _ => BTreeSet::new(),
-                };
+                let done = with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
                 // A subscription that neither was nor is in a status that can bear on
                 // an answer (`active` renewed, `past_due`) changes none: skip the pairs.
-                let inert = |tx: &dyn Db| -> Result<bool> {
-                    Ok(kind == Kind::Subscription
-                        && !subscription_status(tx, &id)?.is_some_and(|s| {
-                            access::subscription_status_matters(&SubscriptionStatus::parse(&s))
-                        }))
+                let matters = |links: &Option<Links>| {
+                    links.as_ref().is_some_and(|l| {
+                        access::subscription_status_matters(&SubscriptionStatus::parse(&l.status))
+                    })
                 };
-                let inert_before = inert(tx)?;
-                let (outcome, key, detail, changed) =
-                    with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
-                if changed && !(inert_before && inert(tx)?) {
+                let inert =
+                    kind == Kind::Subscription && !matters(&done.before) && !matters(&done.after);
+                if done.changed && !inert {
+                    // The pairs it backs now, and those a grant, refund or dispute backed
+                    // before (an accepted snapshot may move it).
+                    let mut pairs = feed::pairs_from(tx, kind, &id, done.after.as_ref())?;
+                    let moved = matches!(kind, Kind::Grant | Kind::Refund | Kind::Dispute)
+                        && done.before.as_ref().map(|l| (&l.customer_id, &l.ref_id))
+                            != done.after.as_ref().map(|l| (&l.customer_id, &l.ref_id));
+                    if moved {
+                        pairs.extend(feed::pairs_from(tx, kind, &id, done.before.as_ref())?);
+                    }
                     let cause = Cause::of_delivery(&d.id, &env.event_type);
-                    evaluate_pairs(tx, feed, kind, &id, before, at, |_, _| cause.clone())?;
+                    for pair in &pairs {
+                        feed::evaluate(tx, pair, feed, at, |_, _| cause.clone())?;
+                    }
                 }
                 row.object = Some((kind, id));
-                row.key = Some(key);
-                row.outcome = outcome;
-                row.detail = detail;
+                row.key = Some(done.key);
+                row.outcome = done.outcome;
+                row.detail = done.detail;
             }
         }
     }
@@ -420,17 +424,6 @@ fn apply_one(tx: &dyn Db, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) -> Res
         event_type: row.event_type,
         detail: row.detail,
     })
-}
-
-/// A subscription's stored status.
-fn subscription_status(tx: &dyn Db, id: &str) -> Result<Option<String>> {
-    tx.row(
-        "SELECT status FROM objects WHERE kind = 'subscription' AND id = ?1",
-        args![id],
-    )
-    .context("read a subscription's status")?
-    .map(|mut r| r.string(0))
-    .transpose()
 }
 
 /// The delivery a snapshot arrived in.
@@ -493,6 +486,8 @@ pub(super) struct Head {
     pub(super) max_key: VersionKey,
     pub(super) since: Timestamp,
     body: String,
+    /// Which pairs it backs.
+    pub(super) links: Links,
 }
 
 pub(super) fn decode(key: &str) -> Result<VersionKey> {
@@ -502,7 +497,8 @@ pub(super) fn decode(key: &str) -> Result<VersionKey> {
 pub(super) fn load_head(tx: &dyn Db, kind: Kind, id: &str) -> Result<Option<Head>> {
     let row = tx
         .row(
-            "SELECT state_key, max_key, since, body FROM objects WHERE kind = ?1 AND id = ?2",
+            "SELECT state_key, max_key, since, body, customer_id, ref_id, status
+               FROM objects WHERE kind = ?1 AND id = ?2",
             args![kind.as_str(), id],
         )
         .context("load the object")?;
@@ -514,6 +510,11 @@ pub(super) fn load_head(tx: &dyn Db, kind: Kind, id: &str) -> Result<Option<Head
             since: parse_timestamp(since)
                 .ok_or_else(|| StoreError::Corrupt(format!("since {since:?}")))?,
             body: r.string(3)?,
+            links: Links {
+                customer_id: r.opt_string(4)?,
+                ref_id: r.opt_string(5)?,
+                status: r.string(6)?,
+            },
         })
     })
     .transpose()
@@ -531,13 +532,32 @@ fn current_of<T: Stored>(head: &Head) -> Result<Current<T>> {
     })
 }
 
-/// Folds one new snapshot into its object, as the planner says. Returns (outcome,
-/// encoded key, detail, whether the object's state row changed).
-fn apply_snapshot<T: Stored>(
-    tx: &dyn Db,
-    event: event::Event,
-    at: &Arrival<'_>,
-) -> Result<(Outcome, String, Option<String>, bool)> {
+/// What folding one snapshot did.
+struct Done {
+    outcome: Outcome,
+    /// Its encoded key.
+    key: String,
+    /// The rejection message, if rejected.
+    detail: Option<String>,
+    /// Whether the object's state row changed.
+    changed: bool,
+    /// The state row's links before and after (`None`: no state).
+    before: Option<Links>,
+    after: Option<Links>,
+}
+
+/// The links of a state.
+pub(super) fn links_of<T: Stored>(state: &Current<T>) -> Links {
+    let body = &state.snap.body;
+    Links {
+        customer_id: body.customer_id().map(str::to_string),
+        ref_id: body.ref_id().map(str::to_string),
+        status: body.status_name().to_string(),
+    }
+}
+
+/// Folds one new snapshot into its object, as the planner says.
+fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>) -> Result<Done> {
     let snap =
         T::from_event(event).ok_or_else(|| StoreError::Corrupt("event family mismatch".into()))?;
     let id = snap.body.object_id().to_string();
@@ -568,7 +588,20 @@ fn apply_snapshot<T: Stored>(
                 }
             }
             let detail = append.step.rejection().map(Rejection::message);
-            Ok((append.outcome, key, detail, append.state.is_some()))
+            let before = head.map(|h| h.links);
+            let after = append
+                .state
+                .as_ref()
+                .map(links_of)
+                .or_else(|| before.clone());
+            Ok(Done {
+                outcome: append.outcome,
+                key,
+                detail,
+                changed: append.state.is_some(),
+                before,
+                after,
+            })
         }
         Place::Known => {
             let Some(Ok(Some((stored, _)))) = known else {
@@ -587,7 +620,15 @@ fn apply_snapshot<T: Stored>(
                 )
                 .context("update the representative delivery")?;
             }
-            Ok((Outcome::Duplicate, key, None, false))
+            let before = head.map(|h| h.links);
+            Ok(Done {
+                outcome: Outcome::Duplicate,
+                key,
+                detail: None,
+                changed: false,
+                after: before.clone(),
+                before,
+            })
         }
         Place::Within => {
             // The lookup that placed it must not have failed: an error is not "unknown".
@@ -596,13 +637,22 @@ fn apply_snapshot<T: Stored>(
             }
             let head = head.ok_or_else(|| StoreError::Corrupt("history without state".into()))?;
             let new = (&snap, at.delivery_id, at.delivery_seq);
-            let (outcome, changed) = refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
+            let (outcome, changed, state) =
+                refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
             let detail = match outcome {
                 Outcome::Rejected => load_step(tx, T::KIND, &id, &key)?
                     .and_then(|(s, _)| s.rejection().map(Rejection::message)),
                 _ => None,
             };
-            Ok((outcome, key, detail, changed))
+            let after = state.unwrap_or_else(|| head.links.clone());
+            Ok(Done {
+                outcome,
+                key,
+                detail,
+                changed,
+                before: Some(head.links),
+                after: Some(after),
+            })
         }
     }
 }
