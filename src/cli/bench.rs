@@ -93,6 +93,9 @@ struct Report {
     group_commit_writers: usize,
     rebuild_seconds: Option<f64>,
     rebuild_deliveries_per_sec: Option<f64>,
+    /// A fresh engine on the access store, as `serve` starts: from open to the first
+    /// correct answer (from the store, while the index loads), and to the index loaded.
+    cold_start: ColdStart,
     /// The same figures on PostgreSQL (`--postgres`), measured in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres: Option<super::bench_pg::PgReport>,
@@ -258,6 +261,14 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
     );
     let group = ingest_run(dir, "ingest-group.db", args.ingest * 4, args.writers)?;
     let ratio = raw.p50_ns as f64 / has_access.p50_ns.max(1) as f64;
+    drop(reader);
+    let probe = pairs[0].clone();
+    let want = engine
+        .access(&probe.0, &probe.1, now)
+        .map_err(CliError::store("cannot answer"))?;
+    drop(engine);
+    eprintln!("bench: cold start");
+    let cold_start = cold_start(&path, &probe, &want, now)?;
     let postgres = match &args.postgres {
         Some(url) => Some(super::bench_pg::bench(
             url,
@@ -281,6 +292,45 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         group_commit_writers: args.writers,
         rebuild_seconds,
         rebuild_deliveries_per_sec: rebuild_rate,
+        cold_start,
         postgres,
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct ColdStart {
+    /// `Engine::open`, `warm_up`, then one access answer (from the store).
+    first_answer_ms: f64,
+    /// Until the index is loaded and answers come from memory.
+    index_ready_ms: f64,
+}
+
+/// Opens a fresh engine on `path` the way `serve` does and times it.
+fn cold_start(
+    path: &Path,
+    (customer, entitlement): &(String, String),
+    want: &entitlement_sync::Access,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ColdStart, CliError> {
+    let started = Instant::now();
+    let engine = open(path)?;
+    engine
+        .warm_up()
+        .map_err(CliError::store("cannot start loading the index"))?;
+    let answer = engine
+        .access(customer, entitlement, now)
+        .map_err(CliError::store("cannot answer"))?;
+    let first = started.elapsed();
+    if &answer != want {
+        return Err(CliError::Refused(format!(
+            "the first answer after a cold start differs: {answer:?}, not {want:?}"
+        )));
+    }
+    while engine.index_state() != entitlement_sync::IndexState::Ready {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(ColdStart {
+        first_answer_ms: first.as_secs_f64() * 1e3,
+        index_ready_ms: started.elapsed().as_secs_f64() * 1e3,
     })
 }
