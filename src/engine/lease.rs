@@ -37,6 +37,7 @@ impl Engine {
     /// # Errors
     ///
     /// A PostgreSQL URL that does not parse.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     pub fn lease(&self, role: &str) -> Result<Lease, Error> {
         match self.location() {
             Location::Sqlite(_) => Ok(Lease {

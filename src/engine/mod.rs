@@ -14,7 +14,7 @@
 use crate::access::{Access, Policy};
 use crate::delivery::{Delivery, Outcome};
 use crate::event::Kind;
-use crate::index::{Decoded, Index, IndexError};
+use crate::index::Index;
 use crate::store::{
     Applied, Balance, CustomerView, DeliveryRecord, GrantRecord, Location, ObjectRow,
     QuarantineRecord, ReadStore, Reader, RebuildStats, StoreError, StoreStats, Writer,
@@ -23,11 +23,14 @@ use crate::wire::Timestamp;
 use writer::{writer_loop, Job, Signal, Store};
 
 mod changes;
+mod coherence;
+use coherence::{decode_rows, LAZY};
+pub use coherence::{BadRows, IndexState};
 mod lease;
 pub use lease::Lease;
 mod writer;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -115,58 +118,6 @@ struct Sync {
     seq: i64,
     epoch: i64,
 }
-
-/// Rows the access index could not decode: skipped, so that one bad row never touches
-/// another object's answer, and reported (`/metrics`, `/healthz`).
-#[derive(Debug, Clone, Default)]
-pub struct BadRows {
-    /// How many rows were skipped in all.
-    pub count: u64,
-    /// The most recent ones: `(kind, id, why)`, at most [`BadRows::KEPT`].
-    pub recent: Vec<(String, String, String)>,
-}
-
-impl BadRows {
-    /// How many named rows are kept.
-    pub const KEPT: usize = 16;
-
-    fn record(&mut self, e: &IndexError) {
-        self.count += 1;
-        if self.recent.len() == Self::KEPT {
-            self.recent.remove(0);
-        }
-        self.recent
-            .push((e.kind.clone(), e.id.clone(), e.message.clone()));
-    }
-}
-
-/// How far the in-memory access index is (see [`Engine::warm_up`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[non_exhaustive]
-pub enum IndexState {
-    /// Not loaded yet: the first read loads it (and waits for it).
-    Lazy,
-    /// Loading in the background: reads are answered from the store meanwhile.
-    Warming,
-    /// Loaded: reads are answered from memory.
-    Ready,
-}
-
-impl IndexState {
-    /// `lazy`, `warming` or `ready`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IndexState::Lazy => "lazy",
-            IndexState::Warming => "warming",
-            IndexState::Ready => "ready",
-        }
-    }
-}
-
-const LAZY: u8 = 0;
-const WARMING: u8 = 1;
-const READY: u8 = 2;
 
 struct Inner {
     /// [`IndexState`], as `LAZY`, `WARMING`, `READY`.
@@ -285,119 +236,9 @@ impl Engine {
         Ok(engine)
     }
 
-    /// PostgreSQL: other instances' commits wake a listener thread, which brings the
-    /// index up to date (if it was ever loaded) on every notification, after every
-    /// reconnect, and once a second. It holds the engine weakly and stops with it.
-    #[cfg(feature = "postgres")]
-    fn listen(&self) -> Result<(), Error> {
-        let Location::Postgres { url, schema } = &self.inner.location else {
-            return Ok(());
-        };
-        let weak = Arc::downgrade(&self.inner);
-        crate::store::postgres::spawn_listener(url, schema, move |_| {
-            let Some(inner) = weak.upgrade() else {
-                return false;
-            };
-            let engine = Engine { inner };
-            // Only an index that was loaded is kept current: commands that never read
-            // never pay for it. A failed refresh is retried by the next wake or read.
-            if lock(&engine.inner.sync).epoch >= 0 {
-                let _ = engine.refresh();
-            }
-            true
-        })?;
-        Ok(())
-    }
-
     /// Where the store lives.
     pub fn location(&self) -> &Location {
         &self.inner.location
-    }
-
-    /// How long reads may trust the in-memory index about commits made by *other
-    /// processes* before asking SQLite (`PRAGMA data_version`) again. Commits made
-    /// through this engine are always visible to the next read. Default 1 ms; `ZERO`
-    /// asks on every read (about 1.5 µs more per read).
-    pub fn set_external_check_interval(&self, interval: Duration) {
-        let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-        self.inner.external_interval.store(ns, Ordering::Relaxed);
-    }
-
-    /// Loads the access index on a thread of its own and returns at once: until it is
-    /// loaded, reads are answered from the store, pair by pair (the same answers,
-    /// slower: [`Engine::access_direct`]), instead of waiting for the whole index. For a
-    /// server that should answer right after it starts on a large store. Reads before
-    /// any call to this load the index themselves, on the first one.
-    ///
-    /// # Errors
-    ///
-    /// The thread could not be started.
-    pub fn warm_up(&self) -> Result<(), Error> {
-        if self
-            .inner
-            .state
-            .compare_exchange(LAZY, WARMING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Ok(());
-        }
-        let engine = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("entsync-warm".into())
-            .spawn(move || {
-                // Until the load succeeds; a failing store is retried.
-                let mut delay = Duration::from_millis(100);
-                while engine.refresh().is_err() {
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                engine.inner.state.store(READY, Ordering::Release);
-            });
-        if let Err(e) = spawned {
-            self.inner.state.store(LAZY, Ordering::Release);
-            return Err(EngineError::Spawn(e));
-        }
-        Ok(())
-    }
-
-    /// How far the access index is.
-    pub fn index_state(&self) -> IndexState {
-        match self.inner.state.load(Ordering::Acquire) {
-            WARMING => IndexState::Warming,
-            READY => IndexState::Ready,
-            _ => {
-                if lock(&self.inner.sync).epoch >= 0 {
-                    IndexState::Ready
-                } else {
-                    IndexState::Lazy
-                }
-            }
-        }
-    }
-
-    /// The index is being loaded in the background: answer from the store.
-    fn warming(&self) -> bool {
-        self.inner.state.load(Ordering::Acquire) == WARMING
-    }
-
-    /// Refreshes the index only when this engine committed since, or when the external
-    /// check interval has passed.
-    fn refresh_for_read(&self) -> Result<(), Error> {
-        if self.index_is_current() {
-            return Ok(());
-        }
-        self.refresh()
-    }
-
-    /// Nothing committed through this engine since the index was brought up to date,
-    /// and the check for other processes' commits is not due: reads need no SQLite.
-    fn index_is_current(&self) -> bool {
-        let inner = &self.inner;
-        let generation = inner.generation.load();
-        let now = inner.started.elapsed().as_nanos() as u64;
-        let checked = inner.checked_at.load(Ordering::Relaxed);
-        generation == inner.synced.load(Ordering::Acquire)
-            && now.saturating_sub(checked) < inner.external_interval.load(Ordering::Relaxed)
     }
 
     /// The database file; for PostgreSQL, the URL without its password and the schema.
@@ -486,59 +327,6 @@ impl Engine {
         result.recv().map_err(|_| writer_gone())
     }
 
-    /// Brings the index up to date with the file if any connection committed.
-    fn refresh(&self) -> Result<(), Error> {
-        let inner = &self.inner;
-        let mut sync = lock(&inner.sync);
-        // Read the generation first: whatever committed before it is in what we load.
-        let generation = inner.generation.load();
-        let now = inner.started.elapsed().as_nanos() as u64;
-        let dv = sync.reader.data_version()?;
-        inner.checked_at.store(now, Ordering::Relaxed);
-        if dv == sync.data_version {
-            inner.synced.store(generation, Ordering::Release);
-            return Ok(());
-        }
-        let since = sync.seq;
-        let (mut rows, mut seq, epoch) = sync.reader.changed_since(since)?;
-        let full = epoch != sync.epoch;
-        if full {
-            // First load, or a rebuild replaced every row: load everything anew.
-            (rows, seq, _) = sync.reader.changed_since(0)?;
-        }
-        // Decode (and for a full load, build) without holding the index: readers keep
-        // answering from the previous state meanwhile. A row that does not decode is
-        // skipped and reported; every other answer stays right.
-        let (decoded, bad) = decode_rows(&rows);
-        if !bad.is_empty() {
-            let mut rows = lock(&inner.bad_rows);
-            for e in &bad {
-                rows.record(e);
-            }
-        }
-        if full {
-            let mut fresh = Index::default();
-            for d in decoded {
-                fresh.apply_decoded(d);
-            }
-            *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        } else {
-            let mut index = self.inner.index.write().unwrap_or_else(|p| p.into_inner());
-            for d in decoded {
-                index.apply_decoded(d);
-            }
-        }
-        sync.data_version = dv;
-        sync.seq = seq;
-        sync.epoch = epoch;
-        inner.synced.store(generation, Ordering::Release);
-        Ok(())
-    }
-
-    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.inner.index.read().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The access answer for (customer, entitlement) at `now`, with the engine's policy.
     ///
     /// # Errors
@@ -570,21 +358,6 @@ impl Engine {
         }
         self.refresh_for_read()?;
         Ok(self.index().access(customer, entitlement, policy, now))
-    }
-
-    /// Brings the in-memory access index up to date now, instead of on the next read
-    /// (which would otherwise pay for loading whatever was committed since). A shell
-    /// under write load can call it from a background thread after commits, so that
-    /// reads keep finding the index current.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the changed rows could not be read.
-    pub fn sync_index(&self) -> Result<(), Error> {
-        if self.warming() {
-            return Ok(());
-        }
-        self.refresh_for_read()
     }
 
     /// [`Engine::access`] only when it can be answered from memory, without reading
@@ -667,11 +440,6 @@ impl Engine {
 
     fn listing(&self) -> MutexGuard<'_, Box<dyn ReadStore>> {
         lock(&self.inner.listing)
-    }
-
-    /// Rows the access index skipped because they do not decode.
-    pub fn bad_rows(&self) -> BadRows {
-        lock(&self.inner.bad_rows).clone()
     }
 
     /// Stored deliveries in arrival order (only one outcome, the newest `limit`).
@@ -782,43 +550,6 @@ impl Engine {
     pub fn open_reader(&self) -> Result<Reader, Error> {
         Ok(Reader::open_at(&self.inner.location)?)
     }
-}
-
-/// Decodes changed rows, on every core when there are many (loading a large store).
-/// Rows that do not decode are returned apart, in order.
-fn decode_rows(rows: &[ObjectRow]) -> (Vec<Decoded>, Vec<IndexError>) {
-    let decode = |part: &[ObjectRow]| -> (Vec<Decoded>, Vec<IndexError>) {
-        let mut good = Vec::with_capacity(part.len());
-        let mut bad = Vec::new();
-        for row in part {
-            match Index::decode(row) {
-                Ok(d) => good.push(d),
-                Err(e) => bad.push(e),
-            }
-        }
-        (good, bad)
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads <= 1 || rows.len() < 4096 {
-        return decode(rows);
-    }
-    let per = rows.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = rows
-            .chunks(per)
-            .map(|part| (part, s.spawn(move || decode(part))))
-            .collect();
-        let mut good = Vec::with_capacity(rows.len());
-        let mut bad = Vec::new();
-        for (part, handle) in parts {
-            // A decoder that panicked is a bug: decode its part again here, where a
-            // panic would at least be reported.
-            let (g, b) = handle.join().unwrap_or_else(|_| decode(part));
-            good.extend(g);
-            bad.extend(b);
-        }
-        (good, bad)
-    })
 }
 
 fn writer_gone() -> Error {

@@ -20,7 +20,8 @@
 //! | `sqlite.rs` | SQLite: opening a file, pragmas, migrations (`schema.sql`, `migrations/*.sql`) |
 //! | `postgres.rs` | PostgreSQL: connecting, the schema, migrations (`postgres/*.sql`), notifications |
 //! | `families.rs` | the families as stored objects: [`Kind`] to type, lookup columns |
-//! | `write.rs` | the writer: deliveries, plans carried out, accept |
+//! | `write.rs` | the writer: transactions, batches, accept, the object's head row |
+//! | `apply.rs` | one delivery in the writer's transaction: plan carried out, changes recorded |
 //! | `refold.rs` | re-folding an object from a place in its history (late snapshot, accept) |
 //! | `history.rs` | the history rows (one per distinct snapshot; the quarantine) |
 //! | `feed.rs` | the access-change feed: pairs re-evaluated in the writer's transaction |
@@ -28,6 +29,7 @@
 //! | `read.rs` | the reader: change feed for the index, one pair's rows |
 //! | `records.rs` | listings and views (`deliveries`, `rejected`, `grants`, ...) |
 
+mod apply;
 mod families;
 mod feed;
 mod history;

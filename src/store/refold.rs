@@ -2,11 +2,12 @@
 //! one, or an `accept`. Reads the stored steps after the place only until the fold meets
 //! them again (see [`crate::plan::Refold`]), and writes what changed.
 
+use super::apply::links_of;
 use super::families::Stored;
 use super::feed::Links;
 use super::history::{load_steps_from, representative_of, since_of, write_step};
 use super::sql::{args, Db};
-use super::write::{links_of, load_head, upsert_object, Head};
+use super::write::{load_head, upsert_object, Head};
 use super::{Context, Result, StoreError};
 use crate::delivery::Outcome;
 use crate::event;

@@ -2,22 +2,19 @@
 //! decision for its snapshot (append, duplicate, re-fold from a place) on the object's
 //! state row and history rows, all in the batch's transaction.
 
+use super::apply::apply_one;
 use super::families::{kind_of, with_family, Stored};
 use super::feed::{self, Feed, Links, Pair};
-use super::history::load_step;
 pub(super) use super::history::write_step;
-use super::history::write_step_keyed;
-use super::refold::{accept_keys, refold};
+use super::refold::accept_keys;
 use super::sql::{args, Db, Mode, Tx};
 use super::{Context, Location, RebuildStats, Result, StoreError, WriteStore};
-use crate::access::{self, Policy};
+use crate::access::Policy;
 use crate::change::Cause;
 use crate::delivery::{Delivery, Outcome};
-use crate::event::{self, Kind, SubscriptionStatus};
-use crate::fold::{decode_key, Current, Rejection, Snap, VersionKey};
-use crate::plan::{self, Place};
-use crate::wire::{format_timestamp, hex, parse_timestamp, Timestamp};
-use sha2::{Digest, Sha256};
+use crate::event::Kind;
+use crate::fold::{decode_key, Current, VersionKey};
+use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -297,9 +294,9 @@ impl WriteStore for Writer {
 
 /// The counters one transaction hands out: the change counter (`meta.seq`, one value
 /// per transaction) and the arrival order of deliveries (`deliveries.seq`).
-struct Seqs {
-    change: i64,
-    delivery: i64,
+pub(super) struct Seqs {
+    pub(super) change: i64,
+    pub(super) delivery: i64,
 }
 
 impl Seqs {
@@ -341,151 +338,12 @@ fn evaluate_pairs(
     Ok(())
 }
 
-/// Applies one delivery inside the caller's transaction.
-fn apply_one(tx: &dyn Db, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) -> Result<Applied> {
-    let body_sha256 = hex(&Sha256::digest(&d.body));
-    let seen = tx
-        .one(
-            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1 AND body_sha256 = ?2)",
-            args![&d.id, &body_sha256],
-        )
-        .context("look up the idempotency key")?
-        .bool(0)?;
-    if seen {
-        return Ok(Applied {
-            outcome: Outcome::Duplicate,
-            event_type: None,
-            detail: None,
-        });
-    }
-    seqs.delivery += 1;
-    let mut row = DeliveryRow {
-        d,
-        seq: seqs.delivery,
-        body_sha256,
-        event_type: None,
-        event_at: None,
-        object: None,
-        key: None,
-        outcome: Outcome::Malformed,
-        detail: None,
-    };
-    match event::parse(&d.body) {
-        Err(e) => row.detail = Some(e.to_string()),
-        Ok(env) => {
-            row.event_type = Some(env.event_type.clone());
-            row.event_at = Some(format_timestamp(&env.timestamp));
-            row.outcome = Outcome::Unhandled;
-            if let Some((kind, id)) = env.event.object() {
-                let (kind, id) = (kind, id.to_string());
-                let arrival = Arrival {
-                    delivery_id: &d.id,
-                    delivery_seq: row.seq,
-                    seq: seqs.change,
-                };
-                // Time first: what became due before this delivery is time's doing.
-                let at = feed.tick(d.received_at);
-                feed::advance(tx, feed, at)?;
-                let done = with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
-                // A subscription that neither was nor is in a status that can bear on
-                // an answer (`active` renewed, `past_due`) changes none: skip the pairs.
-                let matters = |links: &Option<Links>| {
-                    links.as_ref().is_some_and(|l| {
-                        access::subscription_status_matters(&SubscriptionStatus::parse(&l.status))
-                    })
-                };
-                let inert =
-                    kind == Kind::Subscription && !matters(&done.before) && !matters(&done.after);
-                if done.changed && !inert {
-                    // The pairs it backs now, and those a grant, refund or dispute backed
-                    // before (an accepted snapshot may move it).
-                    let mut pairs = feed::pairs_from(tx, kind, &id, done.after.as_ref())?;
-                    let moved = matches!(kind, Kind::Grant | Kind::Refund | Kind::Dispute)
-                        && done.before.as_ref().map(|l| (&l.customer_id, &l.ref_id))
-                            != done.after.as_ref().map(|l| (&l.customer_id, &l.ref_id));
-                    if moved {
-                        pairs.extend(feed::pairs_from(tx, kind, &id, done.before.as_ref())?);
-                    }
-                    let cause = Cause::of_delivery(&d.id, &env.event_type);
-                    for pair in &pairs {
-                        feed::evaluate(tx, pair, feed, at, |_, _| cause.clone())?;
-                    }
-                }
-                row.object = Some((kind, id));
-                row.key = Some(done.key);
-                row.outcome = done.outcome;
-                row.detail = done.detail;
-            }
-        }
-    }
-    row.insert(tx)?;
-    Ok(Applied {
-        outcome: row.outcome,
-        event_type: row.event_type,
-        detail: row.detail,
-    })
-}
-
-/// The delivery a snapshot arrived in.
-struct Arrival<'a> {
-    delivery_id: &'a str,
-    /// Its `deliveries.seq`.
-    delivery_seq: i64,
-    /// The transaction's change counter.
-    seq: i64,
-}
-
-struct DeliveryRow<'a> {
-    d: &'a Delivery,
-    seq: i64,
-    body_sha256: String,
-    event_type: Option<String>,
-    event_at: Option<String>,
-    object: Option<(Kind, String)>,
-    key: Option<String>,
-    outcome: Outcome,
-    detail: Option<String>,
-}
-
-impl DeliveryRow<'_> {
-    fn insert(&self, tx: &dyn Db) -> Result<()> {
-        let (kind, id) = match &self.object {
-            Some((k, i)) => (Some(k.as_str()), Some(i.as_str())),
-            None => (None, None),
-        };
-        tx.exec(
-            "INSERT INTO deliveries (seq, delivery_id, received_at, webhook_timestamp,
-                webhook_signature, body, event_type, event_at, object_kind, object_id,
-                version_key, outcome, detail, body_sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            args![
-                self.seq,
-                &self.d.id,
-                &format_timestamp(&self.d.received_at),
-                &self.d.webhook_timestamp,
-                &self.d.webhook_signature,
-                &self.d.body,
-                &self.event_type,
-                &self.event_at,
-                kind,
-                id,
-                &self.key,
-                self.outcome.as_str(),
-                &self.detail,
-                &self.body_sha256,
-            ],
-        )
-        .context("store the delivery")?;
-        Ok(())
-    }
-}
-
 /// An object's stored state row.
 pub(super) struct Head {
     pub(super) state_key: VersionKey,
     pub(super) max_key: VersionKey,
     pub(super) since: Timestamp,
-    body: String,
+    pub(super) body: String,
     /// Which pairs it backs.
     pub(super) links: Links,
 }
@@ -520,143 +378,6 @@ pub(super) fn load_head(tx: &dyn Db, kind: Kind, id: &str) -> Result<Option<Head
     .transpose()
 }
 
-fn current_of<T: Stored>(head: &Head) -> Result<Current<T>> {
-    let body: T = serde_json::from_str(&head.body)
-        .map_err(|e| StoreError::Corrupt(format!("{} state: {e}", T::KIND)))?;
-    Ok(Current {
-        snap: Snap {
-            body,
-            key: head.state_key,
-        },
-        since: head.since,
-    })
-}
-
-/// What folding one snapshot did.
-struct Done {
-    outcome: Outcome,
-    /// Its encoded key.
-    key: String,
-    /// The rejection message, if rejected.
-    detail: Option<String>,
-    /// Whether the object's state row changed.
-    changed: bool,
-    /// The state row's links before and after (`None`: no state).
-    before: Option<Links>,
-    after: Option<Links>,
-}
-
-/// The links of a state.
-pub(super) fn links_of<T: Stored>(state: &Current<T>) -> Links {
-    let body = &state.snap.body;
-    Links {
-        customer_id: body.customer_id().map(str::to_string),
-        ref_id: body.ref_id().map(str::to_string),
-        status: body.status_name().to_string(),
-    }
-}
-
-/// Folds one new snapshot into its object, as the planner says.
-fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>) -> Result<Done> {
-    let snap =
-        T::from_event(event).ok_or_else(|| StoreError::Corrupt("event family mismatch".into()))?;
-    let id = snap.body.object_id().to_string();
-    let key = snap.key.encode();
-    let head = load_head(tx, T::KIND, &id)?;
-    let mut known = None;
-    let place = plan::place(head.as_ref().map(|h| &h.max_key), &snap.key, || {
-        let found = load_step(tx, T::KIND, &id, &key);
-        let is_known = matches!(found, Ok(Some(_)));
-        known = Some(found);
-        is_known
-    });
-    match place {
-        Place::Newest => {
-            let current = head.as_ref().map(current_of::<T>).transpose()?;
-            let append = plan::append(current.as_ref(), &snap, at.delivery_id);
-            write_step_keyed(tx, T::KIND, &id, &append.step, &key, at.delivery_seq)?;
-            match &append.state {
-                Some(state) => {
-                    upsert_object_keyed(tx, &id, state, &key, &key, at.delivery_id, at.seq)?;
-                }
-                None => {
-                    tx.exec(
-                        "UPDATE objects SET max_key = ?3 WHERE kind = ?1 AND id = ?2",
-                        args![T::KIND.as_str(), &id, &key],
-                    )
-                    .context("move the newest key")?;
-                }
-            }
-            let detail = append.step.rejection().map(Rejection::message);
-            let before = head.map(|h| h.links);
-            let after = append
-                .state
-                .as_ref()
-                .map(links_of)
-                .or_else(|| before.clone());
-            Ok(Done {
-                outcome: append.outcome,
-                key,
-                detail,
-                changed: append.state.is_some(),
-                before,
-                after,
-            })
-        }
-        Place::Known => {
-            let Some(Ok(Some((stored, _)))) = known else {
-                return Err(StoreError::Corrupt(format!("history of {} {id}", T::KIND)));
-            };
-            if let Some(rep) = plan::representative(&stored, at.delivery_id) {
-                tx.exec(
-                    "UPDATE history SET delivery_id = ?4, delivery_seq = ?5
-                      WHERE kind = ?1 AND object_id = ?2 AND version_key = ?3",
-                    args![T::KIND.as_str(), &id, &key, rep, at.delivery_seq],
-                )
-                .context("update the representative delivery")?;
-                tx.exec(
-                    "UPDATE objects SET delivery_id = ?3 WHERE kind = ?1 AND id = ?2 AND state_key = ?4",
-                    args![T::KIND.as_str(), &id, rep, &key],
-                )
-                .context("update the representative delivery")?;
-            }
-            let before = head.map(|h| h.links);
-            Ok(Done {
-                outcome: Outcome::Duplicate,
-                key,
-                detail: None,
-                changed: false,
-                after: before.clone(),
-                before,
-            })
-        }
-        Place::Within => {
-            // The lookup that placed it must not have failed: an error is not "unknown".
-            if let Some(Err(e)) = known {
-                return Err(e);
-            }
-            let head = head.ok_or_else(|| StoreError::Corrupt("history without state".into()))?;
-            let new = (&snap, at.delivery_id, at.delivery_seq);
-            let (outcome, changed, state) =
-                refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
-            let detail = match outcome {
-                Outcome::Rejected => load_step(tx, T::KIND, &id, &key)?
-                    .and_then(|(s, _)| s.rejection().map(Rejection::message)),
-                _ => None,
-            };
-            let after = state.unwrap_or_else(|| head.links.clone());
-            Ok(Done {
-                outcome,
-                key,
-                detail,
-                changed,
-                before: Some(head.links),
-                after: Some(after),
-            })
-        }
-    }
-}
-
 pub(super) fn upsert_object<T: Stored>(
     tx: &dyn Db,
     id: &str,
@@ -670,7 +391,7 @@ pub(super) fn upsert_object<T: Stored>(
 }
 
 /// [`upsert_object`] with the state's and the newest key already encoded.
-fn upsert_object_keyed<T: Stored>(
+pub(super) fn upsert_object_keyed<T: Stored>(
     tx: &dyn Db,
     id: &str,
     state: &Current<T>,
