@@ -20,7 +20,8 @@
 //! The read routes with path segments answer 400 `{"error": "bad_request", "message": ...}`
 //! for a segment that does not decode (a percent-encoding that is not UTF-8), and every
 //! route the JSON 404 `{"error": "not_found"}` for a path it does not match (e.g. an
-//! empty segment).//!
+//! empty segment).
+//!
 //! The read API (the change feed included) and `/metrics` ask for `Authorization: Bearer <token>` when
 //! [`Options::api_token`] is set (401 otherwise); webhooks never do (their signature is
 //! their authentication), nor do `/healthz` and `/openapi.json`.

@@ -117,6 +117,22 @@ fn translate(sql: &str) -> String {
     sql
 }
 
+/// The connection settings of `url`, with a connect timeout (unless the URL sets one)
+/// and an application name that tells the connection apart in `pg_stat_activity`
+/// (unless the URL sets one).
+fn config(url: &str, application: &str, timeout: Duration) -> Result<Config> {
+    let mut config: Config = url
+        .parse()
+        .map_err(|e| StoreError::Config(format!("PostgreSQL URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(application);
+    }
+    Ok(config)
+}
+
 /// A schema name entsync accepts: a plain lower-case identifier, so that it never needs
 /// quoting.
 fn check_schema(schema: &str) -> Result<()> {
@@ -175,20 +191,12 @@ impl Postgres {
     /// and migrates the schema.
     pub(crate) fn connect(url: &str, schema: &str, migrate: bool) -> Result<Postgres> {
         check_schema(schema)?;
-        let mut config: Config = url
-            .parse()
-            .map_err(|e| StoreError::Config(format!("PostgreSQL URL: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        if config.get_application_name().is_none() {
-            config.application_name(&format!("entsync {schema}"));
-        }
+        let config = config(url, &format!("entsync {schema}"), Duration::from_secs(10))?;
         let mut client = open_client(&config, schema)?;
         if migrate {
             migrate_schema(&mut client, schema)?;
         } else {
-            check_version(&mut client)?;
+            check_version(&mut client).map(drop)?;
         }
         Ok(Postgres {
             client: RefCell::new(Some(client)),
@@ -341,18 +349,7 @@ fn migrate_schema(client: &mut Client, schema: &str) -> Result<()> {
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
          );"
     ))?;
-    let found: i64 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-            &[],
-        )?
-        .get(0);
-    if found > VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            supported: VERSION,
-        });
-    }
+    let found = check_version(&mut tx)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tx.batch_execute(sql)?;
         tx.execute(
@@ -364,8 +361,8 @@ fn migrate_schema(client: &mut Client, schema: &str) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a schema that is missing or newer than this build.
-fn check_version(client: &mut Client) -> Result<()> {
+/// The schema's version; refuses a schema that is missing or newer than this build.
+fn check_version(client: &mut impl postgres::GenericClient) -> Result<i64> {
     let found: i64 = client
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -378,7 +375,7 @@ fn check_version(client: &mut Client) -> Result<()> {
             supported: VERSION,
         });
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Could the same operation succeed later? A lost or refused connection, a server
@@ -427,13 +424,11 @@ pub(crate) fn spawn_listener(
     schema: &str,
     wake: impl Fn(Wake) -> bool + Send + 'static,
 ) -> Result<()> {
-    let mut config: Config = url
-        .parse()
-        .map_err(|e| StoreError::Config(format!("PostgreSQL URL: {e}")))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    config.application_name(&format!("entsync listener {schema}"));
+    let config = config(
+        url,
+        &format!("entsync listener {schema}"),
+        Duration::from_secs(5),
+    )?;
     let schema = schema.to_string();
     std::thread::Builder::new()
         .name("entsync-listen".into())
@@ -529,13 +524,11 @@ pub(crate) struct AdvisoryLock {
 
 impl AdvisoryLock {
     pub(crate) fn new(url: &str, schema: &str, name: &str) -> Result<AdvisoryLock> {
-        let mut config: Config = url
-            .parse()
-            .map_err(|e| StoreError::Config(format!("PostgreSQL URL: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
-        config.application_name(&format!("entsync lock {name} {schema}"));
+        let config = config(
+            url,
+            &format!("entsync lock {name} {schema}"),
+            Duration::from_secs(5),
+        )?;
         let digest = Sha256::digest(format!("entsync lock {schema} {name}").as_bytes());
         let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
         Ok(AdvisoryLock {
