@@ -130,9 +130,10 @@ impl Engine {
     }
 
     /// How long reads may trust the in-memory index about commits made by *other
-    /// processes* before asking SQLite (`PRAGMA data_version`) again. Commits made
-    /// through this engine are always visible to the next read. Default 1 ms; `ZERO`
-    /// asks on every read (about 1.5 µs more per read).
+    /// processes* before asking the store (SQLite's `PRAGMA data_version`) again.
+    /// Commits made through this engine are always visible to the next read. Default
+    /// 1 ms on SQLite (`ZERO` asks on every read, about 1.5 µs more per read); never on
+    /// PostgreSQL, where the listener thread keeps the index current instead.
     pub fn set_external_check_interval(&self, interval: Duration) {
         let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
         self.inner.external_interval.store(ns, Ordering::Relaxed);

@@ -74,11 +74,12 @@ pub type Error = EngineError;
 /// Default of [`Engine::set_external_check_interval`] on SQLite.
 const DEFAULT_EXTERNAL_CHECK: Duration = Duration::from_millis(1);
 
-/// Default of [`Engine::set_external_check_interval`] on PostgreSQL: the listener
-/// brings the index up to date on every notification and every second, so reads do not
-/// ask the server themselves.
+/// Default of [`Engine::set_external_check_interval`] on PostgreSQL: never. The listener
+/// thread brings the index up to date on every notification and every second, so reads
+/// never ask the server themselves, and never wait for it: when it is away, they answer
+/// from the index as it was (and `/healthz` says the store is unavailable).
 #[cfg(feature = "postgres")]
-const PG_EXTERNAL_CHECK: Duration = Duration::from_secs(1);
+const PG_EXTERNAL_CHECK: Duration = Duration::MAX;
 
 /// A handle on one database file. Clone it freely.
 ///
@@ -216,7 +217,9 @@ impl Engine {
                 generation,
                 synced: AtomicU64::new(0),
                 checked_at: AtomicU64::new(0),
-                external_interval: AtomicU64::new(external.as_nanos() as u64),
+                external_interval: AtomicU64::new(
+                    u64::try_from(external.as_nanos()).unwrap_or(u64::MAX),
+                ),
                 started: Instant::now(),
                 sync: Mutex::new(Sync {
                     reader,

@@ -124,8 +124,12 @@ fn answer(reply: Reply, result: Result<Applied, Error>) {
 
 fn commit(writer: &mut Store, deliveries: &[Delivery], replies: Vec<Reply>, generation: &Signal) {
     let result = writer.apply_batch(deliveries);
-    // Before anyone hears of the commit, so that their next read sees it.
-    generation.bump();
+    // Before anyone hears of the commit, so that their next read sees it. A batch that
+    // failed as a whole stored nothing: no read needs to look (and none should wait for
+    // a store that is failing).
+    if result.is_ok() {
+        generation.bump();
+    }
     match result {
         Ok(results) => {
             for (reply, r) in replies.into_iter().zip(results) {

@@ -391,11 +391,35 @@ fn a_server_that_goes_away_gives_503s_then_the_same_deliveries_succeed() {
     );
     let history = history(11, 12);
     let ts = crate::http::now();
-    let (first, rest) = history.split_at(4);
+    let (first, rest) = history.split_at(history.len() / 2);
     for (id, body) in first {
         let r = post_webhook(server.addr, SECRET, id, ts, body);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
+    // What the instance answers before the server goes away.
+    let before = serial(first);
+    let answers_now = |server: &Server| -> BTreeMap<(String, String), Answer> {
+        before
+            .answers
+            .keys()
+            .map(|(c, e)| {
+                let got = server.get(&format!("/v1/access/{c}/{e}"));
+                assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+                let got = got.json();
+                let answer = Answer {
+                    allowed: got["allowed"].as_bool().unwrap_or_default(),
+                    status: got["status"].as_str().unwrap_or_default().to_string(),
+                    reason: got["reason"].as_str().map(String::from),
+                };
+                ((c.clone(), e.clone()), answer)
+            })
+            .collect()
+    };
+    assert_eq!(answers_now(&server), before.answers);
+    assert!(
+        before.answers.values().any(|a| a.allowed),
+        "some pair is granted"
+    );
     proxy.down();
     for (id, body) in rest {
         let r = post_webhook(server.addr, SECRET, id, ts, body);
@@ -407,6 +431,21 @@ fn a_server_that_goes_away_gives_503s_then_the_same_deliveries_succeed() {
             String::from_utf8_lossy(&r.body)
         );
     }
+    // Reads keep answering from the index as it was, at once, for longer than the poll
+    // interval; /healthz says the store is unavailable.
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    assert_eq!(
+        answers_now(&server),
+        before.answers,
+        "answers while the server is away"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "reads waited for the server: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(server.get("/healthz").status, 503);
     proxy.up();
     // Dodo retries: each delivery succeeds once the server is back.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -428,6 +467,7 @@ fn a_server_that_goes_away_gives_503s_then_the_same_deliveries_succeed() {
         engine.deliveries(None, None).unwrap().len(),
         reference.deliveries
     );
+    assert_eq!(server.get("/healthz").status, 200);
     server.kill();
 }
 
