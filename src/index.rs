@@ -76,12 +76,16 @@ impl<T> Chunked<T> {
     fn push(&mut self, value: T) -> u32 {
         let h = handle(self.len);
         match self.chunks.last_mut() {
+            // The first chunk grows as a `Vec` does (an index of a few rows, as the
+            // change feed builds per delivery, stays small); the others are allocated
+            // whole.
             Some(chunk) if chunk.len() < CHUNK => chunk.push(value),
-            _ => {
+            Some(_) => {
                 let mut chunk = Vec::with_capacity(CHUNK);
                 chunk.push(value);
                 self.chunks.push(chunk);
             }
+            None => self.chunks.push(vec![value]),
         }
         self.len += 1;
         h
@@ -134,13 +138,20 @@ impl Interner {
         if let Some(&h) = self.table.find(hash, |&h| self.get(h) == s) {
             return h;
         }
-        let fits = self
-            .text
-            .last()
-            .is_some_and(|t| t.capacity() - t.len() >= s.len());
+        // As for `Chunked`, the first chunk grows as a `String` does (to about
+        // `TEXT_CHUNK`), the others are allocated whole.
+        let fits = match self.text.last() {
+            Some(t) if self.text.len() == 1 => t.len() + s.len() <= TEXT_CHUNK,
+            Some(t) => t.capacity() - t.len() >= s.len(),
+            None => false,
+        };
         if !fits {
-            self.text
-                .push(String::with_capacity(TEXT_CHUNK.max(s.len())));
+            let capacity = if self.text.is_empty() {
+                s.len()
+            } else {
+                TEXT_CHUNK.max(s.len())
+            };
+            self.text.push(String::with_capacity(capacity));
         }
         let chunk = self.text.len() - 1;
         let text = &mut self.text[chunk];
