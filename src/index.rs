@@ -1273,6 +1273,64 @@ mod tests {
         }
     }
 
+    /// Past the first chunk of records (4096 grants) and of id bytes (64 KiB), with an
+    /// id longer than a chunk, grants moved between pairs and renewed in place.
+    #[test]
+    fn answers_like_the_full_grants_past_the_first_chunks() {
+        let n = 10_000;
+        let customers = n / 3;
+        let mut rng = crate::synth::Rng(11);
+        let mut rows: Vec<ObjectRow> = (0..n)
+            .map(|i| crate::synth::grant_row(i, customers, i, &mut rng))
+            .collect();
+        let long = format!("cus_{}", "x".repeat(70_000));
+        for (i, customer) in [
+            (5usize, long.as_str()),
+            (4100, "cus_moved"),
+            (9000, "cus_moved"),
+        ] {
+            let mut grant: Grant = serde_json::from_str(&rows[i].body).expect("synthetic");
+            grant.customer_id = customer.to_string();
+            grant.status = GrantStatus::Other("brand_new".into());
+            let mut row = rows[i].clone();
+            row.body = serde_json::to_string(&grant).expect("json");
+            rows.push(row);
+        }
+        // Renewed in place (same pair, a newer version).
+        let mut again = rows[7000].clone();
+        again.as_of = "2026-05-02T00:00:00.000001Z".into();
+        rows.push(again);
+        let mut index = Index::default();
+        let mut reference = Reference::default();
+        for row in &rows {
+            index.apply_decoded(Index::decode(row).expect("decodes"));
+            reference.apply(row);
+        }
+        assert_eq!(index.grants(), n);
+        let payments = reference.payments();
+        let now = parse_timestamp("2026-05-01T10:30:00Z").expect("instant");
+        let policy = Policy::default();
+        let mut pairs: Vec<(String, String)> = reference
+            .grants
+            .values()
+            .map(|(g, _)| (g.customer_id.clone(), g.entitlement_id.clone()))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut got: Vec<(String, String)> = index
+            .pairs()
+            .map(|(c, e)| (c.to_string(), e.to_string()))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, pairs);
+        for (c, e) in &pairs {
+            let views = reference.views(&payments, c, e);
+            let want = access::decide(c, e, &views, &policy, now);
+            assert_eq!(index.access(c, e, &policy, now), want, "{c} {e}");
+            assert_eq!(index.has_access(c, e, &policy, now), want.allowed);
+        }
+    }
+
     #[test]
     fn instants_round_trip_exactly() {
         let mut instants = Instants::default();
