@@ -42,4 +42,4 @@ pub mod wire;
 
 pub use access::{Access, DisputePolicy, Policy};
 pub use delivery::{Delivery, Outcome};
-pub use engine::{Engine, EngineError};
+pub use engine::{Engine, EngineError, IndexState, Lease};

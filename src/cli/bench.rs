@@ -48,13 +48,20 @@ pub struct BenchArgs {
     /// measure its memory and `has_access` next to a `HashMap` of the same pairs.
     #[arg(long)]
     pub index_grants: Option<usize>,
+    /// Also measure on this PostgreSQL database (in schemas of the bench's own, dropped
+    /// afterwards), printed under `postgres`.
+    #[arg(long, env = "ENTSYNC_BENCH_POSTGRES", value_name = "URL")]
+    pub postgres: Option<String>,
+    /// Grants in the PostgreSQL access store.
+    #[arg(long, default_value_t = 20_000)]
+    pub pg_grants: usize,
 }
 
 #[derive(Debug, Serialize)]
-struct Latency {
+pub(super) struct Latency {
     calls: usize,
     mean_ns: f64,
-    p50_ns: u64,
+    pub(super) p50_ns: u64,
     p99_ns: u64,
     p999_ns: u64,
 }
@@ -69,7 +76,7 @@ pub(super) fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
-fn latency(mut samples: Vec<u64>) -> Latency {
+pub(super) fn latency(mut samples: Vec<u64>) -> Latency {
     samples.sort_unstable();
     let n = samples.len().max(1);
     let at = |q: f64| nearest_rank(&samples, q);
@@ -107,6 +114,12 @@ struct Report {
     ratio_p50_has_access_over_hashmap: f64,
     /// With `--index-grants`: the index at that scale, built from synthetic rows.
     index_at_scale: Option<IndexScale>,
+    /// A fresh engine on the access store, as `serve` starts: from open to the first
+    /// correct answer (from the store, while the index loads), and to the index loaded.
+    cold_start: ColdStart,
+    /// The same figures on PostgreSQL (`--postgres`), measured in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<super::bench_pg::PgReport>,
 }
 
 /// The access index at scale, built without a store.
@@ -271,7 +284,7 @@ fn index_at_scale(n: usize, lookups: usize) -> IndexScale {
 /// Opens a bench store.
 fn open(path: &Path) -> Result<Engine, CliError> {
     Engine::open(path).map_err(|source| CliError::Open {
-        path: path.to_path_buf(),
+        store: path.display().to_string(),
         source,
     })
 }
@@ -427,6 +440,24 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
     let group = ingest_run(dir, "ingest-group.db", args.ingest * 4, args.writers)?;
     let ratio = raw.p50_ns as f64 / has_access.p50_ns.max(1) as f64;
     let has_access_p50 = has_access.p50_ns;
+    drop(reader);
+    let probe = pairs[0].clone();
+    let want = engine
+        .access(&probe.0, &probe.1, now)
+        .map_err(CliError::store("cannot answer"))?;
+    drop(engine);
+    eprintln!("bench: cold start");
+    let cold_start = cold_start(&path, &probe, &want, now)?;
+    let postgres = match &args.postgres {
+        Some(url) => Some(super::bench_pg::bench(
+            url,
+            args.pg_grants,
+            args.lookups,
+            args.ingest,
+            args.writers,
+        )?),
+        None => None,
+    };
     Ok(Report {
         grants: count,
         build_seconds: build,
@@ -447,5 +478,45 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
             / hashmap_lookup.p50_ns.max(1) as f64,
         hashmap_lookup,
         index_at_scale,
+        cold_start,
+        postgres,
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct ColdStart {
+    /// `Engine::open`, `warm_up`, then one access answer (from the store).
+    first_answer_ms: f64,
+    /// Until the index is loaded and answers come from memory.
+    index_ready_ms: f64,
+}
+
+/// Opens a fresh engine on `path` the way `serve` does and times it.
+fn cold_start(
+    path: &Path,
+    (customer, entitlement): &(String, String),
+    want: &entitlement_sync::Access,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ColdStart, CliError> {
+    let started = Instant::now();
+    let engine = open(path)?;
+    engine
+        .warm_up()
+        .map_err(CliError::store("cannot start loading the index"))?;
+    let answer = engine
+        .access(customer, entitlement, now)
+        .map_err(CliError::store("cannot answer"))?;
+    let first = started.elapsed();
+    if &answer != want {
+        return Err(CliError::Refused(format!(
+            "the first answer after a cold start differs: {answer:?}, not {want:?}"
+        )));
+    }
+    while engine.index_state() != entitlement_sync::IndexState::Ready {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(ColdStart {
+        first_answer_ms: first.as_secs_f64() * 1e3,
+        index_ready_ms: started.elapsed().as_secs_f64() * 1e3,
     })
 }

@@ -4,6 +4,7 @@
 use super::{open_engine, print_json, webhook_verifier, CliError, PolicyArgs};
 use chrono::Utc;
 use clap::Args;
+use entitlement_sync::store::Location;
 use entitlement_sync::verify::WebhookHeaders;
 use entitlement_sync::wire::parse_timestamp;
 use entitlement_sync::{Delivery, Engine, Outcome};
@@ -136,9 +137,13 @@ pub struct BalanceArgs {
 
 /// Opens an existing database for a read command (never creates an empty one).
 /// Its access-change feed keeps the policy it was last computed under (`serve` sets it).
-fn open_existing(db: &Path) -> Result<Engine, CliError> {
-    if !db.exists() {
-        return Err(CliError::NoDatabase(db.to_path_buf()));
+/// Opens a store that must exist: a SQLite file is never created by a command that
+/// only reads (a PostgreSQL schema is created and migrated, empty, like on any open).
+fn open_existing(db: &Location) -> Result<Engine, CliError> {
+    if let Location::Sqlite(path) = db {
+        if !path.exists() {
+            return Err(CliError::NoDatabase(path.clone()));
+        }
     }
     open_engine(db, None)
 }
@@ -181,7 +186,7 @@ fn open_input(file: Option<&Path>) -> std::io::Result<(Box<dyn Read>, Option<u64
 }
 
 /// `entsync ingest`.
-pub fn ingest(db: &Path, args: IngestArgs) -> Result<ExitCode, CliError> {
+pub fn ingest(db: &Location, args: IngestArgs) -> Result<ExitCode, CliError> {
     let engine = open_engine(db, None)?;
     let (input, len) =
         open_input(args.file.as_deref()).map_err(CliError::io("cannot read input"))?;
@@ -310,7 +315,7 @@ pub fn describe(a: &entitlement_sync::Access) -> String {
 }
 
 /// `entsync check`.
-pub fn check(db: &Path, args: CheckArgs) -> Result<ExitCode, CliError> {
+pub fn check(db: &Location, args: CheckArgs) -> Result<ExitCode, CliError> {
     let now = match args.at.as_deref() {
         None => Utc::now(),
         Some(t) => parse_timestamp(t).ok_or_else(|| {
@@ -367,7 +372,7 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
 }
 
 /// `entsync deliveries`.
-pub fn deliveries(db: &Path, args: DeliveriesArgs) -> Result<ExitCode, CliError> {
+pub fn deliveries(db: &Location, args: DeliveriesArgs) -> Result<ExitCode, CliError> {
     let outcome = match args.outcome.as_deref().map(|o| (o, Outcome::parse(o))) {
         None => None,
         Some((_, Some(o))) => Some(o),
@@ -395,7 +400,7 @@ pub fn deliveries(db: &Path, args: DeliveriesArgs) -> Result<ExitCode, CliError>
 }
 
 /// `entsync rejected`.
-pub fn rejected(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
+pub fn rejected(db: &Location, args: JsonArgs) -> Result<ExitCode, CliError> {
     let engine = open_existing(db)?;
     let list = engine
         .rejected()
@@ -417,7 +422,7 @@ pub fn rejected(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
 }
 
 /// `entsync accept`.
-pub fn accept(db: &Path, args: AcceptArgs) -> Result<ExitCode, CliError> {
+pub fn accept(db: &Location, args: AcceptArgs) -> Result<ExitCode, CliError> {
     let engine = open_existing(db)?;
     let (kind, id) = engine
         .accept(&args.delivery_id, Utc::now())
@@ -439,7 +444,7 @@ pub fn accept(db: &Path, args: AcceptArgs) -> Result<ExitCode, CliError> {
 }
 
 /// `entsync grants`.
-pub fn grants(db: &Path, args: GrantsArgs) -> Result<ExitCode, CliError> {
+pub fn grants(db: &Location, args: GrantsArgs) -> Result<ExitCode, CliError> {
     let engine = open_existing(db)?;
     let list = engine
         .grants(args.customer.as_deref())
@@ -464,7 +469,7 @@ pub fn grants(db: &Path, args: GrantsArgs) -> Result<ExitCode, CliError> {
 }
 
 /// `entsync rebuild`.
-pub fn rebuild(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
+pub fn rebuild(db: &Location, args: JsonArgs) -> Result<ExitCode, CliError> {
     let engine = open_existing(db)?;
     let started = std::time::Instant::now();
     let stats = engine
@@ -482,7 +487,7 @@ pub fn rebuild(db: &Path, args: JsonArgs) -> Result<ExitCode, CliError> {
 }
 
 /// `entsync customer`.
-pub fn customer(db: &Path, args: CustomerArgs) -> Result<ExitCode, CliError> {
+pub fn customer(db: &Location, args: CustomerArgs) -> Result<ExitCode, CliError> {
     let engine = open_existing(db)?;
     let view = engine
         .customer(&args.customer)
@@ -526,7 +531,7 @@ pub fn customer(db: &Path, args: CustomerArgs) -> Result<ExitCode, CliError> {
 }
 
 /// `entsync balance`.
-pub fn balance(db: &Path, args: BalanceArgs) -> Result<ExitCode, CliError> {
+pub fn balance(db: &Location, args: BalanceArgs) -> Result<ExitCode, CliError> {
     let engine = open_existing(db)?;
     let balance = engine
         .credit_balance(&args.customer, &args.credit_entitlement)
@@ -581,7 +586,7 @@ pub struct ChangesArgs {
 }
 
 /// `entsync changes`.
-pub fn changes(db: &Path, args: ChangesArgs) -> Result<ExitCode, CliError> {
+pub fn changes(db: &Location, args: ChangesArgs) -> Result<ExitCode, CliError> {
     use std::io::Write;
     if args.after < 0 {
         return Err(CliError::usage(format_args!(

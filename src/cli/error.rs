@@ -45,10 +45,10 @@ pub enum CliError {
     NoDatabase(PathBuf),
     /// The store cannot be opened: not a database, written by a newer version, no
     /// permission, ... (exit 2).
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {store}: {source}")]
     Open {
-        /// The `--db` path.
-        path: PathBuf,
+        /// The `--db` path or URL (without its password).
+        store: String,
         /// What the engine said.
         #[source]
         source: engine::Error,

@@ -12,6 +12,10 @@
 //!   there and re-sends at most what was acknowledged since the last write.
 //! - It runs on its own task and reads the feed on the blocking pool: ingest never waits
 //!   for it.
+//! - On a store several instances share (PostgreSQL), one of them forwards at a time: the
+//!   one holding the `forward` lease ([`Engine::lease`]). The others check once a second
+//!   and take over, from the stored cursor, when the holder dies (at least once: the new
+//!   holder may re-send what the old one posted after its last cursor write).
 
 use entitlement_sync::change::Change;
 use entitlement_sync::http::ForwardStats;
@@ -87,17 +91,48 @@ pub async fn run(
             return;
         }
     };
-    let mut cursor = loop {
-        match blocking(&engine, |e| e.forward_cursor()).await {
-            Some(cursor) => break cursor,
-            None => tokio::time::sleep(FIRST_BACKOFF).await,
+    let lease = match engine.lease("forward") {
+        Ok(lease) => Arc::new(std::sync::Mutex::new(lease)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the forward lease; not forwarding");
+            return;
         }
     };
-    stats.cursor.store(cursor, Ordering::Relaxed);
-    tracing::info!(url = %forward.url, cursor, "forwarding access changes");
-    let mut saved = cursor;
+    let mut leading = false;
+    let mut checked = Instant::now();
+    let mut cursor = 0;
+    let mut saved = 0;
     let mut saved_at = Instant::now();
     loop {
+        if !leading || checked.elapsed() >= Duration::from_secs(1) {
+            let lease = Arc::clone(&lease);
+            let held = tokio::task::spawn_blocking(move || {
+                lease.lock().unwrap_or_else(|p| p.into_inner()).held()
+            })
+            .await
+            .unwrap_or(false);
+            checked = Instant::now();
+            if !held {
+                if leading {
+                    tracing::warn!("lost the forward lease; another instance forwards");
+                }
+                leading = false;
+                tokio::time::sleep(FIRST_BACKOFF).await;
+                continue;
+            }
+            if !leading {
+                // Taking over: resume from the stored cursor.
+                let Some(stored) = blocking(&engine, |e| e.forward_cursor()).await else {
+                    tokio::time::sleep(FIRST_BACKOFF).await;
+                    continue;
+                };
+                cursor = stored;
+                saved = stored;
+                leading = true;
+                stats.cursor.store(cursor, Ordering::Relaxed);
+                tracing::info!(url = %forward.url, cursor, "forwarding access changes");
+            }
+        }
         let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();

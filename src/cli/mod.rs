@@ -4,6 +4,7 @@
 
 mod alloc;
 mod bench;
+mod bench_pg;
 mod commands;
 mod error;
 mod forward;
@@ -14,23 +15,34 @@ mod simulate;
 pub use error::{webhook_secrets, CliError};
 
 use clap::{Args, Parser, Subcommand};
+use entitlement_sync::store::Location;
 use entitlement_sync::verify::Verifier;
 use entitlement_sync::{DisputePolicy, Engine, Policy};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Keeps access rights in exact step with Dodo Payments webhooks.
 #[derive(Debug, Parser)]
 #[command(name = "entsync", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The SQLite database file.
+    /// The store: a SQLite database file, or a postgres:// (postgresql://) URL that
+    /// several instances share.
     #[arg(
         long,
         global = true,
         env = "ENTSYNC_DB",
-        default_value = "entitlements.db"
+        default_value = "entitlements.db",
+        value_name = "FILE|URL"
     )]
-    pub db: PathBuf,
+    pub db: String,
+    /// The PostgreSQL schema that holds every table (created if missing).
+    #[arg(
+        long,
+        global = true,
+        env = "ENTSYNC_PG_SCHEMA",
+        default_value = entitlement_sync::store::DEFAULT_PG_SCHEMA,
+        value_name = "NAME"
+    )]
+    pub pg_schema: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -109,13 +121,9 @@ impl PolicyArgs {
 
 /// Opens the engine (creating the database if needed), with `policy`, or with the one
 /// its access-change feed was last computed under.
-pub fn open_engine(db: &std::path::Path, policy: Option<Policy>) -> Result<Engine, CliError> {
-    match policy {
-        Some(policy) => Engine::open_with(db, policy),
-        None => Engine::open(db),
-    }
-    .map_err(|source| CliError::Open {
-        path: db.to_path_buf(),
+pub fn open_engine(db: &Location, policy: Option<Policy>) -> Result<Engine, CliError> {
+    Engine::open_at(db.clone(), policy).map_err(|source| CliError::Open {
+        store: db.display(),
         source,
     })
 }
@@ -177,7 +185,7 @@ pub fn main() -> ExitCode {
 /// Whatever the command could not do, as a [`CliError`]; `Ok` is the command's own
 /// exit code (0, or 1 for `check` denied and `simulate` failures).
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let db = cli.db;
+    let db = Location::parse(&cli.db, Some(&cli.pg_schema));
     match cli.command {
         Command::Serve(args) => serve::run(&db, args),
         Command::Ingest(args) => commands::ingest(&db, args),

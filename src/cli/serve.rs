@@ -4,8 +4,8 @@
 use super::{open_engine, webhook_verifier, CliError, PolicyArgs};
 use clap::Args;
 use entitlement_sync::http::{Limits, Options, Receiver};
+use entitlement_sync::store::Location;
 use entitlement_sync::Engine;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,7 +147,7 @@ fn exposed(addr: std::net::SocketAddr, protected: bool) -> bool {
 }
 
 /// `entsync serve`.
-pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
+pub fn run(db: &Location, args: ServeArgs) -> Result<ExitCode, CliError> {
     init_logging();
     let verifier = webhook_verifier(&args.secrets)?;
     let api_token = match std::env::var("ENTSYNC_API_TOKEN") {
@@ -160,8 +160,12 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
     };
     let forward = forward_settings(args.forward_url.as_deref())?;
     let engine = open_engine(db, Some(args.policy.policy()))?;
-    // Load the access index now, so that the first requests do not pay for it.
-    let grants = engine.grant_count();
+    // Load the access index in the background: `serve` listens at once and answers from
+    // the store until the index is loaded (`/healthz` says `"index": "warming"`).
+    let warming = std::time::Instant::now();
+    engine
+        .warm_up()
+        .map_err(CliError::store("cannot start loading the access index"))?;
     // Deliveries are stored by the engine's writer thread; the blocking pool only serves
     // the SQLite reads of /v1/customers, /v1/credits and /metrics.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -196,6 +200,7 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
         });
     }
     runtime.spawn(advance_time(engine.clone(), Arc::clone(&commits)));
+    runtime.spawn(report_warm(engine.clone(), warming));
     if let (Some(forward), Some(stats)) = (forward, forward_stats) {
         let wake = Arc::new(tokio::sync::Notify::new());
         {
@@ -220,12 +225,28 @@ pub fn run(db: &Path, args: ServeArgs) -> Result<ExitCode, CliError> {
         receiver,
         &args.listen,
         limits,
-        (db, grants, protected),
+        (db, protected),
         Duration::from_secs(args.shutdown_timeout),
     ));
     // In-flight blocking work (a commit) finishes before the process exits.
     runtime.shutdown_timeout(Duration::from_secs(args.shutdown_timeout));
     code
+}
+
+/// Logs once the access index is loaded.
+async fn report_warm(engine: Engine, started: std::time::Instant) {
+    while engine.index_state() != entitlement_sync::IndexState::Ready {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = engine.clone();
+    let grants = tokio::task::spawn_blocking(move || e.grant_count())
+        .await
+        .unwrap_or_default();
+    tracing::info!(
+        grants,
+        load_ms = started.elapsed().as_millis() as u64,
+        "access index loaded: answering from memory"
+    );
 }
 
 /// Records the access changes time alone makes (license keys expiring, on-hold graces
@@ -279,7 +300,7 @@ async fn serve(
     receiver: Receiver,
     listen: &str,
     limits: Limits,
-    (db, grants, protected): (&Path, usize, bool),
+    (db, protected): (&Location, bool),
     grace: Duration,
 ) -> Result<ExitCode, CliError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -291,7 +312,7 @@ async fn serve(
     tracing::info!(
         %addr,
         db = %db.display(),
-        grants,
+        index = "warming",
         read_api_token = protected,
         header_timeout_ms = limits.header_timeout.as_millis() as u64,
         idle_timeout_ms = limits.idle_timeout.as_millis() as u64,

@@ -5,22 +5,26 @@
 //! request handlers. Writes go through one writer connection with **group commit**:
 //! concurrent [`Engine::ingest`] calls share one transaction and one fsync, and each
 //! returns only after the transaction holding its delivery committed. Reads are answered
-//! from an in-memory index kept coherent with the file: every read first asks SQLite's
-//! `PRAGMA data_version` whether any connection (this process or another) committed, and
-//! if so loads the rows changed since. Readers never wait behind a writer's transaction.
+//! from an in-memory index kept coherent with the store: after this engine's own commits
+//! at once; other processes' commits are noticed by asking the store whether anyone
+//! committed (SQLite's `PRAGMA data_version`, every millisecond of reads by default) or,
+//! on PostgreSQL, by a listener woken by `LISTEN/NOTIFY` and at least once a second. It
+//! then loads the rows changed since. Readers never wait behind a writer's transaction.
 
 use crate::access::{Access, Policy};
 use crate::delivery::{Delivery, Outcome};
 use crate::event::Kind;
 use crate::index::{Decoded, Index, IndexError};
 use crate::store::{
-    self, Applied, Balance, CustomerView, DeliveryRecord, GrantRecord, ObjectRow, QuarantineRecord,
-    ReadStore, Reader, RebuildStats, StoreError, StoreStats, Writer,
+    Applied, Balance, CustomerView, DeliveryRecord, GrantRecord, Location, ObjectRow,
+    QuarantineRecord, ReadStore, Reader, RebuildStats, StoreError, StoreStats, Writer,
 };
 use crate::wire::Timestamp;
 use writer::{writer_loop, Job, Signal, Store};
 
 mod changes;
+mod lease;
+pub use lease::Lease;
 mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,8 +68,14 @@ impl EngineError {
 /// Errors of the engine.
 pub type Error = EngineError;
 
-/// Default of [`Engine::set_external_check_interval`].
+/// Default of [`Engine::set_external_check_interval`] on SQLite.
 const DEFAULT_EXTERNAL_CHECK: Duration = Duration::from_millis(1);
+
+/// Default of [`Engine::set_external_check_interval`] on PostgreSQL: the listener
+/// brings the index up to date on every notification and every second, so reads do not
+/// ask the server themselves.
+#[cfg(feature = "postgres")]
+const PG_EXTERNAL_CHECK: Duration = Duration::from_secs(1);
 
 /// A handle on one database file. Clone it freely.
 ///
@@ -93,7 +103,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("path", &self.inner.path)
+            .field("location", &self.inner.location)
             .field("policy", &self.inner.policy)
             .finish_non_exhaustive()
     }
@@ -130,7 +140,39 @@ impl BadRows {
     }
 }
 
+/// How far the in-memory access index is (see [`Engine::warm_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[non_exhaustive]
+pub enum IndexState {
+    /// Not loaded yet: the first read loads it (and waits for it).
+    Lazy,
+    /// Loading in the background: reads are answered from the store meanwhile.
+    Warming,
+    /// Loaded: reads are answered from memory.
+    Ready,
+}
+
+impl IndexState {
+    /// `lazy`, `warming` or `ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexState::Lazy => "lazy",
+            IndexState::Warming => "warming",
+            IndexState::Ready => "ready",
+        }
+    }
+}
+
+const LAZY: u8 = 0;
+const WARMING: u8 = 1;
+const READY: u8 = 2;
+
 struct Inner {
+    /// [`IndexState`], as `LAZY`, `WARMING`, `READY`.
+    state: std::sync::atomic::AtomicU8,
+    location: Location,
+    /// The SQLite file, or the redacted PostgreSQL URL (see [`Engine::path`]).
     path: PathBuf,
     policy: Policy,
     jobs: mpsc::Sender<Job>,
@@ -160,12 +202,17 @@ impl Engine {
     /// the store's access-change feed was last computed under ([`Policy::default`] for
     /// a new store). The access index is loaded by the first read.
     ///
+    /// `path` is a SQLite file, or a `postgres://` / `postgresql://` URL: then the store
+    /// lives in the schema `entsync` of that database ([`Engine::open_at`] names
+    /// another), and any number of engines, in any number of processes and machines,
+    /// may share it.
+    ///
     /// # Errors
     ///
-    /// [`StoreError`] if the file cannot be opened, is newer than this build, or its
+    /// [`StoreError`] if the store cannot be opened, is newer than this build, or its
     /// projections do not decode.
     pub fn open(path: impl AsRef<Path>) -> Result<Engine, Error> {
-        Engine::open_store(path.as_ref(), None)
+        Engine::open_at(Location::from_path(path.as_ref()), None)
     }
 
     /// Like [`Engine::open`], with an access policy. The access-change feed is computed
@@ -176,16 +223,31 @@ impl Engine {
     ///
     /// See [`Engine::open`].
     pub fn open_with(path: impl AsRef<Path>, policy: Policy) -> Result<Engine, Error> {
-        Engine::open_store(path.as_ref(), Some(policy))
+        Engine::open_at(Location::from_path(path.as_ref()), Some(policy))
     }
 
-    fn open_store(path: &Path, policy: Option<Policy>) -> Result<Engine, Error> {
-        let path = path.to_path_buf();
-        let writer = Writer::open_with(&path, policy)?;
+    /// Opens the store at `location` (a SQLite file, or a PostgreSQL database and
+    /// schema), with `policy` as [`Engine::open_with`] takes it, or, for `None`, the
+    /// stored one as [`Engine::open`] does.
+    ///
+    /// # Errors
+    ///
+    /// See [`Engine::open`].
+    pub fn open_at(location: Location, policy: Option<Policy>) -> Result<Engine, Error> {
+        let writer = Writer::open_at(&location, policy)?;
         let policy = writer.policy().clone();
         let writer: Store = Box::new(writer);
-        let reader: Box<dyn ReadStore> = Box::new(Reader::open(&path)?);
-        let listing: Box<dyn ReadStore> = Box::new(Reader::open(&path)?);
+        let reader: Box<dyn ReadStore> = Box::new(Reader::open_at(&location)?);
+        let listing: Box<dyn ReadStore> = Box::new(Reader::open_at(&location)?);
+        let (path, external) = match &location {
+            Location::Sqlite(path) => (path.clone(), DEFAULT_EXTERNAL_CHECK),
+            #[cfg(feature = "postgres")]
+            Location::Postgres { .. } => (PathBuf::from(location.display()), PG_EXTERNAL_CHECK),
+            #[cfg(not(feature = "postgres"))]
+            Location::Postgres { .. } => {
+                (PathBuf::from(location.display()), DEFAULT_EXTERNAL_CHECK)
+            }
+        };
         let (jobs, queue) = mpsc::channel();
         let generation = Arc::new(Signal::new());
         let bump = Arc::clone(&generation);
@@ -195,13 +257,15 @@ impl Engine {
             .map_err(EngineError::Spawn)?;
         let engine = Engine {
             inner: Arc::new(Inner {
+                state: std::sync::atomic::AtomicU8::new(LAZY),
+                location,
                 path,
                 policy,
                 jobs,
                 generation,
                 synced: AtomicU64::new(0),
                 checked_at: AtomicU64::new(0),
-                external_interval: AtomicU64::new(DEFAULT_EXTERNAL_CHECK.as_nanos() as u64),
+                external_interval: AtomicU64::new(external.as_nanos() as u64),
                 started: Instant::now(),
                 sync: Mutex::new(Sync {
                     reader,
@@ -214,9 +278,40 @@ impl Engine {
                 bad_rows: Mutex::new(BadRows::default()),
             }),
         };
+        #[cfg(feature = "postgres")]
+        engine.listen()?;
         // The access index loads on the first read, so commands that only write or
         // list do not pay for it.
         Ok(engine)
+    }
+
+    /// PostgreSQL: other instances' commits wake a listener thread, which brings the
+    /// index up to date (if it was ever loaded) on every notification, after every
+    /// reconnect, and once a second. It holds the engine weakly and stops with it.
+    #[cfg(feature = "postgres")]
+    fn listen(&self) -> Result<(), Error> {
+        let Location::Postgres { url, schema } = &self.inner.location else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(&self.inner);
+        crate::store::postgres::spawn_listener(url, schema, move |_| {
+            let Some(inner) = weak.upgrade() else {
+                return false;
+            };
+            let engine = Engine { inner };
+            // Only an index that was loaded is kept current: commands that never read
+            // never pay for it. A failed refresh is retried by the next wake or read.
+            if lock(&engine.inner.sync).epoch >= 0 {
+                let _ = engine.refresh();
+            }
+            true
+        })?;
+        Ok(())
+    }
+
+    /// Where the store lives.
+    pub fn location(&self) -> &Location {
+        &self.inner.location
     }
 
     /// How long reads may trust the in-memory index about commits made by *other
@@ -226,6 +321,63 @@ impl Engine {
     pub fn set_external_check_interval(&self, interval: Duration) {
         let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
         self.inner.external_interval.store(ns, Ordering::Relaxed);
+    }
+
+    /// Loads the access index on a thread of its own and returns at once: until it is
+    /// loaded, reads are answered from the store, pair by pair (the same answers,
+    /// slower: [`Engine::access_direct`]), instead of waiting for the whole index. For a
+    /// server that should answer right after it starts on a large store. Reads before
+    /// any call to this load the index themselves, on the first one.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not be started.
+    pub fn warm_up(&self) -> Result<(), Error> {
+        if self
+            .inner
+            .state
+            .compare_exchange(LAZY, WARMING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Ok(());
+        }
+        let engine = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("entsync-warm".into())
+            .spawn(move || {
+                // Until the load succeeds; a failing store is retried.
+                let mut delay = Duration::from_millis(100);
+                while engine.refresh().is_err() {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                engine.inner.state.store(READY, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.inner.state.store(LAZY, Ordering::Release);
+            return Err(EngineError::Spawn(e));
+        }
+        Ok(())
+    }
+
+    /// How far the access index is.
+    pub fn index_state(&self) -> IndexState {
+        match self.inner.state.load(Ordering::Acquire) {
+            WARMING => IndexState::Warming,
+            READY => IndexState::Ready,
+            _ => {
+                if lock(&self.inner.sync).epoch >= 0 {
+                    IndexState::Ready
+                } else {
+                    IndexState::Lazy
+                }
+            }
+        }
+    }
+
+    /// The index is being loaded in the background: answer from the store.
+    fn warming(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) == WARMING
     }
 
     /// Refreshes the index only when this engine committed since, or when the external
@@ -248,7 +400,7 @@ impl Engine {
             && now.saturating_sub(checked) < inner.external_interval.load(Ordering::Relaxed)
     }
 
-    /// The database file.
+    /// The database file; for PostgreSQL, the URL without its password and the schema.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -413,6 +565,9 @@ impl Engine {
         now: Timestamp,
         policy: &Policy,
     ) -> Result<Access, Error> {
+        if self.warming() {
+            return self.access_direct(customer, entitlement, now, policy);
+        }
         self.refresh_for_read()?;
         Ok(self.index().access(customer, entitlement, policy, now))
     }
@@ -426,6 +581,9 @@ impl Engine {
     ///
     /// [`StoreError`] when the changed rows could not be read.
     pub fn sync_index(&self) -> Result<(), Error> {
+        if self.warming() {
+            return Ok(());
+        }
         self.refresh_for_read()
     }
 
@@ -456,7 +614,7 @@ impl Engine {
         entitlement: &str,
         now: Timestamp,
     ) -> Option<Access> {
-        self.index_is_current().then(|| {
+        (!self.warming() && self.index_is_current()).then(|| {
             self.index()
                 .access(customer, entitlement, &self.inner.policy, now)
         })
@@ -487,6 +645,11 @@ impl Engine {
     /// Does `customer` have `entitlement` at `now`? Fails closed: `false` if the store
     /// could not be read.
     pub fn has_access(&self, customer: &str, entitlement: &str, now: Timestamp) -> bool {
+        if self.warming() {
+            return self
+                .access_direct(customer, entitlement, now, &self.inner.policy)
+                .is_ok_and(|a| a.allowed);
+        }
         if self.refresh_for_read().is_err() {
             return false;
         }
@@ -494,9 +657,11 @@ impl Engine {
             .has_access(customer, entitlement, &self.inner.policy, now)
     }
 
-    /// Number of grants in the access index.
+    /// Number of grants in the access index (0 while it warms up).
     pub fn grant_count(&self) -> usize {
-        let _ = self.refresh_for_read();
+        if !self.warming() {
+            let _ = self.refresh_for_read();
+        }
         self.index().grants()
     }
 
@@ -612,10 +777,10 @@ impl Engine {
         Ok(self.with_writer(move |w| w.rebuild(now))??)
     }
 
-    /// Opens a second, independent reader on the same file (benchmarks).
+    /// Opens a second, independent reader on the same store (benchmarks).
     #[doc(hidden)]
     pub fn open_reader(&self) -> Result<Reader, Error> {
-        Ok(store::Reader::open(&self.inner.path)?)
+        Ok(Reader::open_at(&self.inner.location)?)
     }
 }
 

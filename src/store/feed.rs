@@ -10,6 +10,7 @@
 //! differs. The same step stores when time alone may next change the answer
 //! ([`crate::access::next_change`]); [`advance`] records those changes when they are due.
 
+use super::sql::{args, Db, Row};
 use super::{Context, Result, StoreError};
 use crate::access::{Access, Policy};
 use crate::change::{self, Answer, Cause, Change, Diff};
@@ -19,7 +20,6 @@ use crate::store::ObjectRow;
 use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
 use crate::DisputePolicy;
 use chrono::{DateTime, Datelike, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
@@ -41,12 +41,12 @@ pub(super) struct Feed {
 
 impl Feed {
     /// Starts the feed's part of a write transaction at `now`.
-    pub(super) fn start(tx: &Connection, policy: Policy, now: Timestamp) -> Result<Feed> {
-        let micros: i64 = tx
-            .prepare_cached("SELECT value FROM meta WHERE key = 'feed_clock'")?
-            .query_row([], |r| r.get(0))
-            .optional()
+    pub(super) fn start(tx: &dyn Db, policy: Policy, now: Timestamp) -> Result<Feed> {
+        let micros = tx
+            .row("SELECT value FROM meta WHERE key = 'feed_clock'", args![])
             .context("read the feed clock")?
+            .map(|r| r.i64(0))
+            .transpose()?
             .unwrap_or(0);
         let stored = DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default();
         Ok(Feed {
@@ -70,36 +70,67 @@ impl Feed {
     }
 
     /// Records the clock; call before the commit.
-    pub(super) fn finish(&self, tx: &Connection) -> Result<()> {
-        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'feed_clock'")?
-            .execute([self.clock.timestamp_micros()])
-            .context("write the feed clock")?;
+    pub(super) fn finish(&self, tx: &dyn Db) -> Result<()> {
+        tx.exec(
+            "UPDATE meta SET value = ?1 WHERE key = 'feed_clock'",
+            args![self.clock.timestamp_micros()],
+        )
+        .context("write the feed clock")?;
         Ok(())
     }
 }
 
+/// What of an object's state row says which pairs it backs, and whether a subscription
+/// can bear on an answer: its `customer_id`, `ref_id` and `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Links {
+    pub(super) customer_id: Option<String>,
+    pub(super) ref_id: Option<String>,
+    pub(super) status: String,
+}
+
 /// The pairs an object's state backs, as its row says now. `kind`/`id` of a kind the
 /// access index does not hold back no pair.
-pub(super) fn pairs_of(tx: &Connection, kind: Kind, id: &str) -> Result<BTreeSet<Pair>> {
-    let mut pairs = BTreeSet::new();
+pub(super) fn pairs_of(tx: &dyn Db, kind: Kind, id: &str) -> Result<BTreeSet<Pair>> {
     if !kind.in_index() {
-        return Ok(pairs);
+        return Ok(BTreeSet::new());
     }
-    let row: Option<(Option<String>, Option<String>)> = tx
-        .prepare_cached("SELECT customer_id, ref_id FROM objects WHERE kind = ?1 AND id = ?2")?
-        .query_row(params![kind.as_str(), id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
+    let row = tx
+        .row(
+            "SELECT customer_id, ref_id, status FROM objects WHERE kind = ?1 AND id = ?2",
+            args![kind.as_str(), id],
+        )
         .context("read an object's links")?;
-    let Some((customer, ref_id)) = row else {
+    let links = row
+        .map(|mut r| {
+            Ok::<_, StoreError>(Links {
+                customer_id: r.opt_string(0)?,
+                ref_id: r.opt_string(1)?,
+                status: r.string(2)?,
+            })
+        })
+        .transpose()?;
+    pairs_from(tx, kind, id, links.as_ref())
+}
+
+/// The pairs an object with these links backs (`None`: no state, no pair). A grant
+/// names its own; the others are found through the grants' link columns.
+pub(super) fn pairs_from(
+    tx: &dyn Db,
+    kind: Kind,
+    id: &str,
+    links: Option<&Links>,
+) -> Result<BTreeSet<Pair>> {
+    let mut pairs = BTreeSet::new();
+    let Some(links) = links.filter(|_| kind.in_index()) else {
         return Ok(pairs);
     };
     let linked = |sql: &str, key: &str, pairs: &mut BTreeSet<Pair>| -> Result<()> {
-        let mut stmt = tx.prepare_cached(sql)?;
-        let rows = stmt.query_map([key], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        for pair in rows {
-            pairs.insert(pair.context("read the grants an object backs")?);
-        }
-        Ok(())
+        tx.for_each(sql, args![key], &mut |mut r| {
+            pairs.insert((r.string(0)?, r.string(1)?));
+            Ok(())
+        })
+        .context("read the grants an object backs")
     };
     const BY_SUBSCRIPTION: &str = "SELECT customer_id, ref_id FROM objects
         WHERE grant_subscription_id = ?1 AND kind = 'grant'";
@@ -107,15 +138,15 @@ pub(super) fn pairs_of(tx: &Connection, kind: Kind, id: &str) -> Result<BTreeSet
         WHERE grant_payment_id = ?1 AND kind = 'grant'";
     match kind {
         Kind::Grant => {
-            if let (Some(c), Some(e)) = (customer, ref_id) {
-                pairs.insert((c, e));
+            if let (Some(c), Some(e)) = (&links.customer_id, &links.ref_id) {
+                pairs.insert((c.clone(), e.clone()));
             }
         }
         Kind::Subscription => linked(BY_SUBSCRIPTION, id, &mut pairs)?,
         Kind::Payment => linked(BY_PAYMENT, id, &mut pairs)?,
         Kind::Refund | Kind::Dispute => {
-            if let Some(payment) = ref_id {
-                linked(BY_PAYMENT, &payment, &mut pairs)?;
+            if let Some(payment) = &links.ref_id {
+                linked(BY_PAYMENT, payment, &mut pairs)?;
             }
         }
         Kind::LicenseKey | Kind::CreditEntry | Kind::CreditBalanceLow => {}
@@ -125,7 +156,7 @@ pub(super) fn pairs_of(tx: &Connection, kind: Kind, id: &str) -> Result<BTreeSet
 
 /// An index of one pair's rows (rows that do not decode are skipped, as the engine's
 /// index skips them).
-fn pair_index(tx: &Connection, customer: &str, entitlement: &str) -> Result<Index> {
+fn pair_index(tx: &dyn Db, customer: &str, entitlement: &str) -> Result<Index> {
     let mut index = Index::default();
     let rows = super::read::pair_rows(tx, customer, entitlement).context("read a pair's rows")?;
     for row in rows {
@@ -143,24 +174,25 @@ struct Recorded {
     due_at: Option<String>,
 }
 
-fn recorded(tx: &Connection, customer: &str, entitlement: &str) -> Result<Option<Recorded>> {
-    tx.prepare_cached(
+fn recorded(tx: &dyn Db, customer: &str, entitlement: &str) -> Result<Option<Recorded>> {
+    tx.row(
         "SELECT allowed, status, reason, grant_id, due_at FROM answers
           WHERE customer_id = ?1 AND entitlement_id = ?2",
-    )?
-    .query_row([customer, entitlement], |r| {
+        args![customer, entitlement],
+    )
+    .context("read a pair's recorded answer")?
+    .map(|mut r| {
         Ok(Recorded {
             answer: Answer {
-                allowed: r.get(0)?,
-                status: r.get(1)?,
-                reason: r.get(2)?,
+                allowed: r.bool(0)?,
+                status: r.string(1)?,
+                reason: r.opt_string(2)?,
             },
-            grant_id: r.get(3)?,
-            due_at: r.get(4)?,
+            grant_id: r.opt_string(3)?,
+            due_at: r.opt_string(4)?,
         })
     })
-    .optional()
-    .context("read a pair's recorded answer")
+    .transpose()
 }
 
 /// `t` rounded up to the microsecond (what the store keeps of an instant).
@@ -179,7 +211,7 @@ fn storable(t: Timestamp) -> Option<Timestamp> {
 /// Re-evaluates one pair from its rows at `at` and records a change if its answer
 /// differs from the recorded one. Returns whether it recorded one.
 pub(super) fn evaluate(
-    tx: &Connection,
+    tx: &dyn Db,
     pair: &Pair,
     feed: &Feed,
     at: Timestamp,
@@ -194,7 +226,7 @@ pub(super) fn evaluate(
 
 /// Records `access` (the pair's answer at `at`; time may next change it at `due`).
 fn record(
-    tx: &Connection,
+    tx: &dyn Db,
     feed: &Feed,
     access: &Access,
     due: Option<Timestamp>,
@@ -219,27 +251,27 @@ fn record(
     if let Diff::Changed { previous } = diff {
         let cause = cause(&previous, &new);
         let (delivery_id, event_type, detail) = cause.columns();
-        tx.prepare_cached(
+        tx.exec(
             "INSERT INTO changes (customer_id, entitlement_id, allowed, status, reason, grant_id,
                  prev_allowed, prev_status, prev_reason, at, cause, delivery_id, event_type, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?
-        .execute(params![
-            customer,
-            entitlement,
-            new.allowed,
-            new.status,
-            new.reason,
-            access.grant_id,
-            previous.allowed,
-            previous.status,
-            previous.reason,
-            format_timestamp(&at),
-            cause.kind(),
-            delivery_id,
-            event_type,
-            detail,
-        ])
+            args![
+                customer,
+                entitlement,
+                new.allowed,
+                &new.status,
+                &new.reason,
+                &access.grant_id,
+                previous.allowed,
+                &previous.status,
+                &previous.reason,
+                &format_timestamp(&at),
+                cause.kind(),
+                delivery_id,
+                event_type,
+                detail,
+            ],
+        )
         .context("record an access change")?;
     }
     let same_row = old
@@ -249,26 +281,28 @@ fn record(
         return Ok(changed);
     }
     if new == Answer::none() && due.is_none() {
-        tx.prepare_cached("DELETE FROM answers WHERE customer_id = ?1 AND entitlement_id = ?2")?
-            .execute([customer, entitlement])
-            .context("forget a pair's answer")?;
+        tx.exec(
+            "DELETE FROM answers WHERE customer_id = ?1 AND entitlement_id = ?2",
+            args![customer, entitlement],
+        )
+        .context("forget a pair's answer")?;
     } else {
-        tx.prepare_cached(
+        tx.exec(
             "INSERT INTO answers (customer_id, entitlement_id, allowed, status, reason, grant_id, due_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (customer_id, entitlement_id) DO UPDATE SET allowed = excluded.allowed,
                  status = excluded.status, reason = excluded.reason,
                  grant_id = excluded.grant_id, due_at = excluded.due_at",
-        )?
-        .execute(params![
-            customer,
-            entitlement,
-            new.allowed,
-            new.status,
-            new.reason,
-            access.grant_id,
-            due
-        ])
+            args![
+                customer,
+                entitlement,
+                new.allowed,
+                &new.status,
+                &new.reason,
+                &access.grant_id,
+                &due
+            ],
+        )
         .context("record a pair's answer")?;
     }
     Ok(changed)
@@ -279,7 +313,7 @@ const DUE_CHUNK: usize = 256;
 
 /// Records the changes time alone made up to `now`, each at the instant it happened.
 /// Returns how many it recorded.
-pub(super) fn advance(tx: &Connection, feed: &Feed, now: Timestamp) -> Result<usize> {
+pub(super) fn advance(tx: &dyn Db, feed: &Feed, now: Timestamp) -> Result<usize> {
     let now_text = format_timestamp(&now);
     let due_now = feed
         .next_due
@@ -291,17 +325,16 @@ pub(super) fn advance(tx: &Connection, feed: &Feed, now: Timestamp) -> Result<us
     }
     let mut recorded = 0;
     loop {
-        let due: Vec<(String, String, String)> = {
-            let mut stmt = tx.prepare_cached(
+        let due: Vec<(String, String, String)> = tx
+            .rows(
                 "SELECT customer_id, entitlement_id, due_at FROM answers INDEXED BY answers_due
                   WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now_text, DUE_CHUNK as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()
-                .context("read the due answers")?
-        };
+                args![&now_text, DUE_CHUNK as i64],
+            )
+            .context("read the due answers")?
+            .into_iter()
+            .map(|mut r| Ok((r.string(0)?, r.string(1)?, r.string(2)?)))
+            .collect::<Result<_>>()?;
         if due.is_empty() {
             *feed.next_due.borrow_mut() = min_due(tx)?;
             return Ok(recorded);
@@ -319,14 +352,14 @@ pub(super) fn advance(tx: &Connection, feed: &Feed, now: Timestamp) -> Result<us
 }
 
 /// The earliest `answers.due_at`, as stored.
-fn min_due(conn: &Connection) -> Result<Option<String>> {
-    conn.prepare_cached("SELECT MIN(due_at) FROM answers")?
-        .query_row([], |r| r.get(0))
-        .context("read the next due instant")
+fn min_due(conn: &dyn Db) -> Result<Option<String>> {
+    conn.one("SELECT MIN(due_at) FROM answers", args![])
+        .context("read the next due instant")?
+        .opt_string(0)
 }
 
 /// The earliest instant at which time alone may change some answer.
-pub(super) fn next_due(conn: &Connection) -> Result<Option<Timestamp>> {
+pub(super) fn next_due(conn: &dyn Db) -> Result<Option<Timestamp>> {
     let due = min_due(conn)?;
     due.map(|t| parse_timestamp(&t).ok_or_else(|| StoreError::Corrupt(format!("due_at {t:?}"))))
         .transpose()
@@ -335,7 +368,7 @@ pub(super) fn next_due(conn: &Connection) -> Result<Option<Timestamp>> {
 /// Re-evaluates every pair (those with a grant, and those that recorded an answer) at
 /// `at`, from one index of every row: for rebuild and a policy change.
 pub(super) fn evaluate_all(
-    tx: &Connection,
+    tx: &dyn Db,
     feed: &Feed,
     at: Timestamp,
     cause: &Cause,
@@ -346,21 +379,21 @@ pub(super) fn evaluate_all(
             "SELECT kind, id, as_of, since, body FROM objects NOT INDEXED WHERE kind IN ({})",
             super::read::index_kinds()
         );
-        let mut stmt = tx.prepare(&sql)?;
-        let rows = stmt.query_map([], ObjectRow::from_row)?;
-        for row in rows {
-            if let Ok(decoded) = Index::decode(&row.context("read every object")?) {
+        tx.for_each(&sql, args![], &mut |r| {
+            if let Ok(decoded) = Index::decode(&ObjectRow::from_row(r)?) {
                 index.apply_decoded(decoded);
             }
-        }
+            Ok(())
+        })
+        .context("read every object")?;
     }
     let mut pairs: BTreeSet<(&str, &str)> = index.pairs().collect();
-    let recorded_pairs: Vec<Pair> = {
-        let mut stmt = tx.prepare("SELECT customer_id, entitlement_id FROM answers")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .context("read the recorded answers")?
-    };
+    let recorded_pairs: Vec<Pair> = tx
+        .rows("SELECT customer_id, entitlement_id FROM answers", args![])
+        .context("read the recorded answers")?
+        .into_iter()
+        .map(|mut r| Ok((r.string(0)?, r.string(1)?)))
+        .collect::<Result<_>>()?;
     pairs.extend(recorded_pairs.iter().map(|(c, e)| (c.as_str(), e.as_str())));
     let mut changed = 0;
     for (customer, entitlement) in pairs {
@@ -374,89 +407,93 @@ pub(super) fn evaluate_all(
 }
 
 /// Changes after `after`, oldest first, at most `limit`.
-pub(super) fn changes(conn: &Connection, after: i64, limit: usize) -> Result<Vec<Change>> {
-    let mut stmt = conn.prepare_cached(
+pub(super) fn changes(conn: &dyn Db, after: i64, limit: usize) -> Result<Vec<Change>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.rows(
         "SELECT seq, customer_id, entitlement_id, allowed, status, reason, grant_id,
                 prev_allowed, prev_status, prev_reason, at, cause, delivery_id, event_type, detail
            FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![after, limit], |r| {
-        Ok((
-            Change {
-                seq: r.get(0)?,
-                customer_id: r.get(1)?,
-                entitlement_id: r.get(2)?,
-                allowed: r.get(3)?,
-                status: r.get(4)?,
-                reason: r.get(5)?,
-                grant_id: r.get(6)?,
-                previous: Answer {
-                    allowed: r.get(7)?,
-                    status: r.get(8)?,
-                    reason: r.get(9)?,
-                },
-                at: Timestamp::default(),
-                cause: Cause::Rebuild,
-            },
-            r.get::<_, String>(10)?,
-            (r.get::<_, String>(11)?, r.get(12)?, r.get(13)?, r.get(14)?),
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (mut change, at, (kind, delivery_id, event_type, detail)) =
-            row.context("read the change feed")?;
-        change.at = parse_timestamp(&at)
-            .ok_or_else(|| StoreError::Corrupt(format!("change {} at {at:?}", change.seq)))?;
-        change.cause = Cause::from_columns(&kind, delivery_id, event_type, detail)
-            .ok_or_else(|| StoreError::Corrupt(format!("change {} cause {kind:?}", change.seq)))?;
-        out.push(change);
-    }
-    Ok(out)
+        args![after, limit],
+    )
+    .context("read the change feed")?
+    .into_iter()
+    .map(change_from_row)
+    .collect()
+}
+
+fn change_from_row(mut r: Row) -> Result<Change> {
+    let seq = r.i64(0)?;
+    let at = r.str(10)?;
+    let at = parse_timestamp(at)
+        .ok_or_else(|| StoreError::Corrupt(format!("change {seq} at {at:?}")))?;
+    let kind = r.string(11)?;
+    let cause = Cause::from_columns(
+        &kind,
+        r.opt_string(12)?,
+        r.opt_string(13)?,
+        r.opt_string(14)?,
+    )
+    .ok_or_else(|| StoreError::Corrupt(format!("change {seq} cause {kind:?}")))?;
+    Ok(Change {
+        seq,
+        customer_id: r.string(1)?,
+        entitlement_id: r.string(2)?,
+        allowed: r.bool(3)?,
+        status: r.string(4)?,
+        reason: r.opt_string(5)?,
+        grant_id: r.opt_string(6)?,
+        previous: Answer {
+            allowed: r.bool(7)?,
+            status: r.string(8)?,
+            reason: r.opt_string(9)?,
+        },
+        at,
+        cause,
+    })
 }
 
 /// The newest seq in the feed (0 when empty).
-pub(super) fn last_seq(conn: &Connection) -> Result<i64> {
-    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")?
-        .query_row([], |r| r.get(0))
-        .context("read the newest change")
+pub(super) fn last_seq(conn: &dyn Db) -> Result<i64> {
+    conn.one("SELECT COALESCE(MAX(seq), 0) FROM changes", args![])
+        .context("read the newest change")?
+        .i64(0)
 }
 
 /// The forwarder's cursor: the last seq it delivered.
-pub(super) fn forward_cursor(conn: &Connection) -> Result<i64> {
-    conn.prepare_cached(
+pub(super) fn forward_cursor(conn: &dyn Db) -> Result<i64> {
+    conn.one(
         "SELECT COALESCE((SELECT value FROM meta WHERE key = 'forward_cursor'), 0)",
-    )?
-    .query_row([], |r| r.get(0))
-    .context("read the forward cursor")
+        args![],
+    )
+    .context("read the forward cursor")?
+    .i64(0)
 }
 
 /// Moves the forwarder's cursor forward (never back).
-pub(super) fn set_forward_cursor(tx: &Connection, seq: i64) -> Result<()> {
-    tx.prepare_cached("UPDATE meta SET value = MAX(value, ?1) WHERE key = 'forward_cursor'")?
-        .execute([seq])
-        .context("write the forward cursor")?;
+pub(super) fn set_forward_cursor(tx: &dyn Db, seq: i64) -> Result<()> {
+    tx.exec(
+        "UPDATE meta SET value = ?1 WHERE key = 'forward_cursor' AND value < ?1",
+        args![seq],
+    )
+    .context("write the forward cursor")?;
     Ok(())
 }
 
 /// The policy the feed was last computed under, if any was recorded.
-pub(super) fn stored_policy(conn: &Connection) -> Result<Option<Policy>> {
-    let text: Option<String> = conn
-        .prepare_cached("SELECT value FROM settings WHERE key = 'policy'")?
-        .query_row([], |r| r.get(0))
-        .optional()
-        .context("read the feed's policy")?;
-    text.map(|t| decode_policy(&t)).transpose()
+pub(super) fn stored_policy(conn: &dyn Db) -> Result<Option<Policy>> {
+    conn.row("SELECT value FROM settings WHERE key = 'policy'", args![])
+        .context("read the feed's policy")?
+        .map(|r| decode_policy(r.str(0)?))
+        .transpose()
 }
 
 /// Records the policy the feed is computed under.
-pub(super) fn store_policy(tx: &Connection, policy: &Policy) -> Result<()> {
-    tx.prepare_cached(
+pub(super) fn store_policy(tx: &dyn Db, policy: &Policy) -> Result<()> {
+    tx.exec(
         "INSERT INTO settings (key, value) VALUES ('policy', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([encode_policy(policy)])
+        args![&encode_policy(policy)],
+    )
     .context("record the feed's policy")?;
     Ok(())
 }
@@ -499,17 +536,17 @@ fn decode_policy(text: &str) -> Result<Policy> {
 
 /// Whether the store holds objects the feed has never evaluated (set by the migration
 /// that added the feed); cleared by [`clear_needs_evaluation`].
-pub(super) fn needs_evaluation(conn: &Connection) -> Result<bool> {
-    conn.prepare_cached(
+pub(super) fn needs_evaluation(conn: &dyn Db) -> Result<bool> {
+    conn.one(
         "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'needs_evaluation' AND value <> 0)",
-    )?
-    .query_row([], |r| r.get(0))
-    .context("read the evaluation flag")
+        args![],
+    )
+    .context("read the evaluation flag")?
+    .bool(0)
 }
 
-pub(super) fn clear_needs_evaluation(tx: &Connection) -> Result<()> {
-    tx.prepare_cached("DELETE FROM meta WHERE key = 'needs_evaluation'")?
-        .execute([])
+pub(super) fn clear_needs_evaluation(tx: &dyn Db) -> Result<()> {
+    tx.exec("DELETE FROM meta WHERE key = 'needs_evaluation'", args![])
         .context("clear the evaluation flag")?;
     Ok(())
 }

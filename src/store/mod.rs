@@ -1,4 +1,4 @@
-//! The store: the only module that touches SQLite.
+//! The store: the only module that touches SQLite or PostgreSQL.
 //!
 //! It executes what the core decides and decides nothing itself: for each delivery the
 //! pure planner ([`crate::plan`]) says append, duplicate or re-fold from a place, and the
@@ -8,13 +8,17 @@
 //!
 //! The seam the engine sees is two narrow traits: [`WriteStore`] (apply a batch
 //! atomically, accept a quarantined delivery, rebuild) and [`ReadStore`] (the change
-//! feed since a seq, the rows of one pair, listings). [`Writer`] and [`Reader`] are the
-//! SQLite implementations; another backend implements the same two traits.
+//! feed since a seq, the rows of one pair, listings). [`Writer`] and [`Reader`]
+//! implement them once, over a connection of either backend: the store's logic runs
+//! its SQL through the narrow [`sql::Db`] seam, which `sqlite.rs` and `postgres.rs`
+//! implement.
 //!
 //! | file | what |
 //! |---|---|
-//! | `mod.rs` | errors, opening a file, the two traits |
-//! | `migrate.rs` | append-only migrations (`schema.sql`, `migrations/*.sql`) |
+//! | `mod.rs` | errors, where a store lives ([`Location`]), the two traits |
+//! | `sql.rs` | the connection seam: statements, arguments, rows, transactions |
+//! | `sqlite.rs` | SQLite: opening a file, pragmas, migrations (`schema.sql`, `migrations/*.sql`) |
+//! | `postgres.rs` | PostgreSQL: connecting, the schema, migrations (`postgres/*.sql`), notifications |
 //! | `families.rs` | the families as stored objects: [`Kind`] to type, lookup columns |
 //! | `write.rs` | the writer: deliveries, plans carried out, accept |
 //! | `refold.rs` | re-folding an object from a place in its history (late snapshot, accept) |
@@ -27,11 +31,14 @@
 mod families;
 mod feed;
 mod history;
-mod migrate;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 mod read;
 mod rebuild;
 mod records;
 mod refold;
+pub(crate) mod sql;
+mod sqlite;
 mod write;
 
 pub use read::Reader;
@@ -39,15 +46,14 @@ pub use records::{
     Balance, CustomerView, DeliveryRecord, GrantRecord, ObjectRow, QuarantineRecord, RebuildStats,
     StoreStats,
 };
+pub use sqlite::VERSION;
 pub use write::{Applied, Writer};
 
 use crate::change::Change;
 use crate::delivery::{Delivery, Outcome};
 use crate::event::Kind;
 use crate::wire::Timestamp;
-use rusqlite::{Connection, OpenFlags};
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 /// Errors of the store. [`StoreError::is_retryable`] tells the HTTP shell whether the
 /// same request may succeed later (503, so that Dodo retries) or not (500).
@@ -57,14 +63,22 @@ pub enum StoreError {
     /// SQLite failed (busy, full disk, read-only file, corruption, ...).
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// SQLite failed in a named operation.
-    #[error("sqlite, {context}: {source}")]
+    /// PostgreSQL failed (connection lost, server shutting down, ...).
+    #[cfg(feature = "postgres")]
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The store failed in a named operation.
+    #[error("{context}: {source}")]
     Query {
         /// What the store was doing.
         context: &'static str,
-        /// What SQLite said.
-        source: rusqlite::Error,
+        /// What the database said.
+        source: Box<StoreError>,
     },
+    /// A `postgres://` URL was given to a build without the `postgres` feature, or the
+    /// URL or schema name is not valid.
+    #[error("{0}")]
+    Config(String),
     /// The database was written by a newer version of entitlement-sync.
     #[error("database schema version {found} is newer than this build supports ({supported}); upgrade entsync")]
     SchemaTooNew {
@@ -93,11 +107,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Could the same operation succeed later (busy, locked, I/O, full disk)?
+    /// Could the same operation succeed later (busy, locked, I/O, full disk, a lost
+    /// connection to PostgreSQL)?
     pub fn is_retryable(&self) -> bool {
         use rusqlite::ErrorCode::*;
         let sqlite = match self {
-            StoreError::Sqlite(e) | StoreError::Query { source: e, .. } => e,
+            StoreError::Sqlite(e) => e,
+            StoreError::Query { source, .. } => return source.is_retryable(),
+            #[cfg(feature = "postgres")]
+            StoreError::Postgres(e) => return postgres::is_retryable(e),
             StoreError::Commit { retryable, .. } => return *retryable,
             _ => return false,
         };
@@ -120,14 +138,94 @@ impl StoreError {
 /// Result alias.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Names the operation a SQLite error happened in.
+/// Names the operation a database error happened in.
 trait Context<T> {
     fn context(self, context: &'static str) -> Result<T>;
 }
 
-impl<T> Context<T> for rusqlite::Result<T> {
+impl<T> Context<T> for Result<T> {
     fn context(self, context: &'static str) -> Result<T> {
-        self.map_err(|source| StoreError::Query { context, source })
+        self.map_err(|source| match source {
+            // A row that does not decode says what it is; a database error gets the
+            // operation it failed in.
+            StoreError::Corrupt(_) => source,
+            source => StoreError::Query {
+                context,
+                source: Box::new(source),
+            },
+        })
+    }
+}
+
+/// Where a store lives: a SQLite file, or a schema of a PostgreSQL database.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://` or `postgresql://` URL) and the schema that
+    /// holds every table (created if missing).
+    Postgres {
+        /// The connection URL.
+        url: String,
+        /// The schema (`entsync` by default).
+        schema: String,
+    },
+}
+
+/// The PostgreSQL schema a store uses unless told otherwise.
+pub const DEFAULT_PG_SCHEMA: &str = "entsync";
+
+impl Location {
+    /// A file path, or a `postgres://` / `postgresql://` URL (then with `schema`, or
+    /// [`DEFAULT_PG_SCHEMA`]).
+    pub fn parse(db: &str, schema: Option<&str>) -> Location {
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            Location::Postgres {
+                url: db.to_string(),
+                schema: schema.unwrap_or(DEFAULT_PG_SCHEMA).to_string(),
+            }
+        } else {
+            Location::Sqlite(PathBuf::from(db))
+        }
+    }
+
+    /// [`Location::parse`] of a path (a URL passed as a path works too).
+    pub fn from_path(path: &Path) -> Location {
+        match path.to_str() {
+            Some(s) => Location::parse(s, None),
+            None => Location::Sqlite(path.to_path_buf()),
+        }
+    }
+
+    /// What to show of it: the path, or the URL without its password.
+    pub fn display(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres { url, schema } => {
+                format!("{} (schema {schema})", redact_password(url))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display())
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -290,52 +388,54 @@ pub trait ReadStore: Send {
     fn object(&mut self, kind: Kind, id: &str) -> Result<Option<ObjectRow>>;
 }
 
-/// Opens (creating if needed) a database file and applies the migrations.
-///
-/// # Errors
-///
-/// [`StoreError::SchemaTooNew`] for a file written by a newer version (left untouched);
-/// [`StoreError::Sqlite`] if the file cannot be opened or written.
-pub fn open(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // Refuse a newer file before touching it (even switching it to WAL is a write).
-    migrate::check_version(&conn)?;
-    configure(&conn)?;
-    migrate::migrate(&conn)?;
-    Ok(conn)
+/// Opens a connection to the store at `location`. The writer's (`writer`) creates and
+/// migrates the store; a reader's expects it to exist.
+fn connect(location: &Location, writer: bool) -> Result<Box<dyn sql::Db>> {
+    match location {
+        Location::Sqlite(path) => {
+            let conn = if writer {
+                sqlite::open(path)?
+            } else {
+                sqlite::open_reader(path)?
+            };
+            Ok(Box::new(sqlite::Sqlite { conn }))
+        }
+        #[cfg(feature = "postgres")]
+        Location::Postgres { url, schema } => {
+            Ok(Box::new(postgres::Postgres::connect(url, schema, writer)?))
+        }
+        #[cfg(not(feature = "postgres"))]
+        Location::Postgres { .. } => Err(StoreError::Config(
+            "this build has no PostgreSQL support (cargo feature `postgres`)".into(),
+        )),
+    }
 }
 
-fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // WAL: readers never wait behind the writer. FULL: a commit is on disk before we
-    // acknowledge. Never ANALYZE/optimize: STAT4 makes every point lookup re-plan.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Rebuild's sorts spill to a temporary store: keep it in memory. A larger page cache
-    // keeps the indexes' upper levels resident.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(None, "cache_size", -65536)?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Opens a second connection to an existing, migrated file (for reads).
-pub fn open_reader(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    migrate::check_version(&conn)?;
-    Ok(conn)
+    #[test]
+    fn a_location_is_a_path_or_a_postgres_url() {
+        assert_eq!(
+            Location::parse("data/entsync.db", Some("x")),
+            Location::Sqlite("data/entsync.db".into())
+        );
+        assert_eq!(
+            Location::parse("postgresql://u@h/db", None),
+            Location::Postgres {
+                url: "postgresql://u@h/db".into(),
+                schema: "entsync".into()
+            }
+        );
+        let pg = Location::parse(
+            "postgres://app:s3cret@db.internal:5432/app?sslmode=require",
+            Some("tenant_a"),
+        );
+        assert_eq!(
+            pg.display(),
+            "postgres://app:***@db.internal:5432/app?sslmode=require (schema tenant_a)"
+        );
+        assert!(!format!("{pg:?}").contains("s3cret"));
+    }
 }

@@ -2,13 +2,13 @@
 //! deliveries and overrides alone, in one transaction.
 
 use super::families::{with_family, Stored};
+use super::sql::{args, Backend, Db, Mode, Tx};
 use super::write::{next_seq, upsert_object, write_step};
 use super::{Context, RebuildStats, Result};
 use crate::delivery::Outcome;
 use crate::event::{self, Event, Kind};
 use crate::fold::{self, Entry};
 use crate::plan;
-use rusqlite::{params, Connection, TransactionBehavior};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Deliveries a rebuild reads (and parses in parallel) at a time.
@@ -34,62 +34,48 @@ struct Reparsed {
 
 /// Recomputes every projection. Deliveries stored as `malformed` that parse now are
 /// picked up (their outcome becomes what the fold now says of them).
-pub(super) fn rebuild(conn: &mut Connection) -> Result<RebuildStats> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .context("begin the rebuild")?;
-    // Bulk load: drop the lookup indexes (recreated from their stored definitions
-    // afterwards; building an index by sorting beats growing it). The unique keys stay.
-    let indexes: Vec<(String, String)> = {
-        let mut stmt = tx.prepare(
-            "SELECT name, sql FROM sqlite_master
-              WHERE type = 'index' AND tbl_name IN ('objects', 'history') AND sql IS NOT NULL
-                AND name <> 'objects_key'",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()?
+pub(super) fn rebuild(db: &dyn Db) -> Result<RebuildStats> {
+    let tx = Tx::begin(db, Mode::Write).context("begin the rebuild")?;
+    // First: the change counter, which serialises writers (see `Writer::begin`).
+    let seq = next_seq(&*tx)?;
+    // Bulk load into SQLite: drop the lookup indexes (recreated from their stored
+    // definitions afterwards; building an index by sorting beats growing it). The
+    // unique keys stay.
+    let indexes: Vec<(String, String)> = match tx.backend() {
+        Backend::Sqlite => tx
+            .rows(
+                "SELECT name, sql FROM sqlite_master
+                  WHERE type = 'index' AND tbl_name IN ('objects', 'history') AND sql IS NOT NULL
+                    AND name <> 'objects_key'",
+                args![],
+            )?
+            .into_iter()
+            .map(|mut r| Ok((r.string(0)?, r.string(1)?)))
+            .collect::<Result<_>>()?,
+        Backend::Postgres => Vec::new(),
     };
     for (name, _) in &indexes {
-        tx.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
+        tx.batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
     }
-    tx.execute_batch(
+    tx.batch(
         "DELETE FROM objects; DELETE FROM history;
          UPDATE meta SET value = value + 1 WHERE key = 'epoch';
          DELETE FROM meta WHERE key = 'needs_rebuild';",
     )
     .context("clear the projections")?;
-    let seq = next_seq(&tx)?;
-    let forced: HashSet<(String, String)> = {
-        let mut stmt = tx.prepare("SELECT delivery_id, body_sha256 FROM overrides")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()
-            .context("read the overrides")?
-    };
+    let forced: HashSet<(String, String)> = tx
+        .rows("SELECT delivery_id, body_sha256 FROM overrides", args![])
+        .context("read the overrides")?
+        .into_iter()
+        .map(|mut r| Ok((r.string(0)?, r.string(1)?)))
+        .collect::<Result<_>>()?;
     let mut groups: BTreeMap<(Kind, String), Vec<Stored_>> = BTreeMap::new();
     let mut stats = RebuildStats::default();
     let mut reparsed: Vec<Reparsed> = Vec::new();
     {
-        let mut stmt = tx.prepare(
-            "SELECT seq, delivery_id, body, outcome, body_sha256 FROM deliveries ORDER BY seq",
-        )?;
-        let mut rows = stmt.query([])?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        loop {
-            // Read a chunk, parse it on every core, group it by object.
-            let mut chunk: Vec<(i64, String, Vec<u8>, String, String)> = Vec::with_capacity(CHUNK);
-            while chunk.len() < CHUNK {
-                let Some(row) = rows.next()? else { break };
-                chunk.push((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                ));
-            }
-            if chunk.is_empty() {
-                break;
-            }
+        // Read a chunk, parse it on every core, group it by object.
+        let mut flush = |chunk: Vec<(i64, String, Vec<u8>, String, String)>| {
             let parsed = parse_all(&chunk, threads);
             for ((delivery_seq, delivery_id, _, was, sha), parsed) in chunk.into_iter().zip(parsed)
             {
@@ -136,15 +122,37 @@ pub(super) fn rebuild(conn: &mut Connection) -> Result<RebuildStats> {
                     });
                 }
             }
+        };
+        let mut chunk = Vec::with_capacity(CHUNK);
+        tx.for_each(
+            "SELECT seq, delivery_id, body, outcome, body_sha256 FROM deliveries ORDER BY seq",
+            args![],
+            &mut |mut r| {
+                chunk.push((
+                    r.i64(0)?,
+                    r.string(1)?,
+                    r.blob(2)?,
+                    r.string(3)?,
+                    r.string(4)?,
+                ));
+                if chunk.len() == CHUNK {
+                    flush(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                }
+                Ok(())
+            },
+        )
+        .context("read the deliveries")?;
+        if !chunk.is_empty() {
+            flush(chunk);
         }
     }
     stats.objects = groups.len() as u64;
     let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
     for ((kind, id), entries) in groups {
-        with_family!(kind, write_group(&tx, &id, entries, seq, &mut outcomes))?;
+        with_family!(kind, write_group(&*tx, &id, entries, seq, &mut outcomes))?;
     }
     for (_, sql) in &indexes {
-        tx.execute_batch(sql).context("recreate an index")?;
+        tx.batch(sql).context("recreate an index")?;
     }
     // Deliveries whose parse result changed: record what they are now.
     for r in reparsed {
@@ -157,33 +165,34 @@ pub(super) fn rebuild(conn: &mut Connection) -> Result<RebuildStats> {
             (None, Some(_)) => Outcome::Unhandled,
             (None, None) => Outcome::Malformed,
         };
-        tx.execute(
+        tx.exec(
             "UPDATE deliveries SET event_type = ?2, object_kind = ?3, object_id = ?4,
                     version_key = ?5, outcome = ?6, detail = ?7 WHERE seq = ?1",
-            params![
+            args![
                 r.seq,
-                r.event_type,
+                &r.event_type,
                 kind,
                 id,
                 key,
                 outcome.as_str(),
-                r.error
+                &r.error
             ],
         )
         .context("record a re-parsed delivery")?;
     }
     stats.quarantined = tx
-        .query_row(
+        .one(
             "SELECT COUNT(*) FROM history WHERE code IS NOT NULL",
-            [],
-            |r| r.get::<_, i64>(0),
+            args![],
         )
-        .context("count the quarantine")? as u64;
+        .context("count the quarantine")?
+        .i64(0)? as u64;
     // The access-change feed re-evaluates every pair in the writer's next transaction
     // (`Writer::rebuild` runs it at once); the flag survives a crash in between.
-    tx.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('needs_evaluation', 1)",
-        [],
+    tx.exec(
+        "INSERT INTO meta (key, value) VALUES ('needs_evaluation', 1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        args![],
     )
     .context("flag the feed for evaluation")?;
     tx.commit().context("commit the rebuild")?;
@@ -193,7 +202,7 @@ pub(super) fn rebuild(conn: &mut Connection) -> Result<RebuildStats> {
 /// Folds one object's whole history and writes its state and history rows; the
 /// outcomes of its re-parsed deliveries go into `outcomes`.
 fn write_group<T: Stored>(
-    tx: &Connection,
+    tx: &dyn Db,
     id: &str,
     entries: Vec<Stored_>,
     seq: i64,

@@ -1,11 +1,11 @@
 //! Read-side records: what the CLI and the HTTP API list.
 
+use super::sql::{args, Arg, Row};
 use super::{Reader, Result, StoreError};
 use crate::event::{
     CreditBalanceLow, CreditEntry, Grant, LicenseKey, Payment, ScheduledChange, Subscription,
 };
 use crate::wire::Timestamp;
-use rusqlite::{params, OptionalExtension, Row};
 use rust_decimal::Decimal;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -26,13 +26,13 @@ pub struct ObjectRow {
 
 impl ObjectRow {
     /// Reads `kind, id, as_of, since, body` (in that order) from a result row.
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<ObjectRow> {
+    pub(crate) fn from_row(mut r: Row) -> Result<ObjectRow> {
         Ok(ObjectRow {
-            kind: r.get(0)?,
-            id: r.get(1)?,
-            as_of: r.get(2)?,
-            since: r.get(3)?,
-            body: r.get(4)?,
+            kind: r.string(0)?,
+            id: r.string(1)?,
+            as_of: r.string(2)?,
+            since: r.string(3)?,
+            body: r.string(4)?,
         })
     }
 }
@@ -329,8 +329,8 @@ fn merge_linked(
     by_id.into_values().collect()
 }
 
-fn grant_record(row: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+fn three(mut row: Row) -> Result<(String, String, String)> {
+    Ok((row.string(0)?, row.string(1)?, row.string(2)?))
 }
 
 impl GrantRecord {
@@ -365,27 +365,30 @@ impl Reader {
         outcome: Option<&str>,
         limit: Option<u64>,
     ) -> Result<Vec<DeliveryRecord>> {
-        let mut stmt = self.conn().prepare(
-            "SELECT * FROM (
-               SELECT delivery_id, event_type, outcome, received_at, event_at, object_kind,
-                      object_id, detail, seq
-                 FROM deliveries WHERE ?1 IS NULL OR outcome = ?1
-                ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
-        )?;
-        let limit = limit.map_or(-1, |l| l.min(i64::MAX as u64) as i64);
-        let rows = stmt.query_map(params![outcome, limit], |r| {
-            Ok(DeliveryRecord {
-                delivery_id: r.get(0)?,
-                event_type: r.get(1)?,
-                outcome: r.get(2)?,
-                received_at: r.get(3)?,
-                event_at: r.get(4)?,
-                object_kind: r.get(5)?,
-                object_id: r.get(6)?,
-                detail: r.get(7)?,
+        let limit = limit.map_or(i64::MAX, |l| l.min(i64::MAX as u64) as i64);
+        self.db()
+            .rows(
+                "SELECT * FROM (
+                   SELECT delivery_id, event_type, outcome, received_at, event_at, object_kind,
+                          object_id, detail, seq
+                     FROM deliveries WHERE CAST(?1 AS TEXT) IS NULL OR outcome = ?1
+                    ORDER BY seq DESC LIMIT ?2) AS newest ORDER BY seq",
+                args![outcome, limit],
+            )?
+            .into_iter()
+            .map(|mut r| {
+                Ok(DeliveryRecord {
+                    delivery_id: r.string(0)?,
+                    event_type: r.opt_string(1)?,
+                    outcome: r.string(2)?,
+                    received_at: r.string(3)?,
+                    event_at: r.opt_string(4)?,
+                    object_kind: r.opt_string(5)?,
+                    object_id: r.opt_string(6)?,
+                    detail: r.opt_string(7)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// The quarantine.
@@ -394,28 +397,31 @@ impl Reader {
     ///
     /// SQLite errors.
     pub fn rejected(&self) -> Result<Vec<QuarantineRecord>> {
-        let mut stmt = self.conn().prepare(
-            "SELECT h.delivery_id, h.kind, h.object_id, h.reason, h.code, h.from_state,
-                    h.to_state, d.event_type, d.received_at
-               FROM history h INDEXED BY history_rejected
-               LEFT JOIN deliveries d ON d.seq = h.delivery_seq
-              WHERE h.code IS NOT NULL
-              ORDER BY h.delivery_seq, h.version_key",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(QuarantineRecord {
-                delivery_id: r.get(0)?,
-                object_kind: r.get(1)?,
-                object_id: r.get(2)?,
-                reason: r.get(3)?,
-                code: r.get(4)?,
-                from: r.get(5)?,
-                to: r.get(6)?,
-                event_type: r.get(7)?,
-                received_at: r.get(8)?,
+        self.db()
+            .rows(
+                "SELECT h.delivery_id, h.kind, h.object_id, h.reason, h.code, h.from_state,
+                        h.to_state, d.event_type, d.received_at
+                   FROM history h INDEXED BY history_rejected
+                   LEFT JOIN deliveries d ON d.seq = h.delivery_seq
+                  WHERE h.code IS NOT NULL
+                  ORDER BY h.delivery_seq, h.version_key",
+                args![],
+            )?
+            .into_iter()
+            .map(|mut r| {
+                Ok(QuarantineRecord {
+                    delivery_id: r.string(0)?,
+                    object_kind: r.string(1)?,
+                    object_id: r.string(2)?,
+                    reason: r.string(3)?,
+                    code: r.string(4)?,
+                    from: r.string(5)?,
+                    to: r.string(6)?,
+                    event_type: r.opt_string(7)?,
+                    received_at: r.opt_string(8)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// Grants, all or one customer's, ordered by customer, entitlement, id.
@@ -433,27 +439,20 @@ impl Reader {
             }
             None => {
                 "SELECT body, as_of, delivery_id FROM objects
-                  WHERE kind = 'grant' AND ?1 IS NULL ORDER BY customer_id, ref_id, id"
+                  WHERE kind = 'grant' AND CAST(?1 AS TEXT) IS NULL ORDER BY customer_id, ref_id, id"
             }
         };
-        let mut stmt = self.conn().prepare(sql)?;
-        let rows = stmt.query_map([customer], grant_record)?;
         let mut out = Vec::new();
-        for row in rows {
-            let (body, as_of, delivery_id) = row?;
+        self.db().for_each(sql, args![customer], &mut |r| {
+            let (body, as_of, delivery_id) = three(r)?;
             out.push(GrantRecord::from_parts(&body, as_of, delivery_id)?);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
-    fn bodies(
-        &self,
-        sql: &str,
-        args: impl rusqlite::Params,
-    ) -> Result<Vec<(String, String, String)>> {
-        let mut stmt = self.conn().prepare(sql)?;
-        let rows = stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn bodies(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<(String, String, String)>> {
+        self.db().rows(sql, args)?.into_iter().map(three).collect()
     }
 
     /// The credit balance of one (customer, credit entitlement): the newest ledger entry.
@@ -463,17 +462,17 @@ impl Reader {
     /// SQLite errors, or a row that does not decode.
     pub fn balance(&self, customer: &str, credit_entitlement: &str) -> Result<Option<Balance>> {
         // The newest entries (several may share the newest instant: the chain orders them).
-        let newest: Vec<(String, u64)> = {
-            let mut stmt = self.conn().prepare_cached(
+        let newest: Vec<(String, u64)> = self
+            .db()
+            .rows(
                 "SELECT body, (SELECT COUNT(*) FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2)
                    FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2
                   ORDER BY state_key DESC LIMIT 64",
-            )?;
-            let rows = stmt.query_map(params![customer, credit_entitlement], |r| {
-                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
-            })?;
-            rows.collect::<Result<_, _>>()?
-        };
+                args![customer, credit_entitlement],
+            )?
+            .into_iter()
+            .map(|mut r| Ok((r.string(0)?, r.i64(1)? as u64)))
+            .collect::<Result<_>>()?;
         let Some(entries) = newest.first().map(|(_, n)| *n) else {
             return Ok(None);
         };
@@ -493,14 +492,14 @@ impl Reader {
         let Some(entry) = crate::subscription::newest_entry(&tied).cloned() else {
             return Ok(None);
         };
-        let low: Option<String> = self
-            .conn()
-            .query_row(
+        let low = self
+            .db()
+            .row(
                 "SELECT body FROM objects WHERE kind = 'credit_balance_low' AND id = ?1",
-                [format!("{customer}:{credit_entitlement}")],
-                |r| r.get(0),
-            )
-            .optional()?;
+                args![&format!("{customer}:{credit_entitlement}")],
+            )?
+            .map(|mut r| r.string(0))
+            .transpose()?;
         Ok(Some(Balance {
             customer_id: entry.customer_id,
             credit_entitlement_id: entry.credit_entitlement_id,
@@ -523,7 +522,7 @@ impl Reader {
         let mut subscriptions = Vec::new();
         for (body, as_of, since) in self.bodies(
             "SELECT body, as_of, since FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'subscription' ORDER BY id",
-            [customer],
+            args![customer],
         )? {
             let s: Subscription = decode("subscription", &body)?;
             subscriptions.push(SubscriptionRecord {
@@ -548,14 +547,14 @@ impl Reader {
         let mut payments = Vec::new();
         for (body, as_of, _) in self.bodies(
             "SELECT body, as_of, '' FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'payment' ORDER BY id",
-            [customer],
+            args![customer],
         )? {
             let p: Payment = decode("payment", &body)?;
             let linked = |kind: &str| -> Result<Vec<LinkedRecord>> {
                 Ok(self
                     .bodies(
                         "SELECT id, status, as_of FROM objects INDEXED BY objects_ref WHERE kind = ?1 AND ref_id = ?2 ORDER BY id",
-                        params![kind, p.payment_id],
+                        args![kind, &p.payment_id],
                     )?
                     .into_iter()
                     .map(|(id, status, as_of)| LinkedRecord { id, status, as_of })
@@ -585,7 +584,7 @@ impl Reader {
         let mut credits = Vec::new();
         for (credit_entitlement, _, _) in self.bodies(
             "SELECT DISTINCT ref_id, '', '' FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' ORDER BY ref_id",
-            [customer],
+            args![customer],
         )? {
             if let Some(b) = self.balance(customer, &credit_entitlement)? {
                 credits.push(b);
@@ -594,7 +593,7 @@ impl Reader {
         let mut license_keys = Vec::new();
         for (body, _, _) in self.bodies(
             "SELECT body, '', '' FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'license_key' ORDER BY id",
-            [customer],
+            args![customer],
         )? {
             let k: LicenseKey = decode("license_key", &body)?;
             license_keys.push(LicenseKeyRecord {
@@ -622,11 +621,13 @@ impl Reader {
     ///
     /// SQLite errors.
     pub fn quarantine_size(&self) -> Result<u64> {
-        Ok(self.conn().query_row(
-            "SELECT COUNT(*) FROM history INDEXED BY history_rejected WHERE code IS NOT NULL",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        Ok(self
+            .db()
+            .one(
+                "SELECT COUNT(*) FROM history INDEXED BY history_rejected WHERE code IS NOT NULL",
+                args![],
+            )?
+            .i64(0)? as u64)
     }
 
     /// Counters for `/metrics`.
@@ -636,9 +637,11 @@ impl Reader {
     /// SQLite errors.
     pub fn stats(&self) -> Result<StoreStats> {
         let count = |sql: &str| -> Result<Vec<(String, u64)>> {
-            let mut stmt = self.conn().prepare(sql)?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            self.db()
+                .rows(sql, args![])?
+                .into_iter()
+                .map(|mut r| Ok((r.string(0)?, r.i64(1)? as u64)))
+                .collect()
         };
         Ok(StoreStats {
             outcomes: count("SELECT outcome, COUNT(*) FROM deliveries GROUP BY outcome ORDER BY outcome")?,
@@ -646,11 +649,13 @@ impl Reader {
                 "SELECT COALESCE(event_type, '(malformed)'), COUNT(*) FROM deliveries GROUP BY 1 ORDER BY 1",
             )?,
             quarantined: self.quarantine_size()?,
-            newest_applied_event_at: self.conn().query_row(
-                "SELECT MAX(event_at) FROM deliveries WHERE outcome = 'applied'",
-                [],
-                |r| r.get(0),
-            )?,
+            newest_applied_event_at: self
+                .db()
+                .one(
+                    "SELECT MAX(event_at) FROM deliveries WHERE outcome = 'applied'",
+                    args![],
+                )?
+                .opt_string(0)?,
         })
     }
 }

@@ -3,15 +3,16 @@
 //! them again (see [`crate::plan::Refold`]), and writes what changed.
 
 use super::families::Stored;
+use super::feed::Links;
 use super::history::{load_steps_from, representative_of, since_of, write_step};
-use super::write::{load_head, upsert_object, Head};
+use super::sql::{args, Db};
+use super::write::{links_of, load_head, upsert_object, Head};
 use super::{Context, Result, StoreError};
 use crate::delivery::Outcome;
 use crate::event;
 use crate::fold::{Current, Snap, VersionKey};
 use crate::plan::{Flow, Refold};
 use crate::wire::format_timestamp;
-use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 
 /// How many stored steps a re-fold reads at a time.
@@ -19,7 +20,7 @@ const REFOLD_CHUNK: usize = 32;
 
 /// `accept`: re-folds the object from the first newly accepted key.
 pub(super) fn accept_keys<T: Stored>(
-    tx: &Connection,
+    tx: &dyn Db,
     id: &str,
     keys: &[VersionKey],
     seq: i64,
@@ -36,16 +37,17 @@ pub(super) fn accept_keys<T: Stored>(
 /// Re-folds an object from key `from`: with the new snapshot `new` inserted there, or
 /// (for `accept`) with the steps of `accept` now accepted. Reads the stored steps after
 /// it only until the fold meets them again, writes what changed, and returns the outcome
-/// for `new` and whether the object's state row changed.
+/// for `new`, whether the object's state row changed, and the new state's links if it
+/// has a new state.
 pub(super) fn refold<T: Stored>(
-    tx: &Connection,
+    tx: &dyn Db,
     id: &str,
     head: &Head,
     from: VersionKey,
     new: Option<(&Snap<T>, &str, i64)>,
     accept: &[VersionKey],
     seq: i64,
-) -> Result<(Outcome, bool)> {
+) -> Result<(Outcome, bool, Option<Links>)> {
     let kind = T::KIND;
     let before = state_before::<T>(tx, id, &from)?;
     // The state each stored step met, as stored: followed along the old history.
@@ -90,49 +92,47 @@ pub(super) fn refold<T: Stored>(
         Some(since) => Some(since),
         None => since_of(tx, kind, id)?,
     };
+    let mut links = None;
     let changed = match planned.state {
         Some(mut state) => {
             state.since = since.unwrap_or(state.snap.key.at);
             let delivery_id = representative_of(tx, kind, id, &state.snap.key)?;
             upsert_object(tx, id, &state, &head.max_key, &delivery_id, seq)?;
+            links = Some(links_of(&state));
             true
         }
         None if since.is_some_and(|s| s != head.since) => {
-            tx.prepare_cached(
+            tx.exec(
                 "UPDATE objects SET since = ?3, seq = ?4 WHERE kind = ?1 AND id = ?2",
-            )?
-            .execute(params![
-                kind.as_str(),
-                id,
-                since.map(|s| format_timestamp(&s)),
-                seq
-            ])
+                args![
+                    kind.as_str(),
+                    id,
+                    since.map(|s| format_timestamp(&s)).as_ref(),
+                    seq
+                ],
+            )
             .context("move since")?;
             true
         }
         None => false,
     };
-    Ok((planned.outcome, changed))
+    Ok((planned.outcome, changed, links))
 }
 
 /// The state just before key `key`: the snapshot of the last applied step before it.
-fn state_before<T: Stored>(
-    tx: &Connection,
-    id: &str,
-    key: &VersionKey,
-) -> Result<Option<Current<T>>> {
-    let delivery_seq: Option<i64> = tx
-        .prepare_cached(
+fn state_before<T: Stored>(tx: &dyn Db, id: &str, key: &VersionKey) -> Result<Option<Current<T>>> {
+    let row = tx
+        .row(
             "SELECT delivery_seq FROM history
               WHERE kind = ?1 AND object_id = ?2 AND version_key < ?3 AND code IS NULL
               ORDER BY version_key DESC LIMIT 1",
-        )?
-        .query_row(params![T::KIND.as_str(), id, key.encode()], |r| r.get(0))
-        .optional()
+            args![T::KIND.as_str(), id, &key.encode()],
+        )
         .context("load the state before")?;
-    let Some(delivery_seq) = delivery_seq else {
+    let Some(row) = row else {
         return Ok(None);
     };
+    let delivery_seq = row.i64(0)?;
     let snap = load_snap::<T>(tx, delivery_seq)?;
     // `since` does not steer the fold; the store recomputes it from `starts_run`.
     let since = snap.key.at;
@@ -140,11 +140,14 @@ fn state_before<T: Stored>(
 }
 
 /// The snapshot of a stored delivery, parsed again from its raw bytes.
-fn load_snap<T: Stored>(tx: &Connection, delivery_seq: i64) -> Result<Snap<T>> {
-    let body: Vec<u8> = tx
-        .prepare_cached("SELECT body FROM deliveries WHERE seq = ?1")?
-        .query_row([delivery_seq], |r| r.get(0))
-        .context("load a stored delivery")?;
+fn load_snap<T: Stored>(tx: &dyn Db, delivery_seq: i64) -> Result<Snap<T>> {
+    let body = tx
+        .one(
+            "SELECT body FROM deliveries WHERE seq = ?1",
+            args![delivery_seq],
+        )
+        .context("load a stored delivery")?
+        .blob(0)?;
     event::parse(&body)
         .ok()
         .and_then(|env| T::from_event(env.event))

@@ -3,12 +3,13 @@
 //! state row and history rows, all in the batch's transaction.
 
 use super::families::{kind_of, with_family, Stored};
-use super::feed::{self, Feed, Pair};
+use super::feed::{self, Feed, Links, Pair};
 use super::history::load_step;
 pub(super) use super::history::write_step;
 use super::history::write_step_keyed;
 use super::refold::{accept_keys, refold};
-use super::{Context, RebuildStats, Result, StoreError, WriteStore};
+use super::sql::{args, Db, Mode, Tx};
+use super::{Context, Location, RebuildStats, Result, StoreError, WriteStore};
 use crate::access::{self, Policy};
 use crate::change::Cause;
 use crate::delivery::{Delivery, Outcome};
@@ -16,14 +17,14 @@ use crate::event::{self, Kind, SubscriptionStatus};
 use crate::fold::{decode_key, Current, Rejection, Snap, VersionKey};
 use crate::plan::{self, Place};
 use crate::wire::{format_timestamp, hex, parse_timestamp, Timestamp};
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// The single writing connection (SQLite).
+/// The writing connection of one engine: SQLite's only writer, or one of any number of
+/// writers sharing a PostgreSQL database.
 pub struct Writer {
-    pub(super) conn: Connection,
+    pub(super) db: Box<dyn Db>,
     /// The policy this writer was opened with, if any (else the stored one).
     wanted: Option<Policy>,
     /// `wanted` is the stored policy (checked in a committed transaction).
@@ -50,12 +51,13 @@ pub struct Applied {
 }
 
 impl Writer {
-    /// Opens the writer on `path`, creating and migrating the file if needed (a file
-    /// migrated from a version without the fold history is rebuilt once).
+    /// Opens the writer on the SQLite file `path`, creating and migrating it if needed
+    /// (a file migrated from a version without the fold history is rebuilt once).
     ///
     /// # Errors
     ///
-    /// See [`super::open`].
+    /// [`StoreError::SchemaTooNew`] for a file written by a newer version (left
+    /// untouched); [`StoreError::Sqlite`] if the file cannot be opened or written.
     pub fn open(path: &Path) -> Result<Writer> {
         Writer::open_with(path, None)
     }
@@ -67,27 +69,37 @@ impl Writer {
     ///
     /// # Errors
     ///
-    /// See [`super::open`].
+    /// See [`Writer::open`].
     pub fn open_with(path: &Path, policy: Option<Policy>) -> Result<Writer> {
-        let conn = super::open(path)?;
-        let stored = feed::stored_policy(&conn)?;
-        let mut writer = Writer {
+        Writer::open_at(&Location::Sqlite(path.to_path_buf()), policy)
+    }
+
+    /// Like [`Writer::open_with`], for a store at any [`Location`]: a PostgreSQL schema
+    /// is created and migrated if needed.
+    ///
+    /// # Errors
+    ///
+    /// See [`Writer::open`]; for PostgreSQL, a connection or migration failure.
+    pub fn open_at(location: &Location, policy: Option<Policy>) -> Result<Writer> {
+        let db = super::connect(location, true)?;
+        let stored = feed::stored_policy(&*db)?;
+        let writer = Writer {
             policy: policy.clone().or(stored).unwrap_or_default(),
             wanted: policy,
             policy_synced: false,
-            conn,
+            db,
         };
-        let needs_rebuild: bool = writer
-            .conn
-            .query_row(
+        let needs_rebuild = writer
+            .db
+            .one(
                 "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'needs_rebuild' AND value <> 0)",
-                [],
-                |r| r.get(0),
+                args![],
             )
-            .context("read the rebuild flag")?;
+            .context("read the rebuild flag")?
+            .bool(0)?;
         if needs_rebuild {
             // The feed is brought up to date by the next write (the rebuild flags it).
-            super::rebuild::rebuild(&mut writer.conn)?;
+            super::rebuild::rebuild(&*writer.db)?;
         }
         Ok(writer)
     }
@@ -100,50 +112,54 @@ impl Writer {
     /// Begins a write transaction and the feed's part of it at `now`: the policy
     /// recorded (re-evaluating every pair if it changed), a store that has never been
     /// evaluated evaluated (after a rebuild or the migration that added the feed).
-    fn begin(&mut self, now: Timestamp) -> Result<(Transaction<'_>, Feed)> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("begin a write transaction")?;
+    fn begin(&self, now: Timestamp) -> Result<(Tx<'_>, Feed, i64)> {
+        let tx = Tx::begin(&*self.db, Mode::Write).context("begin a write transaction")?;
+        // First, before reading anything: take the change counter. Its row lock
+        // serialises every writer on the database (PostgreSQL, where several instances
+        // write; SQLite's write lock already does), so that whatever this transaction
+        // reads next is what every earlier writer committed, and seqs are commit-ordered.
+        let seq = next_seq(&*tx)?;
         // Opened with a policy: it is the feed's; compared with the stored one until a
         // transaction that checked it committed. Opened without: the stored one, read
         // in every transaction (`serve` may change it), the default stored if none is.
         let (policy, stored) = match &self.wanted {
             Some(p) if self.policy_synced => (p.clone(), Some(p.clone())),
-            Some(p) => (p.clone(), feed::stored_policy(&tx)?),
+            Some(p) => (p.clone(), feed::stored_policy(&*tx)?),
             None => {
-                let stored = feed::stored_policy(&tx)?;
+                let stored = feed::stored_policy(&*tx)?;
                 (stored.clone().unwrap_or_default(), stored)
             }
         };
-        let mut feed = Feed::start(&tx, policy, now)?;
+        let mut feed = Feed::start(&*tx, policy, now)?;
         let at = feed.tick(now);
         if stored.as_ref() != Some(&feed.policy) {
-            feed::store_policy(&tx, &feed.policy)?;
+            feed::store_policy(&*tx, &feed.policy)?;
             if stored.is_some() {
                 let cause = Cause::Operator {
                     delivery_id: None,
                     detail: "policy_changed".into(),
                 };
-                feed::evaluate_all(&tx, &feed, at, &cause)?;
+                feed::evaluate_all(&*tx, &feed, at, &cause)?;
             }
         }
-        if feed::needs_evaluation(&tx)? {
-            feed::evaluate_all(&tx, &feed, at, &Cause::Rebuild)?;
-            feed::clear_needs_evaluation(&tx)?;
+        if feed::needs_evaluation(&*tx)? {
+            feed::evaluate_all(&*tx, &feed, at, &Cause::Rebuild)?;
+            feed::clear_needs_evaluation(&*tx)?;
         }
-        Ok((tx, feed))
+        Ok((tx, feed, seq))
     }
 
-    fn commit(tx: Transaction<'_>, feed: &Feed) -> Result<()> {
-        feed.finish(&tx)?;
+    fn commit(tx: Tx<'_>, feed: &Feed) -> Result<()> {
+        feed.finish(&*tx)?;
+        // PostgreSQL: delivered at commit, the other instances' indexes catch up at once.
+        tx.notify_commit().context("notify the other instances")?;
         tx.commit().context("commit")
     }
 
     fn apply_alone(&mut self, d: &Delivery) -> Result<Applied> {
-        let (tx, mut feed) = self.begin(d.received_at)?;
-        let mut seqs = Seqs::start(&tx)?;
-        let applied = apply_one(&tx, d, &mut seqs, &mut feed)?;
+        let (tx, mut feed, seq) = self.begin(d.received_at)?;
+        let mut seqs = Seqs::start(&*tx, seq)?;
+        let applied = apply_one(&*tx, d, &mut seqs, &mut feed)?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         Ok(applied)
@@ -156,9 +172,9 @@ impl Writer {
     ///
     /// SQLite errors (nothing is recorded then).
     pub fn advance(&mut self, now: Timestamp) -> Result<usize> {
-        let (tx, mut feed) = self.begin(now)?;
+        let (tx, mut feed, _) = self.begin(now)?;
         let at = feed.tick(now);
-        let n = feed::advance(&tx, &feed, at)?;
+        let n = feed::advance(&*tx, &feed, at)?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         Ok(n)
@@ -168,13 +184,10 @@ impl Writer {
     ///
     /// # Errors
     ///
-    /// SQLite errors.
+    /// The database's errors.
     pub fn set_forward_cursor(&mut self, seq: i64) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("begin a write transaction")?;
-        feed::set_forward_cursor(&tx, seq)?;
+        let tx = Tx::begin(&*self.db, Mode::Write).context("begin a write transaction")?;
+        feed::set_forward_cursor(&*tx, seq)?;
         tx.commit().context("commit")
     }
 }
@@ -188,12 +201,12 @@ impl WriteStore for Writer {
         let Some(first) = deliveries.first() else {
             return Ok(Vec::new());
         };
-        let (tx, mut feed) = self.begin(first.received_at)?;
-        let mut seqs = Seqs::start(&tx)?;
+        let (tx, mut feed, seq) = self.begin(first.received_at)?;
+        let mut seqs = Seqs::start(&*tx, seq)?;
         let mut results = Vec::with_capacity(deliveries.len());
         let mut failed = false;
         for d in deliveries {
-            match apply_one(&tx, d, &mut seqs, &mut feed) {
+            match apply_one(&*tx, d, &mut seqs, &mut feed) {
                 Ok(applied) => results.push(applied),
                 Err(_) => {
                     failed = true;
@@ -211,30 +224,30 @@ impl WriteStore for Writer {
     }
 
     fn accept(&mut self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String)> {
-        let (tx, mut feed) = self.begin(now)?;
+        let (tx, mut feed, seq) = self.begin(now)?;
         let at = feed.tick(now);
-        feed::advance(&tx, &feed, at)?;
+        feed::advance(&*tx, &feed, at)?;
         // The quarantined snapshots this delivery id carried (one per body it came with).
-        let quarantined: Vec<(String, String, String, String)> = {
-            let mut stmt = tx.prepare_cached(
+        let quarantined: Vec<(String, String, String, String)> = tx
+            .rows(
                 "SELECT d.body_sha256, d.object_kind, d.object_id, d.version_key
                    FROM deliveries d JOIN history h ON h.kind = d.object_kind
                     AND h.object_id = d.object_id AND h.version_key = d.version_key
                   WHERE d.delivery_id = ?1 AND h.code IS NOT NULL
                   ORDER BY d.version_key",
-            )?;
-            let rows = stmt.query_map([delivery_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
-            rows.collect::<Result<_, _>>()
-                .context("find the quarantined delivery")?
-        };
+                args![delivery_id],
+            )
+            .context("find the quarantined delivery")?
+            .into_iter()
+            .map(|mut r| Ok((r.string(0)?, r.string(1)?, r.string(2)?, r.string(3)?)))
+            .collect::<Result<_>>()?;
         let Some((_, kind, id, _)) = quarantined.first().cloned() else {
-            let known: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1)",
-                [delivery_id],
-                |r| r.get(0),
-            )?;
+            let known = tx
+                .one(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1)",
+                    args![delivery_id],
+                )?
+                .bool(0)?;
             return Err(if known {
                 StoreError::NotQuarantined(delivery_id.to_string())
             } else {
@@ -243,32 +256,31 @@ impl WriteStore for Writer {
         };
         let mut keys = Vec::new();
         for (body_sha256, _, _, key) in &quarantined {
-            tx.execute(
-                "INSERT OR IGNORE INTO overrides (delivery_id, body_sha256, accepted_at)
-                 VALUES (?1, ?2, ?3)",
-                params![delivery_id, body_sha256, format_timestamp(&now)],
+            tx.exec(
+                "INSERT INTO overrides (delivery_id, body_sha256, accepted_at)
+                 VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                args![delivery_id, body_sha256, &format_timestamp(&now)],
             )
             .context("record the override")?;
             keys.push(decode(key)?);
         }
         let kind = kind_of(&kind)?;
-        let seq = next_seq(&tx)?;
-        let before = feed::pairs_of(&tx, kind, &id)?;
-        with_family!(kind, accept_keys(&tx, &id, &keys, seq))?;
+        let before = feed::pairs_of(&*tx, kind, &id)?;
+        with_family!(kind, accept_keys(&*tx, &id, &keys, seq))?;
         let cause = Cause::Operator {
             delivery_id: Some(delivery_id.to_string()),
             detail: "accept".into(),
         };
-        evaluate_pairs(&tx, &feed, kind, &id, before, at, |_, _| cause.clone())?;
+        evaluate_pairs(&*tx, &feed, kind, &id, before, at, |_, _| cause.clone())?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         Ok((kind, id))
     }
 
     fn rebuild(&mut self, now: Timestamp) -> Result<RebuildStats> {
-        let stats = super::rebuild::rebuild(&mut self.conn)?;
+        let stats = super::rebuild::rebuild(&*self.db)?;
         // The rebuild flagged the feed for evaluation: this records the changes it made.
-        let (tx, feed) = self.begin(now)?;
+        let (tx, feed, _) = self.begin(now)?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         Ok(stats)
@@ -291,25 +303,30 @@ struct Seqs {
 }
 
 impl Seqs {
-    fn start(tx: &Connection) -> Result<Seqs> {
-        let change = next_seq(tx)?;
+    /// `change`: the transaction's value of the change counter ([`next_seq`]).
+    fn start(tx: &dyn Db, change: i64) -> Result<Seqs> {
         let delivery = tx
-            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM deliveries")?
-            .query_row([], |r| r.get(0))
-            .context("read the arrival counter")?;
+            .one("SELECT COALESCE(MAX(seq), 0) FROM deliveries", args![])
+            .context("read the arrival counter")?
+            .i64(0)?;
         Ok(Seqs { change, delivery })
     }
 }
 
-pub(super) fn next_seq(tx: &Connection) -> Result<i64> {
-    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value")?
-        .query_row([], |r| r.get(0))
-        .context("bump the change counter")
+/// Bumps the change counter and returns its new value: the first statement of every
+/// write transaction.
+pub(super) fn next_seq(tx: &dyn Db) -> Result<i64> {
+    tx.one(
+        "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value",
+        args![],
+    )
+    .context("bump the change counter")?
+    .i64(0)
 }
 
 /// Re-evaluates the pairs an object backs, now and (`before`) before it changed.
 fn evaluate_pairs(
-    tx: &Connection,
+    tx: &dyn Db,
     feed: &Feed,
     kind: Kind,
     id: &str,
@@ -325,14 +342,15 @@ fn evaluate_pairs(
 }
 
 /// Applies one delivery inside the caller's transaction.
-fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) -> Result<Applied> {
+fn apply_one(tx: &dyn Db, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) -> Result<Applied> {
     let body_sha256 = hex(&Sha256::digest(&d.body));
-    let seen: bool = tx
-        .prepare_cached(
+    let seen = tx
+        .one(
             "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1 AND body_sha256 = ?2)",
-        )?
-        .query_row(params![&d.id, &body_sha256], |r| r.get(0))
-        .context("look up the idempotency key")?;
+            args![&d.id, &body_sha256],
+        )
+        .context("look up the idempotency key")?
+        .bool(0)?;
     if seen {
         return Ok(Applied {
             outcome: Outcome::Duplicate,
@@ -368,31 +386,35 @@ fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) ->
                 // Time first: what became due before this delivery is time's doing.
                 let at = feed.tick(d.received_at);
                 feed::advance(tx, feed, at)?;
-                // The pairs a grant, refund or dispute backed before: an accepted
-                // snapshot may move it.
-                let before = match kind {
-                    Kind::Grant | Kind::Refund | Kind::Dispute => feed::pairs_of(tx, kind, &id)?,
-                    _ => BTreeSet::new(),
-                };
+                let done = with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
                 // A subscription that neither was nor is in a status that can bear on
                 // an answer (`active` renewed, `past_due`) changes none: skip the pairs.
-                let inert = |tx: &Connection| -> Result<bool> {
-                    Ok(kind == Kind::Subscription
-                        && !subscription_status(tx, &id)?.is_some_and(|s| {
-                            access::subscription_status_matters(&SubscriptionStatus::parse(&s))
-                        }))
+                let matters = |links: &Option<Links>| {
+                    links.as_ref().is_some_and(|l| {
+                        access::subscription_status_matters(&SubscriptionStatus::parse(&l.status))
+                    })
                 };
-                let inert_before = inert(tx)?;
-                let (outcome, key, detail, changed) =
-                    with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
-                if changed && !(inert_before && inert(tx)?) {
+                let inert =
+                    kind == Kind::Subscription && !matters(&done.before) && !matters(&done.after);
+                if done.changed && !inert {
+                    // The pairs it backs now, and those a grant, refund or dispute backed
+                    // before (an accepted snapshot may move it).
+                    let mut pairs = feed::pairs_from(tx, kind, &id, done.after.as_ref())?;
+                    let moved = matches!(kind, Kind::Grant | Kind::Refund | Kind::Dispute)
+                        && done.before.as_ref().map(|l| (&l.customer_id, &l.ref_id))
+                            != done.after.as_ref().map(|l| (&l.customer_id, &l.ref_id));
+                    if moved {
+                        pairs.extend(feed::pairs_from(tx, kind, &id, done.before.as_ref())?);
+                    }
                     let cause = Cause::of_delivery(&d.id, &env.event_type);
-                    evaluate_pairs(tx, feed, kind, &id, before, at, |_, _| cause.clone())?;
+                    for pair in &pairs {
+                        feed::evaluate(tx, pair, feed, at, |_, _| cause.clone())?;
+                    }
                 }
                 row.object = Some((kind, id));
-                row.key = Some(key);
-                row.outcome = outcome;
-                row.detail = detail;
+                row.key = Some(done.key);
+                row.outcome = done.outcome;
+                row.detail = done.detail;
             }
         }
     }
@@ -402,14 +424,6 @@ fn apply_one(tx: &Connection, d: &Delivery, seqs: &mut Seqs, feed: &mut Feed) ->
         event_type: row.event_type,
         detail: row.detail,
     })
-}
-
-/// A subscription's stored status.
-fn subscription_status(tx: &Connection, id: &str) -> Result<Option<String>> {
-    tx.prepare_cached("SELECT status FROM objects WHERE kind = 'subscription' AND id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()
-        .context("read a subscription's status")
 }
 
 /// The delivery a snapshot arrived in.
@@ -434,33 +448,33 @@ struct DeliveryRow<'a> {
 }
 
 impl DeliveryRow<'_> {
-    fn insert(&self, tx: &Connection) -> Result<()> {
+    fn insert(&self, tx: &dyn Db) -> Result<()> {
         let (kind, id) = match &self.object {
             Some((k, i)) => (Some(k.as_str()), Some(i.as_str())),
             None => (None, None),
         };
-        tx.prepare_cached(
+        tx.exec(
             "INSERT INTO deliveries (seq, delivery_id, received_at, webhook_timestamp,
                 webhook_signature, body, event_type, event_at, object_kind, object_id,
                 version_key, outcome, detail, body_sha256)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?
-        .execute(params![
-            self.seq,
-            self.d.id,
-            format_timestamp(&self.d.received_at),
-            self.d.webhook_timestamp,
-            self.d.webhook_signature,
-            self.d.body,
-            self.event_type,
-            self.event_at,
-            kind,
-            id,
-            self.key,
-            self.outcome.as_str(),
-            self.detail,
-            self.body_sha256,
-        ])
+            args![
+                self.seq,
+                &self.d.id,
+                &format_timestamp(&self.d.received_at),
+                &self.d.webhook_timestamp,
+                &self.d.webhook_signature,
+                &self.d.body,
+                &self.event_type,
+                &self.event_at,
+                kind,
+                id,
+                &self.key,
+                self.outcome.as_str(),
+                &self.detail,
+                &self.body_sha256,
+            ],
+        )
         .context("store the delivery")?;
         Ok(())
     }
@@ -472,29 +486,35 @@ pub(super) struct Head {
     pub(super) max_key: VersionKey,
     pub(super) since: Timestamp,
     body: String,
+    /// Which pairs it backs.
+    pub(super) links: Links,
 }
 
 pub(super) fn decode(key: &str) -> Result<VersionKey> {
     decode_key(key).ok_or_else(|| StoreError::Corrupt(format!("version key {key:?}")))
 }
 
-pub(super) fn load_head(tx: &Connection, kind: Kind, id: &str) -> Result<Option<Head>> {
-    let row: Option<(String, String, String, String)> = tx
-        .prepare_cached(
-            "SELECT state_key, max_key, since, body FROM objects WHERE kind = ?1 AND id = ?2",
-        )?
-        .query_row(params![kind.as_str(), id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .optional()
+pub(super) fn load_head(tx: &dyn Db, kind: Kind, id: &str) -> Result<Option<Head>> {
+    let row = tx
+        .row(
+            "SELECT state_key, max_key, since, body, customer_id, ref_id, status
+               FROM objects WHERE kind = ?1 AND id = ?2",
+            args![kind.as_str(), id],
+        )
         .context("load the object")?;
-    row.map(|(state_key, max_key, since, body)| {
+    row.map(|mut r| {
+        let since = r.str(2)?;
         Ok(Head {
-            state_key: decode(&state_key)?,
-            max_key: decode(&max_key)?,
-            since: parse_timestamp(&since)
+            state_key: decode(r.str(0)?)?,
+            max_key: decode(r.str(1)?)?,
+            since: parse_timestamp(since)
                 .ok_or_else(|| StoreError::Corrupt(format!("since {since:?}")))?,
-            body,
+            body: r.string(3)?,
+            links: Links {
+                customer_id: r.opt_string(4)?,
+                ref_id: r.opt_string(5)?,
+                status: r.string(6)?,
+            },
         })
     })
     .transpose()
@@ -512,13 +532,32 @@ fn current_of<T: Stored>(head: &Head) -> Result<Current<T>> {
     })
 }
 
-/// Folds one new snapshot into its object, as the planner says. Returns (outcome,
-/// encoded key, detail, whether the object's state row changed).
-fn apply_snapshot<T: Stored>(
-    tx: &Connection,
-    event: event::Event,
-    at: &Arrival<'_>,
-) -> Result<(Outcome, String, Option<String>, bool)> {
+/// What folding one snapshot did.
+struct Done {
+    outcome: Outcome,
+    /// Its encoded key.
+    key: String,
+    /// The rejection message, if rejected.
+    detail: Option<String>,
+    /// Whether the object's state row changed.
+    changed: bool,
+    /// The state row's links before and after (`None`: no state).
+    before: Option<Links>,
+    after: Option<Links>,
+}
+
+/// The links of a state.
+pub(super) fn links_of<T: Stored>(state: &Current<T>) -> Links {
+    let body = &state.snap.body;
+    Links {
+        customer_id: body.customer_id().map(str::to_string),
+        ref_id: body.ref_id().map(str::to_string),
+        status: body.status_name().to_string(),
+    }
+}
+
+/// Folds one new snapshot into its object, as the planner says.
+fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>) -> Result<Done> {
     let snap =
         T::from_event(event).ok_or_else(|| StoreError::Corrupt("event family mismatch".into()))?;
     let id = snap.body.object_id().to_string();
@@ -541,34 +580,55 @@ fn apply_snapshot<T: Stored>(
                     upsert_object_keyed(tx, &id, state, &key, &key, at.delivery_id, at.seq)?;
                 }
                 None => {
-                    tx.prepare_cached(
+                    tx.exec(
                         "UPDATE objects SET max_key = ?3 WHERE kind = ?1 AND id = ?2",
-                    )?
-                    .execute(params![T::KIND.as_str(), id, key])
+                        args![T::KIND.as_str(), &id, &key],
+                    )
                     .context("move the newest key")?;
                 }
             }
             let detail = append.step.rejection().map(Rejection::message);
-            Ok((append.outcome, key, detail, append.state.is_some()))
+            let before = head.map(|h| h.links);
+            let after = append
+                .state
+                .as_ref()
+                .map(links_of)
+                .or_else(|| before.clone());
+            Ok(Done {
+                outcome: append.outcome,
+                key,
+                detail,
+                changed: append.state.is_some(),
+                before,
+                after,
+            })
         }
         Place::Known => {
             let Some(Ok(Some((stored, _)))) = known else {
                 return Err(StoreError::Corrupt(format!("history of {} {id}", T::KIND)));
             };
             if let Some(rep) = plan::representative(&stored, at.delivery_id) {
-                tx.prepare_cached(
+                tx.exec(
                     "UPDATE history SET delivery_id = ?4, delivery_seq = ?5
                       WHERE kind = ?1 AND object_id = ?2 AND version_key = ?3",
-                )?
-                .execute(params![T::KIND.as_str(), id, key, rep, at.delivery_seq])
+                    args![T::KIND.as_str(), &id, &key, rep, at.delivery_seq],
+                )
                 .context("update the representative delivery")?;
-                tx.prepare_cached(
+                tx.exec(
                     "UPDATE objects SET delivery_id = ?3 WHERE kind = ?1 AND id = ?2 AND state_key = ?4",
-                )?
-                .execute(params![T::KIND.as_str(), id, rep, key])
+                    args![T::KIND.as_str(), &id, rep, &key],
+                )
                 .context("update the representative delivery")?;
             }
-            Ok((Outcome::Duplicate, key, None, false))
+            let before = head.map(|h| h.links);
+            Ok(Done {
+                outcome: Outcome::Duplicate,
+                key,
+                detail: None,
+                changed: false,
+                after: before.clone(),
+                before,
+            })
         }
         Place::Within => {
             // The lookup that placed it must not have failed: an error is not "unknown".
@@ -577,19 +637,28 @@ fn apply_snapshot<T: Stored>(
             }
             let head = head.ok_or_else(|| StoreError::Corrupt("history without state".into()))?;
             let new = (&snap, at.delivery_id, at.delivery_seq);
-            let (outcome, changed) = refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
+            let (outcome, changed, state) =
+                refold::<T>(tx, &id, &head, snap.key, Some(new), &[], at.seq)?;
             let detail = match outcome {
                 Outcome::Rejected => load_step(tx, T::KIND, &id, &key)?
                     .and_then(|(s, _)| s.rejection().map(Rejection::message)),
                 _ => None,
             };
-            Ok((outcome, key, detail, changed))
+            let after = state.unwrap_or_else(|| head.links.clone());
+            Ok(Done {
+                outcome,
+                key,
+                detail,
+                changed,
+                before: Some(head.links),
+                after: Some(after),
+            })
         }
     }
 }
 
 pub(super) fn upsert_object<T: Stored>(
-    tx: &Connection,
+    tx: &dyn Db,
     id: &str,
     state: &Current<T>,
     max_key: &VersionKey,
@@ -602,7 +671,7 @@ pub(super) fn upsert_object<T: Stored>(
 
 /// [`upsert_object`] with the state's and the newest key already encoded.
 fn upsert_object_keyed<T: Stored>(
-    tx: &Connection,
+    tx: &dyn Db,
     id: &str,
     state: &Current<T>,
     state_key: &str,
@@ -612,7 +681,7 @@ fn upsert_object_keyed<T: Stored>(
 ) -> Result<()> {
     let body = serde_json::to_string(&state.snap.body)
         .map_err(|e| StoreError::Corrupt(format!("encode {}: {e}", T::KIND)))?;
-    tx.prepare_cached(
+    tx.exec(
         "INSERT INTO objects (kind, id, customer_id, ref_id, status, as_of, since, state_key,
                               max_key, delivery_id, body, seq, grant_subscription_id,
                               grant_payment_id)
@@ -623,23 +692,23 @@ fn upsert_object_keyed<T: Stored>(
              delivery_id = excluded.delivery_id, body = excluded.body, seq = excluded.seq,
              grant_subscription_id = excluded.grant_subscription_id,
              grant_payment_id = excluded.grant_payment_id",
-    )?
-    .execute(params![
-        T::KIND.as_str(),
-        id,
-        state.snap.body.customer_id(),
-        state.snap.body.ref_id(),
-        state.snap.body.status_name(),
-        format_timestamp(&state.snap.key.at),
-        format_timestamp(&state.since),
-        state_key,
-        max_key,
-        delivery_id,
-        body,
-        seq,
-        state.snap.body.grant_links().0,
-        state.snap.body.grant_links().1,
-    ])
+        args![
+            T::KIND.as_str(),
+            id,
+            state.snap.body.customer_id(),
+            state.snap.body.ref_id(),
+            &state.snap.body.status_name(),
+            &format_timestamp(&state.snap.key.at),
+            &format_timestamp(&state.since),
+            state_key,
+            max_key,
+            delivery_id,
+            &body,
+            seq,
+            state.snap.body.grant_links().0,
+            state.snap.body.grant_links().1,
+        ],
+    )
     .context("write the object")?;
     Ok(())
 }

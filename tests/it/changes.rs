@@ -497,20 +497,20 @@ fn the_feed_needs_the_token_when_one_is_set() -> TestResult {
 // ---------------------------------------------------------------------------------------
 // Forwarding
 
-const FORWARD_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub(crate) const FORWARD_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 /// What the test receiver saw: (webhook-id, body) of every request it acknowledged, and
 /// how many it refused on purpose.
 #[derive(Default)]
-struct Seen {
-    acked: Vec<(String, Value)>,
+pub(crate) struct Seen {
+    pub(crate) acked: Vec<(String, Value)>,
     refused: usize,
     bad_signatures: usize,
 }
 
 /// A receiver on 127.0.0.1 that verifies every request and answers 500 to the first
 /// `fail_first` of them.
-fn receiver(fail_first: usize) -> (String, Arc<Mutex<Seen>>) {
+pub(crate) fn receiver(fail_first: usize) -> (String, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!(
         "http://{}/hooks/access",
@@ -595,7 +595,7 @@ fn serve_conn(conn: TcpStream, verifier: &Verifier, fail_first: usize, seen: &Mu
     }
 }
 
-fn wait_for(what: &str, limit: StdDuration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: StdDuration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

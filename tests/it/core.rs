@@ -66,11 +66,12 @@ fn views_by_pair(
 
 /// A store the model test runs against: opens (or reopens) an [`Engine`] with the default
 /// policy on the store that belongs to `dir` (a fresh directory per test case, kept for the
-/// whole case). SQLite keeps a file in it; a PostgreSQL backend would derive a schema name
-/// from it and call `Engine::open(url)`.
+/// whole case). SQLite keeps a file in it; PostgreSQL derives a schema name from it.
 pub trait Backend {
     /// Opens the engine; panics if it cannot.
     fn open(dir: &Path) -> Engine;
+    /// Removes what belongs to `dir` outside it, at the end of a case.
+    fn close(_dir: &Path) {}
 }
 
 /// The default store: a SQLite file.
@@ -79,6 +80,33 @@ pub struct Sqlite;
 impl Backend for Sqlite {
     fn open(dir: &Path) -> Engine {
         Engine::open(dir.join("model.db")).expect("open the SQLite store")
+    }
+}
+
+/// The same store in a schema of the PostgreSQL test server (see [`crate::pg`]).
+pub struct Postgres;
+
+impl Postgres {
+    fn schema(dir: &Path) -> crate::pg::Schema {
+        use sha2::{Digest, Sha256};
+        let url = crate::pg::url().expect("a PostgreSQL test server");
+        let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        crate::pg::Schema::named(&url, &format!("model_{hex}"))
+    }
+}
+
+impl Backend for Postgres {
+    fn open(dir: &Path) -> Engine {
+        let schema = Postgres::schema(dir);
+        let engine = schema.engine();
+        // Keep the schema until `close`: a reopened engine must find its store.
+        std::mem::forget(schema);
+        engine
+    }
+
+    fn close(dir: &Path) {
+        drop(Postgres::schema(dir));
     }
 }
 
@@ -687,7 +715,7 @@ impl ReferenceStateMachine for World {
 }
 
 /// The system under test: the real [`Engine`] on a store of backend `B`.
-pub struct Sut<B> {
+pub struct Sut<B: Backend> {
     dir: tempfile::TempDir,
     engine: Option<Engine>,
     last: Expect,
@@ -697,6 +725,13 @@ pub struct Sut<B> {
 impl<B: Backend> Sut<B> {
     fn engine(&self) -> &Engine {
         self.engine.as_ref().expect("an open engine")
+    }
+}
+
+impl<B: Backend> Drop for Sut<B> {
+    fn drop(&mut self) {
+        drop(self.engine.take());
+        B::close(self.dir.path());
     }
 }
 
@@ -1044,6 +1079,31 @@ prop_state_machine! {
     /// The real engine on SQLite agrees with the naive model after every transition.
     #[test]
     fn sqlite_engine_matches_the_naive_model(sequential 1..48 => Sut<Sqlite>);
+}
+
+prop_state_machine! {
+    #![proptest_config(pg_config())]
+
+    /// The same suite on PostgreSQL (run by the test below when there is a server).
+    fn postgres_model(sequential 1..48 => Sut<Postgres>);
+}
+
+/// Fewer cases than on SQLite (each case creates and drops a schema): 64, or
+/// `PROPTEST_CASES`.
+fn pg_config() -> proptest::test_runner::Config {
+    let mut config = config();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = 64;
+    }
+    config
+}
+
+/// The real engine on PostgreSQL agrees with the naive model after every transition.
+#[test]
+fn postgres_engine_matches_the_naive_model() {
+    if crate::pg::url().is_some() {
+        postgres_model();
+    }
 }
 
 // =======================================================================================

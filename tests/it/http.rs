@@ -45,6 +45,17 @@ impl Server {
     /// waits for its `listening on http://ADDR` line.
     pub(crate) fn start(db: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let log = db.with_extension(format!("{}.log", std::process::id()));
+        Server::start_logged(db.as_os_str(), log, env, args)
+    }
+
+    /// [`Server::start`] on any `--db` (a file or a URL), logging to `log`.
+    pub(crate) fn start_logged(
+        db: impl AsRef<std::ffi::OsStr>,
+        log: PathBuf,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
+        let db = Path::new(db.as_ref());
         let stderr = std::fs::File::create(&log).expect("server log file");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")

@@ -12,6 +12,8 @@ mod fuzz_regressions;
 mod hardening;
 mod http;
 mod openapi;
+mod pg;
+mod postgres;
 mod reconcile;
 mod store;
 mod support;

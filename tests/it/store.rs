@@ -647,3 +647,57 @@ fn a_panicking_callback_does_not_stop_the_writer() {
     );
     assert!(engine.has_access("cus_a", "ent_pro", t0()));
 }
+
+#[test]
+fn an_engine_warming_up_answers_from_the_store_the_same_as_from_memory() {
+    use entitlement_sync::synth::{customer, entitlement, grant_delivery, Rng, ENTITLEMENTS};
+    use entitlement_sync::IndexState;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("warm.db");
+    let (grants, customers) = (30_000, 10_000);
+    {
+        let engine = Engine::open(&path).unwrap();
+        let mut rng = Rng::new(7);
+        let batch: Vec<Delivery> = (0..grants)
+            .map(|i| grant_delivery(i, customers, i, &mut rng, chrono::Utc::now()))
+            .collect();
+        for r in engine.ingest_batch(batch).unwrap() {
+            r.unwrap();
+        }
+    }
+    let now = chrono::Utc::now();
+    let pairs: Vec<(String, String)> = (0..200)
+        .map(|i| (customer(i * 37 % customers), entitlement(i % ENTITLEMENTS)))
+        .collect();
+    // A fresh process: warm up, and ask at once.
+    let engine = Engine::open(&path).unwrap();
+    assert_eq!(engine.index_state(), IndexState::Lazy);
+    engine.warm_up().unwrap();
+    let mut while_warming = Vec::new();
+    for (c, e) in &pairs {
+        if engine.index_state() != IndexState::Warming {
+            break;
+        }
+        let answer = engine.access(c, e, now).unwrap();
+        assert_eq!(engine.has_access(c, e, now), answer.allowed);
+        assert!(engine.access_if_current(c, e, now).is_none());
+        while_warming.push(((c.clone(), e.clone()), answer));
+    }
+    assert!(
+        !while_warming.is_empty(),
+        "the index of {grants} grants loaded before the first answer"
+    );
+    let started = std::time::Instant::now();
+    while engine.index_state() != IndexState::Ready {
+        assert!(started.elapsed() < Duration::from_secs(60), "never warm");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(engine.grant_count(), grants);
+    for ((c, e), answer) in &while_warming {
+        assert_eq!(&engine.access(c, e, now).unwrap(), answer, "({c}, {e})");
+    }
+    assert!(
+        while_warming.iter().any(|(_, a)| a.allowed),
+        "the sample holds granted pairs"
+    );
+}

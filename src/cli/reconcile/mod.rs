@@ -10,9 +10,9 @@ use super::{open_engine, print_json, CliError, PolicyArgs};
 use clap::{Args, ValueEnum};
 use client::{ApiKey, Client, Config};
 use entitlement_sync::reconcile::{self, Summary, LIVE_URL, MAX_PAGE_SIZE, TEST_URL};
+use entitlement_sync::store::Location;
 use entitlement_sync::Engine;
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -187,7 +187,7 @@ fn init_logging() {
 }
 
 /// `entsync reconcile`.
-pub fn run(db: &Path, args: ReconcileArgs) -> Result<ExitCode, CliError> {
+pub fn run(db: &Location, args: ReconcileArgs) -> Result<ExitCode, CliError> {
     init_logging();
     let key = api_key(args.api_key.as_deref())?.ok_or_else(|| {
         CliError::usage(format_args!(

@@ -1,0 +1,199 @@
+//! The SQLite backend of [`Db`]: one file, WAL, `synchronous=FULL`, append-only
+//! migrations versioned by `PRAGMA user_version`.
+
+use super::sql::{Arg, Backend, Db, Mode, Row, Val};
+use super::{Result, StoreError};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+/// One SQLite connection.
+pub(crate) struct Sqlite {
+    pub(crate) conn: Connection,
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Arg::Null => ValueRef::Null,
+            Arg::Int(v) => ValueRef::Integer(v),
+            Arg::Bool(v) => ValueRef::Integer(i64::from(v)),
+            Arg::Text(s) => ValueRef::Text(s.as_bytes()),
+            Arg::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+fn val(v: ValueRef<'_>, i: usize) -> Result<Val> {
+    Ok(match v {
+        ValueRef::Null => Val::Null,
+        ValueRef::Integer(v) => Val::Int(v),
+        ValueRef::Real(_) => return Err(StoreError::Corrupt(format!("column {i}: a float"))),
+        ValueRef::Text(t) => Val::Text(
+            std::str::from_utf8(t)
+                .map_err(|_| StoreError::Corrupt(format!("column {i}: text is not UTF-8")))?
+                .to_owned(),
+        ),
+        ValueRef::Blob(b) => Val::Blob(b.to_vec()),
+    })
+}
+
+impl Db for Sqlite {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64> {
+        let n = self
+            .conn
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(args))?;
+        Ok(n as u64)
+    }
+
+    fn for_each(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        f: &mut dyn FnMut(Row) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            let mut values = Vec::with_capacity(columns);
+            for i in 0..columns {
+                values.push(val(r.get_ref(i)?, i)?);
+            }
+            f(Row(values))?;
+        }
+        Ok(())
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        Ok(self.conn.execute_batch(sql)?)
+    }
+
+    fn begin(&self, mode: Mode) -> Result<()> {
+        Ok(self.conn.execute_batch(match mode {
+            Mode::Write => "BEGIN IMMEDIATE",
+            Mode::Read => "BEGIN",
+        })?)
+    }
+
+    fn commit(&self) -> Result<()> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    fn rollback(&self) -> Result<()> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        Ok(self.conn.execute_batch("ROLLBACK")?)
+    }
+
+    fn as_sqlite(&self) -> Option<&Connection> {
+        Some(&self.conn)
+    }
+}
+
+/// Opens (creating if needed) a database file and applies the migrations.
+///
+/// # Errors
+///
+/// [`StoreError::SchemaTooNew`] for a file written by a newer version (left untouched);
+/// [`StoreError::Sqlite`] if the file cannot be opened or written.
+pub fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // Refuse a newer file before touching it (even switching it to WAL is a write).
+    check_version(&conn)?;
+    configure(&conn)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // WAL: readers never wait behind the writer. FULL: a commit is on disk before we
+    // acknowledge. Never ANALYZE/optimize: STAT4 makes every point lookup re-plan.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Rebuild's sorts spill to a temporary store: keep it in memory. A larger page cache
+    // keeps the indexes' upper levels resident.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    Ok(())
+}
+
+/// Opens a second connection to an existing, migrated file (for reads).
+pub fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    check_version(&conn)?;
+    Ok(conn)
+}
+
+/// The migrations, in order. Never edit one that has shipped: append.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema.sql"),
+    include_str!("../../migrations/0002_history.sql"),
+    include_str!("../../migrations/0003_changes.sql"),
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Refuses a file newer than this build, untouched.
+pub fn check_version(conn: &Connection) -> Result<i64> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: VERSION,
+        });
+    }
+    Ok(found)
+}
+
+/// Applies the missing migrations in one transaction.
+pub fn migrate(conn: &Connection) -> Result<()> {
+    let found = check_version(conn)?;
+    if found == VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> Result<()> {
+        // Re-read under the write lock: another process may have migrated meanwhile.
+        let found = check_version(conn)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            conn.execute_batch(sql)?;
+            conn.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}

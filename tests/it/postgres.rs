@@ -1,0 +1,659 @@
+//! Several instances on one PostgreSQL database: engines and `entsync serve` processes
+//! sharing a schema, interleaved at random, one SIGKILLed under load, a listener
+//! connection terminated, the server going away. Every test compares with a serial run
+//! of the same deliveries on SQLite. The model-based suite runs on PostgreSQL too
+//! (`core::postgres_engine_matches_the_naive_model`). See [`crate::pg`] for the server.
+
+use crate::core::folded_feed;
+use crate::http::{post_webhook, Server, SECRET};
+use crate::pg::Schema;
+use crate::support::{grant, ms, t0, St, REASONS};
+use entitlement_sync::change::Answer;
+use entitlement_sync::synth::Rng;
+use entitlement_sync::{Delivery, Engine, Outcome};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CUSTOMERS: usize = 7;
+const ENTITLEMENTS: usize = 5;
+
+/// Grant histories of every status and revocation reason, each grant's snapshots in
+/// version order (so some transitions are illegal and quarantined): (webhook id, body).
+fn history(seed: u64, grants: usize) -> Vec<(String, Vec<u8>)> {
+    let mut rng = Rng::new(seed);
+    let statuses = [St::Pending, St::Delivered, St::Revoked, St::Failed];
+    let mut out = Vec::new();
+    for g in 0..grants {
+        let id = format!("grant_{g}");
+        let mut at = t0();
+        for step in 0..1 + rng.below(5) {
+            at += ms(1 + rng.below(100_000) as i64);
+            let status = statuses[rng.below(statuses.len())];
+            let mut spec = grant(&id, status, at)
+                .customer(&format!("cus_{}", g % CUSTOMERS))
+                .entitlement(&format!("ent_{}", g % ENTITLEMENTS));
+            if status == St::Revoked {
+                spec = spec.reason(REASONS[rng.below(REASONS.len())].wire);
+            }
+            out.push((format!("msg_{g}_{step}"), spec.body()));
+        }
+    }
+    out
+}
+
+fn pairs() -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for c in 0..CUSTOMERS {
+        for e in 0..ENTITLEMENTS {
+            pairs.push((format!("cus_{c}"), format!("ent_{e}")));
+        }
+    }
+    pairs
+}
+
+/// When every delivery is received, and answers are asked.
+fn now() -> entitlement_sync::wire::Timestamp {
+    t0() + chrono::Duration::days(1)
+}
+
+/// What a serial run on SQLite answers, lists and records: the reference.
+struct Serial {
+    answers: BTreeMap<(String, String), Answer>,
+    rejected: BTreeSet<(String, String, String)>,
+    deliveries: usize,
+    _dir: tempfile::TempDir,
+}
+
+fn serial(history: &[(String, Vec<u8>)]) -> Serial {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path().join("serial.db")).expect("open SQLite");
+    for (id, body) in history {
+        engine
+            .ingest(Delivery::new(id.clone(), body.clone(), now()))
+            .expect("ingest");
+    }
+    Serial {
+        answers: answers(&engine),
+        rejected: rejected(&engine),
+        deliveries: engine.deliveries(None, None).expect("deliveries").len(),
+        _dir: dir,
+    }
+}
+
+fn answers(engine: &Engine) -> BTreeMap<(String, String), Answer> {
+    pairs()
+        .into_iter()
+        .map(|(c, e)| {
+            let a = engine.access(&c, &e, now()).expect("access");
+            ((c, e), Answer::of(&a))
+        })
+        .collect()
+}
+
+fn rejected(engine: &Engine) -> BTreeSet<(String, String, String)> {
+    engine
+        .rejected()
+        .expect("rejected")
+        .into_iter()
+        .map(|q| (q.delivery_id, q.object_id, q.code))
+        .collect()
+}
+
+/// The last change of every pair the feed has, as answers (pairs without one answer
+/// `none`): checks the feed's invariants on the way ([`folded_feed`]).
+fn feed_answers(engine: &Engine) -> BTreeMap<(String, String), Answer> {
+    let feed = folded_feed(engine);
+    pairs()
+        .into_iter()
+        .map(|p| {
+            let a = feed.get(&p).cloned().unwrap_or_else(Answer::none);
+            (p, a)
+        })
+        .collect()
+}
+
+#[test]
+fn a_store_on_postgres_ingests_lists_accepts_and_rebuilds() {
+    let Some(schema) = Schema::new("basics") else {
+        return;
+    };
+    let engine = schema.engine();
+    let history = history(7, 30);
+    for (id, body) in &history {
+        engine
+            .ingest(Delivery::new(id.clone(), body.clone(), now()))
+            .expect("ingest");
+    }
+    let (id, body) = &history[0];
+    assert_eq!(
+        engine
+            .ingest(Delivery::new(id.clone(), body.clone(), now()))
+            .expect("ingest"),
+        Outcome::Duplicate
+    );
+    let reference = serial(&history);
+    assert_eq!(answers(&engine), reference.answers);
+    assert_eq!(rejected(&engine), reference.rejected);
+    assert_eq!(
+        feed_answers(&engine),
+        reference.answers,
+        "the feed ends at the answers"
+    );
+    assert_eq!(
+        engine.deliveries(None, None).unwrap().len(),
+        reference.deliveries
+    );
+
+    // An operator accept, then a rebuild: the same answers as live.
+    let quarantined = engine.rejected().expect("rejected");
+    let first = quarantined
+        .first()
+        .expect("the history quarantines something");
+    engine.accept(&first.delivery_id, now()).expect("accept");
+    let live = answers(&engine);
+    let live_rejected = rejected(&engine);
+    let stats = engine.rebuild(now()).expect("rebuild");
+    assert_eq!(stats.deliveries as usize, reference.deliveries);
+    assert_eq!(answers(&engine), live, "rebuild equals live");
+    assert_eq!(rejected(&engine), live_rejected);
+    assert_eq!(feed_answers(&engine), live);
+
+    // A second engine (another instance) opens the same schema and agrees.
+    let other = schema.engine();
+    assert_eq!(answers(&other), live);
+    drop(engine);
+    drop(other);
+    let reopened = schema.engine();
+    assert_eq!(answers(&reopened), live);
+}
+
+#[test]
+fn engines_sharing_a_schema_agree_with_a_serial_run_under_any_interleaving() {
+    for seed in [1_u64, 2, 3] {
+        let Some(schema) = Schema::new(&format!("interleave_{seed}")) else {
+            return;
+        };
+        let history = history(seed, 40);
+        let reference = serial(&history);
+        // Every delivery once, a fifth twice, shuffled, dealt to three engines that
+        // ingest concurrently (one transaction each, so their commits interleave).
+        let mut rng = Rng::new(seed ^ 0x5eed);
+        let mut sends: Vec<usize> = (0..history.len()).collect();
+        for i in 0..history.len() / 5 {
+            sends.push(i * 5 % history.len());
+        }
+        rng.shuffle(&mut sends);
+        let engines: Vec<Engine> = (0..3).map(|_| schema.engine()).collect();
+        let history = Arc::new(history);
+        std::thread::scope(|s| {
+            for (k, engine) in engines.iter().enumerate() {
+                let mine: Vec<usize> = sends.iter().copied().skip(k).step_by(3).collect();
+                let history = Arc::clone(&history);
+                s.spawn(move || {
+                    for i in mine {
+                        let (id, body) = &history[i];
+                        engine
+                            .ingest(Delivery::new(id.clone(), body.clone(), now()))
+                            .expect("ingest");
+                    }
+                });
+            }
+        });
+        let committed = Instant::now();
+        // Each engine sees the others' commits within a second (the listener).
+        let deadline = committed + Duration::from_secs(3);
+        for (k, engine) in engines.iter().enumerate() {
+            loop {
+                let got = answers(engine);
+                if got == reference.answers {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "seed {seed}: engine {k} disagrees with the serial run after 3 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(rejected(engine), reference.rejected, "seed {seed}");
+            assert_eq!(
+                engine.deliveries(None, None).unwrap().len(),
+                reference.deliveries
+            );
+            assert_eq!(feed_answers(engine), reference.answers, "seed {seed}");
+        }
+        eprintln!(
+            "seed {seed}: all engines agree {} ms after the last commit",
+            committed.elapsed().as_millis()
+        );
+    }
+}
+
+#[test]
+fn a_terminated_listener_reconnects_and_its_index_catches_up() {
+    let Some(schema) = Schema::new("listener") else {
+        return;
+    };
+    let writer = schema.engine();
+    let reader = schema.engine();
+    // The reader never asks the server on its own: only its listener refreshes it.
+    reader.set_external_check_interval(Duration::from_secs(3600));
+    assert!(
+        !reader.has_access("cus_0", "ent_0", now()),
+        "loads the index"
+    );
+    let delivered = |n: usize| {
+        let spec = grant(&format!("grant_l{n}"), St::Delivered, t0() + ms(n as i64))
+            .customer("cus_0")
+            .entitlement(&format!("ent_{n}"));
+        Delivery::new(format!("msg_l{n}"), spec.body(), now())
+    };
+    let seen_within = |n: usize, limit: Duration| -> Duration {
+        let started = Instant::now();
+        while !reader.has_access("cus_0", &format!("ent_{n}"), now()) {
+            assert!(
+                started.elapsed() < limit,
+                "the reader did not see grant {n} within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        started.elapsed()
+    };
+
+    // Promptly, on NOTIFY.
+    writer.ingest(delivered(0)).expect("ingest");
+    let prompt = seen_within(0, Duration::from_secs(2));
+
+    // The listener's connection is terminated; a commit lands while it is away.
+    let mut admin = schema.client();
+    let terminated = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("entsync listener {}", schema.name)],
+        )
+        .expect("terminate the listeners");
+    assert_eq!(terminated.len(), 2, "one listener per engine");
+    writer.ingest(delivered(1)).expect("ingest");
+    let caught_up = seen_within(1, Duration::from_secs(5));
+    // And it listens again.
+    std::thread::sleep(Duration::from_millis(300));
+    writer.ingest(delivered(2)).expect("ingest");
+    let again = seen_within(2, Duration::from_secs(2));
+    eprintln!(
+        "seen by the other engine: {} ms on NOTIFY, {} ms after its listener was \
+         terminated, {} ms once it listened again",
+        prompt.as_millis(),
+        caught_up.as_millis(),
+        again.as_millis()
+    );
+}
+
+/// A TCP proxy in front of the test server that can go away and come back.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let up = Arc::new(AtomicBool::new(true));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, open2) = (Arc::clone(&up), Arc::clone(&open));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client); // refused: the server is away
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut open = open2.lock().unwrap();
+                for s in [&client, &server] {
+                    open.push(s.try_clone().expect("clone a stream"));
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, up, open }
+    }
+
+    /// The server goes away: every open connection is cut, new ones are refused.
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The test server's URL with its host and port replaced by `addr`.
+fn url_via(url: &str, addr: SocketAddr) -> String {
+    let config: postgres::Config = url.parse().expect("test server URL");
+    let user = config.get_user().unwrap_or("postgres");
+    let db = config.get_dbname().unwrap_or("postgres");
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    format!("postgres://{user}{password}@{addr}/{db}")
+}
+
+fn server_addr(url: &str) -> SocketAddr {
+    let config: postgres::Config = url.parse().expect("test server URL");
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+#[test]
+fn a_server_that_goes_away_gives_503s_then_the_same_deliveries_succeed() {
+    let Some(schema) = Schema::new("goes_away") else {
+        return;
+    };
+    let proxy = Proxy::start(server_addr(&schema.url));
+    let via = url_via(&schema.url, proxy.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_logged(
+        &via,
+        dir.path().join("serve.log"),
+        &[("ENTSYNC_PG_SCHEMA", &schema.name)],
+        &[],
+    );
+    let history = history(11, 12);
+    let ts = crate::http::now();
+    let (first, rest) = history.split_at(4);
+    for (id, body) in first {
+        let r = post_webhook(server.addr, SECRET, id, ts, body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    proxy.down();
+    for (id, body) in rest {
+        let r = post_webhook(server.addr, SECRET, id, ts, body);
+        assert_eq!(
+            r.status,
+            503,
+            "{}: {}",
+            id,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    proxy.up();
+    // Dodo retries: each delivery succeeds once the server is back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (id, body) in rest {
+        loop {
+            let r = post_webhook(server.addr, SECRET, id, ts, body);
+            if r.status == 200 {
+                break;
+            }
+            assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+            assert!(Instant::now() < deadline, "no recovery: {}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let reference = serial(&history);
+    let engine = schema.engine();
+    assert_eq!(answers(&engine), reference.answers);
+    assert_eq!(
+        engine.deliveries(None, None).unwrap().len(),
+        reference.deliveries
+    );
+    server.kill();
+}
+
+/// Posts a delivery to the servers, starting at `first`, until one acknowledges it;
+/// returns which one did.
+fn deliver(
+    servers: &Mutex<Vec<Option<SocketAddr>>>,
+    first: usize,
+    id: &str,
+    ts: i64,
+    body: &[u8],
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut k = first;
+    loop {
+        let addr = servers.lock().unwrap()[k % 3];
+        if let Some(addr) = addr {
+            if let Some(200) = try_post(addr, id, ts, body) {
+                return k % 3;
+            }
+        }
+        assert!(Instant::now() < deadline, "{id} never acknowledged");
+        k += 1;
+    }
+}
+
+/// One signed webhook POST; `None` when the connection failed (a killed server).
+fn try_post(addr: SocketAddr, id: &str, ts: i64, body: &[u8]) -> Option<u16> {
+    let key = entitlement_sync::verify::Secret::parse(SECRET).ok()?;
+    let signature = entitlement_sync::verify::sign(&key, id, ts, body);
+    let mut raw = format!(
+        "POST /webhooks/dodo HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nwebhook-id: {id}\r\n\
+         webhook-timestamp: {ts}\r\nwebhook-signature: {signature}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    stream.write_all(&raw).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let line = String::from_utf8_lossy(&answer);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn three_serve_instances_lose_nothing_when_one_is_sigkilled_under_load() {
+    let Some(schema) = Schema::new("three_serves") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("ENTSYNC_PG_SCHEMA", schema.name.as_str())];
+    let start = |k: usize| {
+        Server::start_logged(
+            &schema.url,
+            dir.path()
+                .join(format!("serve-{k}-{}.log", std::process::id())),
+            &env,
+            &[],
+        )
+    };
+    let servers: Vec<Option<Server>> = (0..3).map(|k| Some(start(k))).collect();
+    let addrs = Mutex::new(
+        servers
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.addr))
+            .collect::<Vec<_>>(),
+    );
+    let servers = Mutex::new(servers);
+    let history = history(42, 120);
+    let reference = serial(&history);
+    let ts = crate::http::now();
+    let next = AtomicUsize::new(0);
+    let acked: Mutex<Vec<(usize, usize)>> = Mutex::default();
+    let kill_at = history.len() / 3;
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((id, body)) = history.get(i) else {
+                    break;
+                };
+                if i == kill_at {
+                    // SIGKILL instance 1 mid-load; its unanswered requests go elsewhere.
+                    addrs.lock().unwrap()[1] = None;
+                    let killed = servers.lock().unwrap()[1].take();
+                    if let Some(server) = killed {
+                        server.kill();
+                    }
+                }
+                let by = deliver(&addrs, i, id, ts, body);
+                acked.lock().unwrap().push((i, by));
+            });
+        }
+    });
+    let acked = acked.into_inner().unwrap();
+    assert_eq!(
+        acked.len(),
+        history.len(),
+        "every delivery was acknowledged"
+    );
+    assert!(
+        acked.iter().any(|&(i, by)| by == 1 && i < kill_at),
+        "the killed instance had acknowledged deliveries"
+    );
+    // The killed instance comes back; all three answer the same, as the serial run.
+    let mut servers = servers.into_inner().unwrap();
+    servers[1] = Some(start(3));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (k, server) in servers.iter().enumerate() {
+        let server = server.as_ref().expect("running");
+        for ((c, e), want) in &reference.answers {
+            loop {
+                let got = server.get(&format!("/v1/access/{c}/{e}")).json();
+                let got = Answer {
+                    allowed: got["allowed"].as_bool().unwrap_or_default(),
+                    status: got["status"].as_str().unwrap_or_default().to_string(),
+                    reason: got["reason"].as_str().map(String::from),
+                };
+                if &got == want {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "instance {k} answers {got:?} for ({c}, {e}), the serial run {want:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    // Nothing acknowledged is lost: every delivery is stored once.
+    let engine = Engine::open_at(schema.location(), None).expect("open");
+    assert_eq!(
+        engine.deliveries(None, None).unwrap().len(),
+        reference.deliveries
+    );
+    assert_eq!(rejected(&engine), reference.rejected);
+    assert_eq!(feed_answers(&engine), reference.answers);
+    for server in servers.into_iter().flatten() {
+        server.kill();
+    }
+}
+
+#[test]
+fn one_instance_forwards_the_feed_and_another_takes_over_when_it_dies() {
+    use crate::changes::{receiver, wait_for, FORWARD_SECRET};
+    let Some(schema) = Schema::new("forward") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, seen) = receiver(0);
+    let env = [
+        ("ENTSYNC_PG_SCHEMA", schema.name.as_str()),
+        ("ENTSYNC_FORWARD_SECRET", FORWARD_SECRET),
+    ];
+    let args = ["--forward-url", url.as_str()];
+    let start = |k: usize| {
+        Server::start_logged(
+            &schema.url,
+            dir.path().join(format!("serve-{k}.log")),
+            &env,
+            &args,
+        )
+    };
+    let mut servers = vec![Some(start(0)), Some(start(1))];
+    let history = history(5, 30);
+    let ts = crate::http::now();
+    let (first, rest) = history.split_at(history.len() / 2);
+    for (i, (id, body)) in first.iter().enumerate() {
+        let server = servers[i % 2].as_ref().expect("running");
+        assert_eq!(post_webhook(server.addr, SECRET, id, ts, body).status, 200);
+    }
+    let engine = schema.engine();
+    let last = engine.last_change_seq().expect("last seq");
+    let arrived = |seq: i64| {
+        let id = format!("chg_{seq}");
+        seen.lock().unwrap().acked.iter().any(|(i, _)| *i == id)
+    };
+    wait_for("the first half", Duration::from_secs(30), || arrived(last));
+    // One instance forwards: the other's cursor never moved, and nothing arrived twice.
+    let cursor = |s: &Server| {
+        s.get("/metrics")
+            .text()
+            .contains(&format!("entsync_forward_cursor {last}"))
+    };
+    let leader = (0..2)
+        .find(|&k| cursor(servers[k].as_ref().expect("running")))
+        .expect("one instance forwards");
+    assert!(
+        !cursor(servers[1 - leader].as_ref().expect("running")),
+        "both instances forward"
+    );
+    {
+        let seen = seen.lock().unwrap();
+        let ids: BTreeSet<&String> = seen.acked.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), seen.acked.len(), "a change was posted twice");
+    }
+    // The forwarding instance dies; the other takes over from the stored cursor.
+    servers[leader].take().expect("running").kill();
+    let survivor = servers[1 - leader].as_ref().expect("running");
+    for (id, body) in rest {
+        assert_eq!(
+            post_webhook(survivor.addr, SECRET, id, ts, body).status,
+            200
+        );
+    }
+    let last = engine.last_change_seq().expect("last seq");
+    wait_for("every change", Duration::from_secs(30), || arrived(last));
+    let seen = seen.lock().unwrap();
+    let ids: BTreeSet<i64> = seen
+        .acked
+        .iter()
+        .map(|(id, _)| id.trim_start_matches("chg_").parse().expect("chg_<seq>"))
+        .collect();
+    let every: BTreeSet<i64> = engine
+        .changes(0, usize::MAX)
+        .expect("changes")
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(ids, every, "every change arrived");
+    for server in servers.into_iter().flatten() {
+        server.kill();
+    }
+}
