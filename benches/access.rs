@@ -3,6 +3,9 @@
 //! - `access/has_access` (in-memory index) vs `access/raw_sqlite_lookup` (a prepared,
 //!   cached point lookup through the same table's index) on a store of
 //!   `ENTSYNC_BENCH_GRANTS` grants (default 100 000);
+//! - `index/has_access` and `index/answer` on an `Index` built straight from
+//!   `ENTSYNC_BENCH_INDEX_GRANTS` synthetic rows (default 1 000 000; no store, no lock)
+//!   vs `index/hashmap_baseline`, a `HashMap<(String, String), bool>` of the same pairs;
 //! - `parse/grant` and `fold/step`: the pure per-delivery work;
 //! - `ingest/group_commit`: durable ingest (`synchronous=FULL`) of 64 concurrent
 //!   deliveries sharing commits.
@@ -10,8 +13,12 @@
 //! `cargo bench --bench access`. `entsync bench` reports p50/p99 and ratios as JSON.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use entitlement_sync::synth::{customer, entitlement, grant_delivery, Rng, ENTITLEMENTS};
-use entitlement_sync::{event, fold, Delivery, Engine};
+use entitlement_sync::index::Index;
+use entitlement_sync::synth::{
+    customer, entitlement, grant_delivery, grant_row, Rng, ENTITLEMENTS,
+};
+use entitlement_sync::{event, fold, Delivery, Engine, Policy};
+use std::collections::HashMap;
 use std::hint::black_box;
 
 fn grants() -> usize {
@@ -81,6 +88,61 @@ fn access(c: &mut Criterion) {
     g.finish();
 }
 
+fn index(c: &mut Criterion) {
+    let n: usize = std::env::var("ENTSYNC_BENCH_INDEX_GRANTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let customers = (n / 3).max(1);
+    let mut rng = Rng(1);
+    let mut index = Index::default();
+    for i in 0..n {
+        let row = grant_row(i, customers, i, &mut rng);
+        index.apply_decoded(Index::decode(&row).expect("decode"));
+    }
+    let now = chrono::Utc::now();
+    let policy = Policy::default();
+    let map: HashMap<(String, String), bool> = index
+        .pairs()
+        .map(|(c, e)| {
+            let allowed = index.has_access(c, e, &policy, now);
+            ((c.to_string(), e.to_string()), allowed)
+        })
+        .collect();
+    let mut rng = Rng(7);
+    let pairs: Vec<(String, String)> = (0..4096)
+        .map(|_| {
+            (
+                customer(rng.below(customers)),
+                entitlement(rng.below(ENTITLEMENTS)),
+            )
+        })
+        .collect();
+    let mut g = c.benchmark_group("index");
+    let mut i = 0;
+    g.bench_function("has_access", |b| {
+        b.iter(|| {
+            i = (i + 1) % pairs.len();
+            let (c, e) = &pairs[i];
+            black_box(index.has_access(c, e, &policy, now))
+        })
+    });
+    g.bench_function("answer", |b| {
+        b.iter(|| {
+            i = (i + 1) % pairs.len();
+            let (c, e) = &pairs[i];
+            black_box(index.access(c, e, &policy, now))
+        })
+    });
+    g.bench_function("hashmap_baseline", |b| {
+        b.iter(|| {
+            i = (i + 1) % pairs.len();
+            black_box(map.get(&pairs[i]).copied())
+        })
+    });
+    g.finish();
+}
+
 fn pure(c: &mut Criterion) {
     let mut rng = Rng(3);
     let d = grant_delivery(1, 1, 1, &mut rng, chrono::Utc::now());
@@ -132,5 +194,5 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, access, pure, ingest);
+criterion_group!(benches, access, index, pure, ingest);
 criterion_main!(benches);

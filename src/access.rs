@@ -101,17 +101,91 @@ pub struct PaymentFacts {
     pub dispute: Option<(DisputeStatus, Timestamp)>,
 }
 
-/// One grant of the pair, with what the policy may use.
+/// What the decision reads of a grant's subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionView<'a> {
+    /// Its current status.
+    pub status: &'a SubscriptionStatus,
+    /// The version (envelope timestamp) of the snapshot that is its state.
+    pub as_of: Timestamp,
+    /// When its current status began.
+    pub since: Timestamp,
+}
+
+impl<'a> From<&'a SubscriptionFacts> for SubscriptionView<'a> {
+    fn from(s: &'a SubscriptionFacts) -> Self {
+        SubscriptionView {
+            status: &s.status,
+            as_of: s.as_of,
+            since: s.since,
+        }
+    }
+}
+
+/// What the decision ([`allowed`], and [`decide`]'s verdict) reads of one grant of the
+/// pair: its own fields that bear on access, and what the policy may use besides.
 #[derive(Debug, Clone, Copy)]
-pub struct GrantView<'a> {
-    /// The grant's current snapshot.
-    pub grant: &'a Grant,
+pub struct GrantFacts<'a> {
+    /// The grant's status.
+    pub status: &'a GrantStatus,
+    /// Why it was revoked, for a revoked grant.
+    pub revocation_reason: Option<&'a RevocationReason>,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// The failure's code.
+    pub error_code: Option<&'a str>,
+    /// Its license key's expiry, if any.
+    pub license_key_expires_at: Option<Timestamp>,
+    /// Not linked to a subscription (a one-time purchase's grant).
+    pub one_time: bool,
     /// The grant's version instant.
     pub version: Timestamp,
     /// Its subscription, if known.
-    pub subscription: Option<&'a SubscriptionFacts>,
+    pub subscription: Option<SubscriptionView<'a>>,
     /// Its payment, if known.
     pub payment: Option<&'a PaymentFacts>,
+}
+
+/// One grant of the pair as the answer shows it: the [`GrantFacts`] the decision reads,
+/// and what only the explanation prints.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantView<'a> {
+    /// What the decision reads.
+    pub facts: GrantFacts<'a>,
+    /// The grant id.
+    pub id: &'a str,
+    /// Its subscription's id, if any (`facts.one_time` is its absence).
+    pub subscription_id: Option<&'a str>,
+    /// Where the customer completes delivery; printed for a pending grant only.
+    pub oauth_url: Option<&'a str>,
+}
+
+impl<'a> GrantView<'a> {
+    /// The view of a whole decoded grant snapshot, versioned `version`, with its
+    /// subscription and payment facts if known.
+    pub fn of(
+        grant: &'a Grant,
+        version: Timestamp,
+        subscription: Option<&'a SubscriptionFacts>,
+        payment: Option<&'a PaymentFacts>,
+    ) -> Self {
+        GrantView {
+            facts: GrantFacts {
+                status: &grant.status,
+                revocation_reason: grant.revocation_reason.as_ref(),
+                revoked_at: grant.revoked_at,
+                error_code: grant.error_code.as_deref(),
+                license_key_expires_at: grant.license_key.as_ref().and_then(|k| k.expires_at),
+                one_time: grant.subscription_id.is_none(),
+                version,
+                subscription: subscription.map(SubscriptionView::from),
+                payment,
+            },
+            id: &grant.id,
+            subscription_id: grant.subscription_id.as_deref(),
+            oauth_url: grant.oauth_url.as_deref(),
+        }
+    }
 }
 
 /// The access answer, as the CLI and the HTTP API print it.
@@ -163,18 +237,36 @@ pub struct Access {
     pub evaluated_at: Timestamp,
 }
 
+/// Why a grant does not allow, without allocating: the answer's `reason` text.
+#[derive(Debug, Clone, Copy)]
+enum Reason<'a> {
+    /// The text itself.
+    Text(&'a str),
+    /// `subscription_<status>`.
+    Subscription(&'a SubscriptionStatus),
+}
+
+impl Reason<'_> {
+    fn text(self) -> String {
+        match self {
+            Reason::Text(s) => s.to_string(),
+            Reason::Subscription(s) => format!("subscription_{s}"),
+        }
+    }
+}
+
 /// The verdict on one grant.
-struct Judgement {
+struct Judgement<'a> {
     allowed: bool,
-    reason: Option<String>,
+    reason: Option<Reason<'a>>,
     grace_until: Option<Timestamp>,
 }
 
-impl Judgement {
-    fn deny(reason: impl Into<String>) -> Self {
+impl<'a> Judgement<'a> {
+    fn deny(reason: Reason<'a>) -> Self {
         Judgement {
             allowed: false,
-            reason: Some(reason.into()),
+            reason: Some(reason),
             grace_until: None,
         }
     }
@@ -210,10 +302,9 @@ fn on_hold_grace(policy: &Policy, began: Timestamp, now: Timestamp) -> Option<Ti
     (now < until).then_some(until)
 }
 
-fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
-    let g = view.grant;
+fn judge<'a>(view: &GrantFacts<'a>, policy: &Policy, now: Timestamp) -> Judgement<'a> {
     let newer = |t: Timestamp| t > view.version;
-    match &g.status {
+    match view.status {
         GrantStatus::Delivered => {}
         GrantStatus::Pending => {
             return Judgement {
@@ -223,10 +314,10 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
             }
         }
         GrantStatus::Failed => {
-            return Judgement::deny(g.error_code.clone().unwrap_or_else(|| "failed".into()))
+            return Judgement::deny(Reason::Text(view.error_code.unwrap_or("failed")))
         }
         GrantStatus::Revoked => {
-            let reason = g.revocation_reason.as_ref();
+            let reason = view.revocation_reason;
             // With the backstop on, the hold is over when the subscription is known,
             // from a snapshot newer than the revocation, to have moved on to another
             // denying status (cancelled, expired, paused, failed): no grace then, as
@@ -234,15 +325,15 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
             let hold_ended = policy.subscription_backstop
                 && view.subscription.is_some_and(|s| {
                     newer(s.as_of)
-                        && backstop_denies(&s.status)
-                        && s.status != SubscriptionStatus::OnHold
+                        && backstop_denies(s.status)
+                        && *s.status != SubscriptionStatus::OnHold
                 });
             if reason == Some(&RevocationReason::SubscriptionOnHold) && !hold_ended {
                 let began = view
                     .subscription
-                    .filter(|s| s.status == SubscriptionStatus::OnHold)
+                    .filter(|s| *s.status == SubscriptionStatus::OnHold)
                     .map(|s| s.since)
-                    .or(g.revoked_at)
+                    .or(view.revoked_at)
                     .unwrap_or(view.version);
                 if let Some(until) = on_hold_grace(policy, began, now) {
                     return Judgement {
@@ -251,21 +342,20 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
                     };
                 }
             }
-            return Judgement::deny(reason.map_or("revoked", |r| r.as_str()));
+            return Judgement::deny(Reason::Text(reason.map_or("revoked", |r| r.as_str())));
         }
-        GrantStatus::Other(s) => return Judgement::deny(s.clone()),
+        GrantStatus::Other(s) => return Judgement::deny(Reason::Text(s)),
     }
-    if let Some(expires) = g.license_key.as_ref().and_then(|k| k.expires_at) {
+    if let Some(expires) = view.license_key_expires_at {
         if now >= expires {
-            return Judgement::deny("license_key_expired");
+            return Judgement::deny(Reason::Text("license_key_expired"));
         }
     }
     if let Some(p) = view.payment {
         // Only a one-time purchase's grants: Dodo revokes on refunds for those alone; a
         // subscription's grants follow the subscription.
-        let one_time = g.subscription_id.is_none();
-        if policy.refund_denies && one_time && p.refunded_at.is_some_and(newer) {
-            return Judgement::deny("refund");
+        if policy.refund_denies && view.one_time && p.refunded_at.is_some_and(newer) {
+            return Judgement::deny(Reason::Text("refund"));
         }
         if let Some((status, at)) = &p.dispute {
             let denies = match policy.disputes {
@@ -274,13 +364,13 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
                 DisputePolicy::OnOpened => status.is_lost() || status.is_open(),
             };
             if denies && newer(*at) {
-                return Judgement::deny("dispute");
+                return Judgement::deny(Reason::Text("dispute"));
             }
         }
     }
     if let Some(s) = view.subscription {
-        if policy.subscription_backstop && backstop_denies(&s.status) && newer(s.as_of) {
-            if s.status == SubscriptionStatus::OnHold {
+        if policy.subscription_backstop && backstop_denies(s.status) && newer(s.as_of) {
+            if *s.status == SubscriptionStatus::OnHold {
                 if let Some(until) = on_hold_grace(policy, s.since, now) {
                     return Judgement {
                         grace_until: Some(until),
@@ -288,7 +378,7 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
                     };
                 }
             }
-            return Judgement::deny(format!("subscription_{}", s.status));
+            return Judgement::deny(Reason::Subscription(s.status));
         }
     }
     Judgement::allow()
@@ -296,7 +386,7 @@ fn judge(view: &GrantView<'_>, policy: &Policy, now: Timestamp) -> Judgement {
 
 /// Just the decision, without building the explanation: the OR over the grants.
 pub fn allowed<'a>(
-    grants: impl IntoIterator<Item = GrantView<'a>>,
+    grants: impl IntoIterator<Item = GrantFacts<'a>>,
     policy: &Policy,
     now: Timestamp,
 ) -> bool {
@@ -333,22 +423,24 @@ pub fn decide(
     policy: &Policy,
     now: Timestamp,
 ) -> Access {
-    let judged: Vec<(&GrantView<'_>, Judgement)> =
-        grants.iter().map(|v| (v, judge(v, policy, now))).collect();
+    let judged: Vec<(&GrantView<'_>, Judgement<'_>)> = grants
+        .iter()
+        .map(|v| (v, judge(&v.facts, policy, now)))
+        .collect();
     // The allowing grant with the newest version; else the most relevant denial, newest
     // first; ties by grant id, so the answer does not depend on input order.
     let best = judged.iter().min_by(|(a, ja), (b, jb)| {
         (
             !ja.allowed,
-            relevance(&a.grant.status),
-            std::cmp::Reverse(a.version),
-            &a.grant.id,
+            relevance(a.facts.status),
+            std::cmp::Reverse(a.facts.version),
+            a.id,
         )
             .cmp(&(
                 !jb.allowed,
-                relevance(&b.grant.status),
-                std::cmp::Reverse(b.version),
-                &b.grant.id,
+                relevance(b.facts.status),
+                std::cmp::Reverse(b.facts.version),
+                b.id,
             ))
     });
     let Some((view, judgement)) = best else {
@@ -370,7 +462,7 @@ pub fn decide(
             evaluated_at: now,
         };
     };
-    let g = view.grant;
+    let g = &view.facts;
     Access {
         allowed: judgement.allowed,
         customer_id: customer_id.to_string(),
@@ -379,19 +471,19 @@ pub fn decide(
         reason: if judgement.allowed {
             None
         } else {
-            judgement.reason.clone()
+            judgement.reason.map(Reason::text)
         },
-        grant_id: Some(g.id.clone()),
-        oauth_url: (g.status == GrantStatus::Pending)
-            .then(|| g.oauth_url.clone())
+        grant_id: Some(view.id.to_string()),
+        oauth_url: (*g.status == GrantStatus::Pending)
+            .then(|| view.oauth_url.map(str::to_string))
             .flatten(),
-        error_code: g.error_code.clone(),
-        license_key_expires_at: g.license_key.as_ref().and_then(|k| k.expires_at),
-        subscription_id: g.subscription_id.clone(),
-        subscription_status: view.subscription.map(|s| s.status.to_string()),
+        error_code: g.error_code.map(str::to_string),
+        license_key_expires_at: g.license_key_expires_at,
+        subscription_id: view.subscription_id.map(str::to_string),
+        subscription_status: g.subscription.map(|s| s.status.to_string()),
         grace_until: judgement.grace_until,
         grants: grants.len(),
-        as_of: Some(view.version),
+        as_of: Some(g.version),
         evaluated_at: now,
     }
 }
@@ -413,13 +505,10 @@ pub fn next_change(grants: &[GrantView<'_>], policy: &Policy, now: Timestamp) ->
     grants
         .iter()
         .flat_map(|v| {
-            let expiry = v
-                .grant
-                .license_key
-                .as_ref()
-                .and_then(|k| k.expires_at)
-                .filter(|e| *e > now);
-            let grace = judge(v, policy, now).grace_until.filter(|g| *g > now);
+            let expiry = v.facts.license_key_expires_at.filter(|e| *e > now);
+            let grace = judge(&v.facts, policy, now)
+                .grace_until
+                .filter(|g| *g > now);
             expiry.into_iter().chain(grace)
         })
         .min()

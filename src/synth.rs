@@ -1,6 +1,7 @@
 //! Synthetic deliveries for benchmarks (`entsync bench`, `benches/`). Deterministic:
 //! the same arguments give the same bytes.
 
+use crate::store::ObjectRow;
 use crate::Delivery;
 
 /// A small deterministic PRNG (SplitMix64), so runs are comparable: the one the
@@ -79,6 +80,46 @@ pub fn grant_delivery(
     rng: &mut Rng,
     received_at: crate::wire::Timestamp,
 ) -> Delivery {
+    let (status, data) = grant_data(n, customers, seq, rng);
+    let body = serde_json::to_vec_pretty(&serde_json::json!({
+        "business_id": "bus_bench",
+        "type": format!("entitlement_grant.{}", status.to_lowercase()),
+        "timestamp": "2026-05-01T10:25:33.000000Z",
+        "data": data,
+    }))
+    .unwrap_or_default();
+    Delivery::new(format!("msg_{seq:012}"), body, received_at)
+}
+
+/// The `objects` row the store holds for [`grant_delivery`]`(n, customers, seq, rng, _)`
+/// once it is applied (the typed snapshot as JSON, versioned by its `updated_at`): for
+/// building an [`crate::index::Index`] directly, without a store. Same draws from `rng`
+/// as [`grant_delivery`].
+pub fn grant_row(n: usize, customers: usize, seq: usize, rng: &mut Rng) -> ObjectRow {
+    let (_, data) = grant_data(n, customers, seq, rng);
+    let grant: crate::event::Grant = serde_json::from_value(data).unwrap_or_else(|e| {
+        unreachable!("the synthetic grant always parses: {e}");
+    });
+    let as_of = grant
+        .updated_at
+        .map(|t| crate::wire::format_timestamp(&t))
+        .unwrap_or_default();
+    ObjectRow {
+        kind: "grant".into(),
+        id: grant.id.clone(),
+        since: as_of.clone(),
+        as_of,
+        body: serde_json::to_string(&grant).unwrap_or_default(),
+    }
+}
+
+/// The `data` of synthetic grant `n` and its status.
+fn grant_data(
+    n: usize,
+    customers: usize,
+    seq: usize,
+    rng: &mut Rng,
+) -> (&'static str, serde_json::Value) {
     let cus = customer(n % customers.max(1));
     let ent = entitlement(rng.below(ENTITLEMENTS));
     let status = if rng.below(10) < 8 {
@@ -91,34 +132,28 @@ pub fn grant_delivery(
     } else {
         "null"
     };
-    let body = serde_json::to_vec_pretty(&serde_json::json!({
+    let data = serde_json::json!({
+        "payload_type": "EntitlementGrant",
+        "id": format!("grant_{n:012}"),
         "business_id": "bus_bench",
-        "type": format!("entitlement_grant.{}", status.to_lowercase()),
-        "timestamp": "2026-05-01T10:25:33.000000Z",
-        "data": {
-            "payload_type": "EntitlementGrant",
-            "id": format!("grant_{n:012}"),
-            "business_id": "bus_bench",
-            "entitlement_id": ent,
-            "customer_id": cus,
-            "external_id": null,
-            "payment_id": format!("pay_{n:012}"),
-            "subscription_id": null,
-            "status": status,
-            "revocation_reason": serde_json::from_str::<serde_json::Value>(reason).unwrap_or_default(),
-            "license_key": null,
-            "digital_product_delivery": null,
-            "delivered_at": "2026-05-01T10:25:33Z",
-            "revoked_at": null,
-            "error_code": null,
-            "error_message": null,
-            "oauth_url": null,
-            "oauth_expires_at": null,
-            "metadata": {"plan": "pro", "seats": 3, "beta": true},
-            "created_at": "2026-05-01T10:25:33Z",
-            "updated_at": format!("2026-05-01T10:{:02}:{:02}.{:06}Z", (seq / 60) % 60, seq % 60, seq % 1_000_000),
-        }
-    }))
-    .unwrap_or_default();
-    Delivery::new(format!("msg_{seq:012}"), body, received_at)
+        "entitlement_id": ent,
+        "customer_id": cus,
+        "external_id": null,
+        "payment_id": format!("pay_{n:012}"),
+        "subscription_id": null,
+        "status": status,
+        "revocation_reason": serde_json::from_str::<serde_json::Value>(reason).unwrap_or_default(),
+        "license_key": null,
+        "digital_product_delivery": null,
+        "delivered_at": "2026-05-01T10:25:33Z",
+        "revoked_at": null,
+        "error_code": null,
+        "error_message": null,
+        "oauth_url": null,
+        "oauth_expires_at": null,
+        "metadata": {"plan": "pro", "seats": 3, "beta": true},
+        "created_at": "2026-05-01T10:25:33Z",
+        "updated_at": format!("2026-05-01T10:{:02}:{:02}.{:06}Z", (seq / 60) % 60, seq % 60, seq % 1_000_000),
+    });
+    (status, data)
 }

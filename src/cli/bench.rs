@@ -8,11 +8,16 @@
 //! its figures as JSON"); there is no `--json` flag, since a flag can only mean
 //! something if the default were not JSON.
 
-use super::CliError;
+use super::{alloc, CliError};
 use clap::Args;
-use entitlement_sync::synth::{customer, entitlement, grant_delivery, Rng, ENTITLEMENTS};
-use entitlement_sync::{Delivery, Engine};
+use entitlement_sync::index::Index;
+use entitlement_sync::store::ObjectRow;
+use entitlement_sync::synth::{
+    customer, entitlement, grant_delivery, grant_row, Rng, ENTITLEMENTS,
+};
+use entitlement_sync::{Delivery, Engine, Policy};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -38,6 +43,11 @@ pub struct BenchArgs {
     /// Directory for the stores (default: a new temporary directory, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Also build an access index of this many grants straight from synthetic rows
+    /// (no store: the rows the store would hold, decoded and applied one at a time), and
+    /// measure its memory and `has_access` next to a `HashMap` of the same pairs.
+    #[arg(long)]
+    pub index_grants: Option<usize>,
     /// Also measure on this PostgreSQL database (in schemas of the bench's own, dropped
     /// afterwards), printed under `postgres`.
     #[arg(long, env = "ENTSYNC_BENCH_POSTGRES", value_name = "URL")]
@@ -93,12 +103,182 @@ struct Report {
     group_commit_writers: usize,
     rebuild_seconds: Option<f64>,
     rebuild_deliveries_per_sec: Option<f64>,
+    /// Live heap bytes of an [`Index`] built from the store's own rows, per grant.
+    index_bytes_per_grant: f64,
+    /// Baseline: live heap bytes per entry of a `HashMap<(String, String), bool>` of
+    /// the same pairs.
+    hashmap_bytes_per_entry: f64,
+    ratio_bytes_index_over_hashmap: f64,
+    /// Baseline: that `HashMap`'s lookup, same pairs asked, same run.
+    hashmap_lookup: Latency,
+    ratio_p50_has_access_over_hashmap: f64,
+    /// With `--index-grants`: the index at that scale, built from synthetic rows.
+    index_at_scale: Option<IndexScale>,
     /// A fresh engine on the access store, as `serve` starts: from open to the first
     /// correct answer (from the store, while the index loads), and to the index loaded.
     cold_start: ColdStart,
     /// The same figures on PostgreSQL (`--postgres`), measured in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres: Option<super::bench_pg::PgReport>,
+}
+
+/// The access index at scale, built without a store.
+#[derive(Debug, Serialize)]
+struct IndexScale {
+    grants: usize,
+    /// Distinct pairs asked about (each asked `lookups / distinct_pairs` times).
+    distinct_pairs: usize,
+    /// How the index was built.
+    source: &'static str,
+    build_seconds: f64,
+    /// Live heap bytes (counting allocator) of the index, per grant.
+    index_bytes_per_grant: f64,
+    /// Growth of the process's resident set while building it, per grant.
+    rss_bytes_per_grant: f64,
+    /// `Index::has_access` directly (no engine, no lock).
+    has_access: Latency,
+    /// `Index::access` (the full answer) directly.
+    access_answer: Latency,
+    hashmap_bytes_per_entry: f64,
+    hashmap_lookup: Latency,
+    ratio_bytes_index_over_hashmap: f64,
+    ratio_p50_has_access_over_hashmap: f64,
+}
+
+/// The pairs asked about (`distinct` of them, at least one): mostly existing ones, 10%
+/// unknown.
+fn query_pairs(customers: usize, distinct: usize) -> Vec<(String, String)> {
+    let mut rng = Rng(0x5eed_0003);
+    (0..distinct.max(1))
+        .map(|i| {
+            if i % 10 == 9 {
+                (
+                    customer(customers + rng.below(customers)),
+                    entitlement(rng.below(ENTITLEMENTS)),
+                )
+            } else {
+                (
+                    customer(rng.below(customers)),
+                    entitlement(rng.below(ENTITLEMENTS)),
+                )
+            }
+        })
+        .collect()
+}
+
+/// Times `lookups` calls of `f` over `pairs` (after a warm-up), one sample per call.
+fn time_calls(
+    pairs: &[(String, String)],
+    lookups: usize,
+    f: &mut dyn FnMut(&(String, String)),
+) -> Latency {
+    for p in pairs.iter().take(10_000) {
+        f(p);
+    }
+    let mut samples = Vec::with_capacity(lookups);
+    for i in 0..lookups {
+        let p = &pairs[i % pairs.len()];
+        let t = Instant::now();
+        f(p);
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    latency(samples)
+}
+
+/// The process's resident set, in bytes (0 where `/proc` does not say).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Live bytes allocated by `f` and still held when it returns, with its result.
+fn measured<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let before = alloc::live();
+    let value = f();
+    (value, (alloc::live() - before) as f64)
+}
+
+/// The `HashMap` baseline: every pair of `index`, with its decision.
+fn hashmap_of(
+    index: &Index,
+    now: chrono::DateTime<chrono::Utc>,
+) -> HashMap<(String, String), bool> {
+    let policy = Policy::default();
+    index
+        .pairs()
+        .map(|(c, e)| {
+            (
+                (c.to_string(), e.to_string()),
+                index.has_access(c, e, &policy, now),
+            )
+        })
+        .collect()
+}
+
+fn per(bytes: f64, n: usize) -> f64 {
+    bytes / n.max(1) as f64
+}
+
+/// The index of `n` synthetic grants, built one row at a time, against its baseline.
+fn index_at_scale(n: usize, lookups: usize) -> IndexScale {
+    let customers = (n / 3).max(1);
+    eprintln!("bench: building an index of {n} grants from synthetic rows");
+    let mut rng = Rng(0x5eed_0001);
+    let rss_before = rss();
+    let started = Instant::now();
+    let (index, bytes) = measured(|| {
+        let mut index = Index::default();
+        for i in 0..n {
+            let row = grant_row(i, customers, i, &mut rng);
+            if let Ok(d) = Index::decode(&row) {
+                index.apply_decoded(d);
+            }
+        }
+        index
+    });
+    let build_seconds = started.elapsed().as_secs_f64();
+    let rss_grown = rss().saturating_sub(rss_before) as f64;
+    eprintln!(
+        "bench: index of {} grants built in {build_seconds:.1}s, {:.0} bytes/grant",
+        index.grants(),
+        per(bytes, n)
+    );
+    // Up to a million distinct pairs, so that the pairs asked about do not fit in the
+    // caches (the engine's run above asks 100 000, cycled).
+    let pairs = query_pairs(customers, lookups.min(1_000_000));
+    let now = chrono::Utc::now();
+    let policy = Policy::default();
+    let mut allowed = 0usize;
+    let has_access = time_calls(&pairs, lookups, &mut |(c, e)| {
+        allowed += usize::from(index.has_access(c, e, &policy, now));
+    });
+    let access_answer = time_calls(&pairs, lookups, &mut |(c, e)| {
+        let _ = std::hint::black_box(index.access(c, e, &policy, now));
+    });
+    let (map, map_bytes) = measured(|| hashmap_of(&index, now));
+    let hashmap_lookup = time_calls(&pairs, lookups, &mut |p| {
+        allowed += usize::from(map.get(p).copied().unwrap_or(false));
+    });
+    std::hint::black_box(allowed);
+    let index_bytes_per_grant = per(bytes, index.grants());
+    let hashmap_bytes_per_entry = per(map_bytes, map.len());
+    IndexScale {
+        grants: index.grants(),
+        distinct_pairs: pairs.len(),
+        source: "synth::grant_row rows decoded and applied one at a time (no store)",
+        build_seconds,
+        index_bytes_per_grant,
+        rss_bytes_per_grant: per(rss_grown, index.grants()),
+        ratio_p50_has_access_over_hashmap: has_access.p50_ns as f64
+            / hashmap_lookup.p50_ns.max(1) as f64,
+        has_access,
+        access_answer,
+        hashmap_bytes_per_entry,
+        hashmap_lookup,
+        ratio_bytes_index_over_hashmap: index_bytes_per_grant / hashmap_bytes_per_entry,
+    }
 }
 
 /// Opens a bench store.
@@ -151,6 +331,7 @@ fn ingest_run(dir: &Path, name: &str, n: usize, writers: usize) -> Result<f64, C
 
 /// Runs the benchmark and prints its report as JSON.
 pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
+    alloc::start();
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("entsync-bench-{}", std::process::id())),
@@ -198,50 +379,47 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         "bench: built in {build:.1}s; index of {count} grants loaded in {:.2?}",
         loaded.elapsed()
     );
-    // The pairs asked about: mostly existing ones, 10% unknown.
-    let mut rng = Rng(0x5eed_0003);
-    let pairs: Vec<(String, String)> = (0..args.lookups.clamp(1, 100_000))
-        .map(|i| {
-            if i % 10 == 9 {
-                (
-                    customer(customers + rng.below(customers)),
-                    entitlement(rng.below(ENTITLEMENTS)),
-                )
-            } else {
-                (
-                    customer(rng.below(customers)),
-                    entitlement(rng.below(ENTITLEMENTS)),
-                )
-            }
-        })
-        .collect();
+    let pairs = query_pairs(customers, args.lookups.min(100_000));
     let now = chrono::Utc::now();
     let time = |f: &mut dyn FnMut(&str, &str)| -> Latency {
-        // Warm up, then time each call.
-        for (c, e) in pairs.iter().take(10_000) {
-            f(c, e);
-        }
-        let mut samples = Vec::with_capacity(args.lookups);
-        for i in 0..args.lookups {
-            let (c, e) = &pairs[i % pairs.len()];
-            let t = Instant::now();
-            f(c, e);
-            samples.push(t.elapsed().as_nanos() as u64);
-        }
-        latency(samples)
+        time_calls(&pairs, args.lookups, &mut |(c, e)| f(c, e))
     };
     let mut allowed = 0usize;
     let has_access = time(&mut |c, e| allowed += usize::from(engine.has_access(c, e, now)));
     let access_answer = time(&mut |c, e| {
         let _ = std::hint::black_box(engine.access(c, e, now));
     });
-    let reader = engine
+    let mut reader = engine
         .open_reader()
         .map_err(CliError::store("cannot open a reader"))?;
     let raw = time(&mut |c, e| {
         let _ = std::hint::black_box(reader.raw_grant_lookup(c, e));
     });
+    // The index's memory, from the store's own rows (as `serve` loads them), against a
+    // HashMap of the same pairs; and that HashMap's lookup.
+    let rows: Vec<ObjectRow> = reader
+        .changed_since(0)
+        .map_err(|e| CliError::store("cannot read the rows")(e.into()))?
+        .0;
+    let (index, index_bytes) = measured(|| {
+        let mut index = Index::default();
+        for row in &rows {
+            if let Ok(d) = Index::decode(row) {
+                index.apply_decoded(d);
+            }
+        }
+        index
+    });
+    drop(rows);
+    let (map, map_bytes) = measured(|| hashmap_of(&index, now));
+    let hashmap_lookup = time_calls(&pairs, args.lookups, &mut |p| {
+        allowed += usize::from(map.get(p).copied().unwrap_or(false));
+    });
+    let index_bytes_per_grant = per(index_bytes, index.grants());
+    let hashmap_bytes_per_entry = per(map_bytes, map.len());
+    drop((index, map));
     std::hint::black_box(allowed);
+    let index_at_scale = args.index_grants.map(|n| index_at_scale(n, args.lookups));
     let (rebuild_seconds, rebuild_rate) = if args.rebuild {
         eprintln!("bench: rebuilding");
         let t = Instant::now();
@@ -261,6 +439,7 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
     );
     let group = ingest_run(dir, "ingest-group.db", args.ingest * 4, args.writers)?;
     let ratio = raw.p50_ns as f64 / has_access.p50_ns.max(1) as f64;
+    let has_access_p50 = has_access.p50_ns;
     drop(reader);
     let probe = pairs[0].clone();
     let want = engine
@@ -292,6 +471,13 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         group_commit_writers: args.writers,
         rebuild_seconds,
         rebuild_deliveries_per_sec: rebuild_rate,
+        index_bytes_per_grant,
+        hashmap_bytes_per_entry,
+        ratio_bytes_index_over_hashmap: index_bytes_per_grant / hashmap_bytes_per_entry,
+        ratio_p50_has_access_over_hashmap: has_access_p50 as f64
+            / hashmap_lookup.p50_ns.max(1) as f64,
+        hashmap_lookup,
+        index_at_scale,
         cold_start,
         postgres,
     })

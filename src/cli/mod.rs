@@ -2,6 +2,7 @@
 //! of its arguments that returns `Result<ExitCode, CliError>`; [`main`] alone prints
 //! errors and turns them into exit codes (ripgrep's `main` / `try_main` shape).
 
+mod alloc;
 mod bench;
 mod bench_pg;
 mod commands;

@@ -54,12 +54,7 @@ fn views_by_pair(
             pairs
                 .entry((g.customer_id.clone(), g.entitlement_id.clone()))
                 .or_default()
-                .push(GrantView {
-                    grant: g,
-                    version: cur.snap.key.at,
-                    subscription: None,
-                    payment: None,
-                });
+                .push(GrantView::of(g, cur.snap.key.at, None, None));
         }
     }
     pairs
@@ -1693,12 +1688,7 @@ fn exercise(body: &[u8]) {
                     ..Policy::default()
                 };
                 for (version, subscription) in [(cur.snap.key.at, None), (t0(), Some(&sub))] {
-                    let view = GrantView {
-                        grant: &cur.snap.body,
-                        version,
-                        subscription,
-                        payment: None,
-                    };
+                    let view = GrantView::of(&cur.snap.body, version, subscription, None);
                     let _ = decide("c", "e", &[view], &policy, t0());
                     let _ = decide("c", "e", &[view], &Policy::default(), cur.snap.key.at);
                 }
@@ -2000,7 +1990,7 @@ proptest! {
             disputes: disputes.parse::<DisputePolicy>().expect("a policy"),
         };
         let now = m(now_min);
-        let view = GrantView { grant: &snap.body, version, subscription: facts.as_ref(), payment: Some(&payment) };
+        let view = GrantView::of(&snap.body, version, facts.as_ref(), Some(&payment));
         let got = decide("cus_a", "ent_pro", &[view], &policy, now);
 
         // The expectation, from the text.

@@ -284,16 +284,14 @@ fn views<'a>(
         .filter(|c| {
             c.snap.body.customer_id == customer && c.snap.body.entitlement_id == entitlement
         })
-        .map(|c| GrantView {
-            grant: &c.snap.body,
-            version: c.snap.key.at,
-            subscription: c
+        .map(|c| {
+            let subscription = c
                 .snap
                 .body
                 .subscription_id
                 .as_ref()
-                .and_then(|s| subs.get(s)),
-            payment: None,
+                .and_then(|s| subs.get(s));
+            GrantView::of(&c.snap.body, c.snap.key.at, subscription, None)
         })
         .collect()
 }
