@@ -13,6 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Rows a full load reads, decodes and applies at a time.
+const FULL_LOAD_CHUNK: usize = 16_384;
+
 /// Rows the access index could not decode: skipped, so that one bad row never touches
 /// another object's answer, and reported (`/metrics`, `/healthz`).
 #[derive(Debug, Clone, Default)]
@@ -229,35 +232,51 @@ impl Engine {
             inner.synced.store(generation, Ordering::Release);
             return Ok(());
         }
-        let since = sync.seq;
-        let (mut rows, mut seq, epoch) = sync.reader.changed_since(since)?;
-        let full = epoch != sync.epoch;
-        if full {
-            // First load, or a rebuild replaced every row: load everything anew.
-            (rows, seq, _) = sync.reader.changed_since(0)?;
-        }
-        // Decode (and for a full load, build) without holding the index: readers keep
-        // answering from the previous state meanwhile. A row that does not decode is
-        // skipped and reported; every other answer stays right.
-        let (decoded, bad) = decode_rows(&rows);
-        if !bad.is_empty() {
-            let mut rows = lock(&inner.bad_rows);
-            for e in &bad {
-                rows.record(e);
+        let record_bad = |bad: Vec<IndexError>| {
+            if !bad.is_empty() {
+                let mut rows = lock(&inner.bad_rows);
+                for e in &bad {
+                    rows.record(e);
+                }
+            }
+        };
+        // Incrementally, unless this is the first load or a rebuild replaced every row
+        // since (then the epoch moved): load everything anew.
+        let mut loaded = None;
+        if sync.epoch >= 0 {
+            let since = sync.seq;
+            let (rows, seq, epoch) = sync.reader.changed_since(since)?;
+            if epoch == sync.epoch {
+                // Decode without holding the index: readers keep answering from the
+                // previous state meanwhile. A row that does not decode is skipped and
+                // reported; every other answer stays right.
+                let (decoded, bad) = decode_rows(&rows);
+                record_bad(bad);
+                let mut index = self.inner.index.write().unwrap_or_else(|p| p.into_inner());
+                for d in decoded {
+                    index.apply_decoded(d);
+                }
+                loaded = Some((seq, epoch));
             }
         }
-        if full {
-            let mut fresh = Index::default();
-            for d in decoded {
-                fresh.apply_decoded(d);
+        let (seq, epoch) = match loaded {
+            Some(counters) => counters,
+            None => {
+                // A full load, chunk by chunk into a fresh index (never every row's JSON
+                // at once), which replaces the old one when complete.
+                let mut fresh = Index::default();
+                let counters = sync.reader.scan_changed(0, FULL_LOAD_CHUNK, &mut |rows| {
+                    let (decoded, bad) = decode_rows(&rows);
+                    drop(rows);
+                    record_bad(bad);
+                    for d in decoded {
+                        fresh.apply_decoded(d);
+                    }
+                })?;
+                *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                counters
             }
-            *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        } else {
-            let mut index = self.inner.index.write().unwrap_or_else(|p| p.into_inner());
-            for d in decoded {
-                index.apply_decoded(d);
-            }
-        }
+        };
         sync.data_version = dv;
         sync.seq = seq;
         sync.epoch = epoch;

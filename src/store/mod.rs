@@ -292,6 +292,20 @@ pub trait ReadStore: Send {
     /// The backend's.
     fn changed_since(&mut self, seq: i64) -> Result<(Vec<ObjectRow>, i64, i64)>;
 
+    /// [`ReadStore::changed_since`] in chunks of at most `chunk` rows, each handed to `f`
+    /// as it is read (one read transaction): a full load never holds every row at once.
+    /// Returns the store's `(seq, epoch)` at the time of reading.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn scan_changed(
+        &mut self,
+        seq: i64,
+        chunk: usize,
+        f: &mut dyn FnMut(Vec<ObjectRow>),
+    ) -> Result<(i64, i64)>;
+
     /// The rows one access answer needs: the pair's grants, their subscriptions and
     /// payments, those payments' refunds and disputes.
     ///
