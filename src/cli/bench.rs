@@ -290,25 +290,38 @@ fn open(path: &Path) -> Result<Engine, CliError> {
 }
 
 fn ingest_run(dir: &Path, name: &str, n: usize, writers: usize) -> Result<f64, CliError> {
-    let path = dir.join(name);
-    let engine = open(&path)?;
+    let engine = open(&dir.join(name))?;
+    ingest_concurrently(&[engine], bench_deliveries(n), writers)
+}
+
+/// `n` synthetic grant deliveries, the same in every ingest run (SQLite and PostgreSQL).
+pub(super) fn bench_deliveries(n: usize) -> Vec<Delivery> {
     let mut rng = Rng(0x5eed_0002);
-    let deliveries: Vec<Delivery> = (0..n)
+    (0..n)
         .map(|i| grant_delivery(i, n / 3 + 1, i, &mut rng, chrono::Utc::now()))
-        .collect();
+        .collect()
+}
+
+/// Ingests `deliveries` one by one from `writers` threads, dealt round-robin over
+/// `engines` (one engine: one instance's group commit); deliveries per second.
+pub(super) fn ingest_concurrently(
+    engines: &[Engine],
+    deliveries: Vec<Delivery>,
+    writers: usize,
+) -> Result<f64, CliError> {
+    let writers = writers.max(1);
+    let n = deliveries.len();
+    let mut chunks: Vec<Vec<Delivery>> = (0..writers).map(|_| Vec::new()).collect();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        chunks[i % writers].push(d);
+    }
     let started = Instant::now();
-    let chunks: Vec<Vec<Delivery>> = {
-        let mut chunks: Vec<Vec<Delivery>> = (0..writers.max(1)).map(|_| Vec::new()).collect();
-        for (i, d) in deliveries.into_iter().enumerate() {
-            chunks[i % writers.max(1)].push(d);
-        }
-        chunks
-    };
-    let errors = std::thread::scope(|s| {
+    let errors: usize = std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .into_iter()
-            .map(|chunk| {
-                let engine = engine.clone();
+            .enumerate()
+            .map(|(k, chunk)| {
+                let engine = engines[k % engines.len()].clone();
                 s.spawn(move || {
                     chunk
                         .into_iter()
@@ -320,7 +333,7 @@ fn ingest_run(dir: &Path, name: &str, n: usize, writers: usize) -> Result<f64, C
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or(usize::MAX))
-            .sum::<usize>()
+            .sum()
     });
     let secs = started.elapsed().as_secs_f64();
     if errors > 0 {

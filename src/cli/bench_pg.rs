@@ -4,7 +4,7 @@
 //! spread over three instances; `has_access` from the index against a direct query of
 //! the same rows; and how long a commit on one instance takes to reach another's index.
 
-use super::bench::{latency, Latency};
+use super::bench::{bench_deliveries, ingest_concurrently, latency, Latency};
 use super::CliError;
 use entitlement_sync::store::Location;
 use entitlement_sync::synth::{customer, entitlement, grant_delivery, Rng, ENTITLEMENTS};
@@ -74,49 +74,6 @@ fn schema(url: &str, what: &str) -> Result<Schema, CliError> {
     Ok(schema)
 }
 
-fn deliveries(n: usize, seed: u64) -> Vec<Delivery> {
-    let mut rng = Rng(seed);
-    (0..n)
-        .map(|i| grant_delivery(i, n / 3 + 1, i, &mut rng, chrono::Utc::now()))
-        .collect()
-}
-
-/// Ingests `deliveries` one by one from `writers` threads, dealt round-robin over
-/// `engines`; deliveries per second.
-fn ingest(engines: &[Engine], deliveries: Vec<Delivery>, writers: usize) -> Result<f64, CliError> {
-    let writers = writers.max(1);
-    let mut chunks: Vec<Vec<Delivery>> = (0..writers).map(|_| Vec::new()).collect();
-    let n = deliveries.len();
-    for (i, d) in deliveries.into_iter().enumerate() {
-        chunks[i % writers].push(d);
-    }
-    let started = Instant::now();
-    let errors: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(k, chunk)| {
-                let engine = engines[k % engines.len()].clone();
-                s.spawn(move || {
-                    chunk
-                        .into_iter()
-                        .filter(|d| engine.ingest(d.clone()).is_err())
-                        .count()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(usize::MAX))
-            .sum()
-    });
-    let secs = started.elapsed().as_secs_f64();
-    if errors > 0 {
-        return Err(CliError::NotStored(errors as u64));
-    }
-    Ok(n as f64 / secs)
-}
-
 /// The PostgreSQL figures: a store of `grants`, `lookups` timed lookups, `ingest`
 /// deliveries per ingest run, `writers` concurrent writers.
 pub(super) fn bench(
@@ -131,7 +88,10 @@ pub(super) fn bench(
     let engine = access.open()?;
     eprintln!("bench: postgres: building a store of {grants} grants");
     let started = Instant::now();
-    let all = deliveries(grants, 0x5eed_0001);
+    let mut rng = Rng(0x5eed_0001);
+    let all: Vec<Delivery> = (0..grants)
+        .map(|i| grant_delivery(i, grants / 3 + 1, i, &mut rng, chrono::Utc::now()))
+        .collect();
     for batch in all.chunks(2_000) {
         for r in engine.ingest_batch(batch.to_vec()).map_err(store())? {
             r.map_err(store())?;
@@ -219,18 +179,18 @@ pub(super) fn bench(
     eprintln!("bench: postgres: durable ingest, one writer");
     let one = {
         let s = schema(url, "one")?;
-        ingest(&[s.open()?], deliveries(ingest_n, 0x5eed_0002), 1)?
+        ingest_concurrently(&[s.open()?], bench_deliveries(ingest_n), 1)?
     };
     eprintln!("bench: postgres: durable ingest, {writers} writers (group commit)");
     let group = {
         let s = schema(url, "group")?;
-        ingest(&[s.open()?], deliveries(ingest_n * 4, 0x5eed_0002), writers)?
+        ingest_concurrently(&[s.open()?], bench_deliveries(ingest_n * 4), writers)?
     };
     eprintln!("bench: postgres: durable ingest, {writers} writers over three instances");
     let three = {
         let s = schema(url, "three")?;
         let engines = [s.open()?, s.open()?, s.open()?];
-        ingest(&engines, deliveries(ingest_n * 4, 0x5eed_0002), writers)?
+        ingest_concurrently(&engines, bench_deliveries(ingest_n * 4), writers)?
     };
     Ok(PgReport {
         grants: count,
