@@ -153,7 +153,12 @@ fn check_schema(schema: &str) -> Result<()> {
 
 /// The advisory lock key of a schema's migrations.
 fn migration_lock(schema: &str) -> i64 {
-    let digest = Sha256::digest(format!("entsync migrations {schema}").as_bytes());
+    lock_key(&format!("entsync migrations {schema}"))
+}
+
+/// An advisory lock's key: the first 8 bytes of the SHA-256 of what it locks.
+fn lock_key(what: &str) -> i64 {
+    let digest = Sha256::digest(what.as_bytes());
     i64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
@@ -529,8 +534,7 @@ impl AdvisoryLock {
             &format!("entsync lock {name} {schema}"),
             Duration::from_secs(5),
         )?;
-        let digest = Sha256::digest(format!("entsync lock {schema} {name}").as_bytes());
-        let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+        let key = lock_key(&format!("entsync lock {schema} {name}"));
         Ok(AdvisoryLock {
             config,
             key,
