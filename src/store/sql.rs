@@ -261,9 +261,15 @@ impl<'a> Tx<'a> {
         Ok(Tx { db, open: true })
     }
 
+    /// Commits; a commit that fails is rolled back (SQLite may keep the transaction
+    /// open after a failed `COMMIT`, and the next `BEGIN` must not meet it).
     pub(crate) fn commit(mut self) -> Result<()> {
         self.open = false;
-        self.db.commit()
+        let committed = self.db.commit();
+        if committed.is_err() {
+            let _ = self.db.rollback();
+        }
+        committed
     }
 }
 
