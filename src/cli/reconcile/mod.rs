@@ -381,11 +381,27 @@ pub fn start(
         policy,
     };
     let shared = Arc::clone(&status);
+    // On a store several instances share, one of them sweeps at a time.
+    let lease = Arc::new(Mutex::new(
+        engine
+            .lease("reconcile")
+            .map_err(CliError::store("cannot set up the reconcile lease"))?,
+    ));
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            let lease = Arc::clone(&lease);
+            let held = tokio::task::spawn_blocking(move || {
+                lease.lock().unwrap_or_else(|p| p.into_inner()).held()
+            })
+            .await
+            .unwrap_or(false);
+            if !held {
+                tracing::debug!("reconcile: another instance sweeps");
+                continue;
+            }
             let started = Instant::now();
             let before = client.requests();
             let report =
