@@ -697,3 +697,55 @@ fn one_instance_forwards_the_feed_and_another_takes_over_when_it_dies() {
         server.kill();
     }
 }
+
+#[test]
+fn one_instance_reconciles_each_round() {
+    use crate::fake_dodo::{Data, FakeDodo, KEY};
+    let Some(schema) = Schema::new("reconcile") else {
+        return;
+    };
+    let fake = FakeDodo::start(Data::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("ENTSYNC_PG_SCHEMA", schema.name.as_str()),
+        ("DODO_PAYMENTS_API_KEY", KEY),
+    ];
+    let url = fake.url();
+    let args = [
+        "--reconcile-every",
+        "1h",
+        "--reconcile-base-url",
+        url.as_str(),
+        "--reconcile-rate-limit",
+        "200",
+    ];
+    let servers: Vec<Server> = (0..2)
+        .map(|k| {
+            Server::start_logged(
+                &schema.url,
+                dir.path().join(format!("serve-{k}.log")),
+                &env,
+                &args,
+            )
+        })
+        .collect();
+    let runs = |s: &Server| -> u64 {
+        s.get("/metrics")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("entsync_reconcile_runs_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // Both tick at once on start; one holds the lease and sweeps, the other skips.
+    crate::changes::wait_for("a sweep", Duration::from_secs(30), || {
+        servers.iter().map(runs).sum::<u64>() >= 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut counts: Vec<u64> = servers.iter().map(runs).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [0, 1], "exactly one instance swept");
+    for server in servers {
+        server.kill();
+    }
+}
