@@ -117,7 +117,7 @@ impl Engine {
             return Ok(());
         };
         let weak = Arc::downgrade(&self.inner);
-        crate::store::postgres::spawn_listener(url, schema, move |_| {
+        crate::store::postgres::spawn_listener(url, schema, move || {
             let Some(inner) = weak.upgrade() else {
                 return false;
             };

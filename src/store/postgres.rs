@@ -405,17 +405,6 @@ pub(crate) fn is_retryable(e: &postgres::Error) -> bool {
     }
 }
 
-/// What woke a listener's callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wake {
-    /// Another instance (or this one) committed to the schema.
-    Notified,
-    /// A second passed without a notification: the polling backstop.
-    Poll,
-    /// The listening connection was (re)opened: notifications may have been lost.
-    Connected,
-}
-
 /// Listens on [`CHANNEL`] for commits to `schema` on a connection of its own, on a
 /// thread of its own, and calls `wake` for each, once a second without one, and after
 /// every (re)connect. Reconnects with backoff (0.1 s doubling to 5 s). Stops when
@@ -427,7 +416,7 @@ pub(crate) enum Wake {
 pub(crate) fn spawn_listener(
     url: &str,
     schema: &str,
-    wake: impl Fn(Wake) -> bool + Send + 'static,
+    wake: impl Fn() -> bool + Send + 'static,
 ) -> Result<()> {
     let config = config(
         url,
@@ -444,7 +433,7 @@ pub(crate) fn spawn_listener(
 
 const POLL: Duration = Duration::from_secs(1);
 
-fn listen(config: &Config, schema: &str, wake: &dyn Fn(Wake) -> bool) {
+fn listen(config: &Config, schema: &str, wake: &dyn Fn() -> bool) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut client = match open_listener(config) {
@@ -454,7 +443,7 @@ fn listen(config: &Config, schema: &str, wake: &dyn Fn(Wake) -> bool) {
             }
             Err(_) => {
                 // The poll goes on while the server is away.
-                if !wake(Wake::Poll) {
+                if !wake() {
                     return;
                 }
                 std::thread::sleep(backoff);
@@ -462,7 +451,7 @@ fn listen(config: &Config, schema: &str, wake: &dyn Fn(Wake) -> bool) {
                 continue;
             }
         };
-        if !wake(Wake::Connected) {
+        if !wake() {
             return;
         }
         loop {
@@ -495,14 +484,14 @@ fn listen(config: &Config, schema: &str, wake: &dyn Fn(Wake) -> bool) {
                 let mut pending = client.notifications();
                 let mut iter = pending.iter();
                 while let Ok(Some(_)) = iter.next() {}
-                if !wake(Wake::Notified) {
+                if !wake() {
                     return;
                 }
                 continue;
             }
             // A quiet second: poll, and check that the connection still lives (a
             // terminated backend is noticed here at the latest).
-            if !wake(Wake::Poll) {
+            if !wake() {
                 return;
             }
             if client.batch_execute("SELECT 1").is_err() {
