@@ -410,7 +410,9 @@ fn connect(location: &Location, writer: bool) -> Result<Box<dyn sql::Db>> {
     match location {
         Location::Sqlite(path) => {
             let conn = if writer {
-                sqlite::open(path)?
+                let mut conn = sqlite::open(path)?;
+                sqlite::checkpoint_aside(&mut conn, path)?;
+                conn
             } else {
                 sqlite::open_reader(path)?
             };
