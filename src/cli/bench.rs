@@ -101,6 +101,14 @@ struct Report {
     ingest_one_writer_per_sec: f64,
     ingest_group_commit_per_sec: f64,
     group_commit_writers: usize,
+    /// Bytes the process wrote (WAL frames, checkpoint copies) per delivery of the
+    /// group-commit run (Linux `/proc/self/io`; absent elsewhere).
+    ingest_group_commit_bytes_written_per_delivery: Option<f64>,
+    /// Baseline: the same bodies inserted raw into one SQLite table (rowid, unique id,
+    /// body; WAL, `synchronous=FULL`), committed in transactions of `writers` rows each.
+    raw_batched_insert_per_sec: f64,
+    raw_batched_insert_bytes_written_per_row: Option<f64>,
+    ratio_raw_batched_insert_over_group_commit: f64,
     rebuild_seconds: Option<f64>,
     rebuild_deliveries_per_sec: Option<f64>,
     /// Live heap bytes of an [`Index`] built from the store's own rows, per grant.
@@ -294,6 +302,54 @@ fn ingest_run(dir: &Path, name: &str, n: usize, writers: usize) -> Result<f64, C
     ingest_concurrently(&[engine], bench_deliveries(n), writers)
 }
 
+/// The baseline for durable ingest: `deliveries`' ids and bodies inserted into one
+/// SQLite table, `batch` rows per transaction, as durably as the store commits (WAL,
+/// `synchronous=FULL`), straight through rusqlite; rows per second.
+fn raw_batched_insert(path: &Path, deliveries: &[Delivery], batch: usize) -> Result<f64, CliError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let failed = |e: rusqlite::Error| CliError::Refused(format!("raw insert baseline: {e}"));
+    let conn = rusqlite::Connection::open(path).map_err(failed)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE raw (seq INTEGER PRIMARY KEY, delivery_id TEXT NOT NULL UNIQUE,
+                           body BLOB NOT NULL);",
+    )
+    .map_err(failed)?;
+    let started = Instant::now();
+    for chunk in deliveries.chunks(batch.max(1)) {
+        let tx = conn.unchecked_transaction().map_err(failed)?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO raw (delivery_id, body) VALUES (?1, ?2)")
+                .map_err(failed)?;
+            for d in chunk {
+                insert
+                    .execute(rusqlite::params![d.id, d.body])
+                    .map_err(failed)?;
+            }
+        }
+        tx.commit().map_err(failed)?;
+    }
+    Ok(deliveries.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Bytes this process has written so far (`wchar` of `/proc/self/io`), where the
+/// system tells.
+fn bytes_written() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Bytes written since `before`, per item.
+fn bytes_per(before: Option<u64>, items: usize) -> Option<f64> {
+    let (before, now) = (before?, bytes_written()?);
+    Some(now.saturating_sub(before) as f64 / items.max(1) as f64)
+}
+
 /// `n` synthetic grant deliveries, the same in every ingest run (SQLite and PostgreSQL).
 pub(super) fn bench_deliveries(n: usize) -> Vec<Delivery> {
     let mut rng = Rng(0x5eed_0002);
@@ -450,7 +506,17 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         "bench: durable ingest, {} writers (group commit)",
         args.writers
     );
+    let written = bytes_written();
     let group = ingest_run(dir, "ingest-group.db", args.ingest * 4, args.writers)?;
+    let group_bytes = bytes_per(written, args.ingest * 4);
+    eprintln!("bench: raw batched insert (baseline)");
+    let written = bytes_written();
+    let raw_insert = raw_batched_insert(
+        &dir.join("raw-insert.db"),
+        &bench_deliveries(args.ingest * 4),
+        args.writers,
+    )?;
+    let raw_insert_bytes = bytes_per(written, args.ingest * 4);
     let ratio = raw.p50_ns as f64 / has_access.p50_ns.max(1) as f64;
     let has_access_p50 = has_access.p50_ns;
     drop(reader);
@@ -482,6 +548,10 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         ingest_one_writer_per_sec: one,
         ingest_group_commit_per_sec: group,
         group_commit_writers: args.writers,
+        ingest_group_commit_bytes_written_per_delivery: group_bytes,
+        raw_batched_insert_per_sec: raw_insert,
+        raw_batched_insert_bytes_written_per_row: raw_insert_bytes,
+        ratio_raw_batched_insert_over_group_commit: raw_insert / group.max(f64::EPSILON),
         rebuild_seconds,
         rebuild_deliveries_per_sec: rebuild_rate,
         index_bytes_per_grant,

@@ -463,3 +463,58 @@ fn exit_codes_and_messages() {
     );
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+/// `entsync bench` prints every figure beside the baseline it is measured against, from
+/// the same run, as JSON (small sizes: this checks the report, not the machine).
+#[test]
+fn bench_reports_each_figure_beside_its_baseline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_entsync"))
+        .args([
+            "bench",
+            "--grants",
+            "300",
+            "--lookups",
+            "300",
+            "--ingest",
+            "40",
+        ])
+        .args(["--writers", "8", "--rebuild", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("entsync bench");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let number = |path: &str| -> f64 {
+        report
+            .pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{path} is not a number in {report}"))
+    };
+    assert_eq!(number("/grants"), 300.0);
+    for path in [
+        "/has_access/p50_ns",
+        "/raw_sqlite_lookup/p50_ns",
+        "/hashmap_lookup/p50_ns",
+        "/index_bytes_per_grant",
+        "/hashmap_bytes_per_entry",
+        "/ingest_one_writer_per_sec",
+        "/ingest_group_commit_per_sec",
+        "/raw_batched_insert_per_sec",
+        "/rebuild_seconds",
+        "/cold_start/first_answer_ms",
+    ] {
+        assert!(number(path) > 0.0, "{path} = {}", number(path));
+    }
+    let ratio = number("/raw_batched_insert_per_sec") / number("/ingest_group_commit_per_sec");
+    assert!((number("/ratio_raw_batched_insert_over_group_commit") - ratio).abs() < 1e-6 * ratio);
+    if cfg!(target_os = "linux") {
+        // Each delivery is stored with its body, so it writes at least that much.
+        for path in [
+            "/ingest_group_commit_bytes_written_per_delivery",
+            "/raw_batched_insert_bytes_written_per_row",
+        ] {
+            assert!(number(path) > 500.0, "{path} = {}", number(path));
+        }
+    }
+}
