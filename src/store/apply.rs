@@ -219,7 +219,9 @@ fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>)
             write_step_keyed(tx, T::KIND, &id, &append.step, &key, at.delivery_seq)?;
             match &append.state {
                 Some(state) => {
-                    upsert_object_keyed(tx, &id, state, &key, &key, at.delivery_id, at.seq)?;
+                    let keys = (key.as_str(), key.as_str());
+                    let exists = head.is_some();
+                    upsert_object_keyed(tx, &id, state, keys, at.delivery_id, at.seq, exists)?;
                 }
                 None => {
                     tx.exec(

@@ -248,7 +248,7 @@ fn write_group<T: Stored>(
         .find(|s| s.key == state.snap.key)
         .map(|s| s.delivery_id.as_str())
         .unwrap_or_default();
-    upsert_object(tx, id, state, &max_key, delivery_id, seq)
+    upsert_object(tx, id, state, &max_key, delivery_id, seq, false)
 }
 
 /// Parses a chunk of stored bodies on `threads` threads, keeping their order.

@@ -98,7 +98,7 @@ pub(super) fn refold<T: Stored>(
         Some(mut state) => {
             state.since = since.unwrap_or(state.snap.key.at);
             let delivery_id = representative_of(tx, kind, id, &state.snap.key)?;
-            upsert_object(tx, id, &state, &head.max_key, &delivery_id, seq)?;
+            upsert_object(tx, id, &state, &head.max_key, &delivery_id, seq, true)?;
             links = Some(links_of(&state));
             true
         }
