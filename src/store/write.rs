@@ -399,7 +399,8 @@ pub(super) fn upsert_object<T: Stored>(
 /// SQLite rewrites the entry of every index on a column an `UPDATE` sets, changed or
 /// not, and so dirties a page of each. When the object exists and its lookup columns
 /// (customer, ref, grant links) stay as they are, which is most updates, only the other
-/// columns are set: three fewer index pages written per update. (PostgreSQL skips
+/// columns are set: four fewer index pages written per update (only `objects_seq` is
+/// rewritten). (PostgreSQL skips
 /// unchanged index entries by itself, and pays per statement: one upsert there.)
 pub(super) fn upsert_object_keyed<T: Stored>(
     tx: &dyn Db,
