@@ -123,7 +123,7 @@ pub fn open(path: &Path) -> Result<Connection> {
 /// Prepared statements kept per connection. rusqlite's default of 16 is fewer than the
 /// writer's distinct statements per delivery, so its LRU cache evicted each one before
 /// its next use and every execution re-parsed and re-planned its SQL (16 % of the
-/// writer's time under the group-commit bench).
+/// writer's time when it commits one delivery at a time).
 const STATEMENT_CACHE: usize = 256;
 
 fn configure(conn: &Connection) -> Result<()> {

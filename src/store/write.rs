@@ -419,31 +419,34 @@ pub(super) fn upsert_object_keyed<T: Stored>(
         format_timestamp(&state.since),
     );
     let (grant_subscription, grant_payment) = b.grant_links();
+    let status = b.status_name();
+    // One numbering for both statements.
+    let values = args![
+        T::KIND.as_str(),
+        id,
+        b.customer_id(),
+        b.ref_id(),
+        &status,
+        &as_of,
+        &since,
+        state_key,
+        max_key,
+        delivery_id,
+        &body,
+        seq,
+        grant_subscription,
+        grant_payment,
+    ];
     if exists && tx.backend() == Backend::Sqlite {
         let updated = tx
             .exec(
-                "UPDATE objects SET status = ?3, as_of = ?4, since = ?5, state_key = ?6,
-                        max_key = ?7, delivery_id = ?8, body = ?9, seq = ?10
-                  WHERE kind = ?1 AND id = ?2 AND customer_id IS NOT DISTINCT FROM ?11
-                    AND ref_id IS NOT DISTINCT FROM ?12
+                "UPDATE objects SET status = ?5, as_of = ?6, since = ?7, state_key = ?8,
+                        max_key = ?9, delivery_id = ?10, body = ?11, seq = ?12
+                  WHERE kind = ?1 AND id = ?2 AND customer_id IS NOT DISTINCT FROM ?3
+                    AND ref_id IS NOT DISTINCT FROM ?4
                     AND grant_subscription_id IS NOT DISTINCT FROM ?13
                     AND grant_payment_id IS NOT DISTINCT FROM ?14",
-                args![
-                    T::KIND.as_str(),
-                    id,
-                    &b.status_name(),
-                    &as_of,
-                    &since,
-                    state_key,
-                    max_key,
-                    delivery_id,
-                    &body,
-                    seq,
-                    b.customer_id(),
-                    b.ref_id(),
-                    grant_subscription,
-                    grant_payment,
-                ],
+                values,
             )
             .context("write the object")?;
         if updated == 1 {
@@ -461,22 +464,7 @@ pub(super) fn upsert_object_keyed<T: Stored>(
              delivery_id = excluded.delivery_id, body = excluded.body, seq = excluded.seq,
              grant_subscription_id = excluded.grant_subscription_id,
              grant_payment_id = excluded.grant_payment_id",
-        args![
-            T::KIND.as_str(),
-            id,
-            b.customer_id(),
-            b.ref_id(),
-            &b.status_name(),
-            &as_of,
-            &since,
-            state_key,
-            max_key,
-            delivery_id,
-            &body,
-            seq,
-            grant_subscription,
-            grant_payment,
-        ],
+        values,
     )
     .context("write the object")?;
     Ok(())
