@@ -1,5 +1,6 @@
 //! A delivery as it arrived, and what became of it.
 
+use crate::event::{self, Envelope, ParseError};
 use crate::wire::hex;
 use crate::wire::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,45 @@ impl Delivery {
         let body = body.into();
         let id = format!("sha256:{}", hex(&Sha256::digest(&body)));
         Delivery::new(id, body, received_at)
+    }
+}
+
+/// A delivery with the work that needs no store done ahead of the writer: the hash of
+/// its body (half of the idempotency key) and its parse. Both are pure functions of the
+/// bytes, so they run on the caller's thread, in parallel, and the single writer thread
+/// only reads and writes the store.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The delivery as it arrived.
+    pub delivery: Delivery,
+    /// Lower-case hex SHA-256 of `delivery.body`.
+    pub body_sha256: String,
+    /// `event::parse(&delivery.body)`; `None` once taken (the store re-parses if it has
+    /// to apply the delivery again, as when a batch is retried one by one).
+    pub parsed: Option<Result<Envelope, ParseError>>,
+}
+
+impl Prepared {
+    /// Hashes and parses `delivery`.
+    pub fn new(delivery: Delivery) -> Prepared {
+        Prepared {
+            body_sha256: hex(&Sha256::digest(&delivery.body)),
+            parsed: Some(event::parse(&delivery.body)),
+            delivery,
+        }
+    }
+
+    /// The parse: the one made ahead if it is still here, else a new one.
+    pub fn take_parsed(&mut self) -> Result<Envelope, ParseError> {
+        self.parsed
+            .take()
+            .unwrap_or_else(|| event::parse(&self.delivery.body))
+    }
+}
+
+impl From<Delivery> for Prepared {
+    fn from(delivery: Delivery) -> Prepared {
+        Prepared::new(delivery)
     }
 }
 

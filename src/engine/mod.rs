@@ -12,7 +12,7 @@
 //! then loads the rows changed since. Readers never wait behind a writer's transaction.
 
 use crate::access::{Access, Policy};
-use crate::delivery::{Delivery, Outcome};
+use crate::delivery::{Delivery, Outcome, Prepared};
 use crate::event::Kind;
 use crate::index::Index;
 use crate::store::{
@@ -289,8 +289,9 @@ impl Engine {
         delivery: Delivery,
         done: impl FnOnce(Result<Applied, Error>) + Send + 'static,
     ) {
+        // Hashed and parsed here, on the caller's thread: the writer only writes.
         let job = Job::Deliver {
-            delivery,
+            delivery: Prepared::new(delivery),
             reply: Box::new(done),
         };
         if let Err(mpsc::SendError(Job::Deliver { reply, .. })) = self.inner.jobs.send(job) {
@@ -308,8 +309,9 @@ impl Engine {
         &self,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
+        let prepared = deliveries.into_iter().map(Prepared::new).collect();
         Ok(self
-            .with_writer(move |w| w.apply_batch(&deliveries))??
+            .with_writer(move |w| w.apply_batch(prepared))??
             .into_iter()
             .map(|r| r.map_err(Error::from))
             .collect())

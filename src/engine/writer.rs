@@ -4,8 +4,8 @@
 //! the commit.
 
 use super::Error;
+use crate::delivery::Prepared;
 use crate::store::{Applied, StoreError, WriteStore};
-use crate::Delivery;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 use std::time::Duration;
@@ -70,7 +70,7 @@ pub(super) type WriterTask = Box<dyn FnOnce(&mut Store, &Signal) + Send>;
 /// Work for the writer thread.
 pub(super) enum Job {
     /// One delivery of a group commit.
-    Deliver { delivery: Delivery, reply: Reply },
+    Deliver { delivery: Prepared, reply: Reply },
     /// Anything else that needs the writer (bulk ingest, accept, rebuild), in order.
     Exec(WriterTask),
 }
@@ -111,7 +111,7 @@ pub(super) fn writer_loop(mut writer: Store, queue: mpsc::Receiver<Job>, generat
                         Err(_) => break,
                     }
                 }
-                commit(writer, &deliveries, replies, generation);
+                commit(writer, deliveries, replies, generation);
             }
         }));
     }
@@ -122,7 +122,7 @@ fn answer(reply: Reply, result: Result<Applied, Error>) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(result)));
 }
 
-fn commit(writer: &mut Store, deliveries: &[Delivery], replies: Vec<Reply>, generation: &Signal) {
+fn commit(writer: &mut Store, deliveries: Vec<Prepared>, replies: Vec<Reply>, generation: &Signal) {
     let result = writer.apply_batch(deliveries);
     // Before anyone hears of the commit, so that their next read sees it. A batch that
     // failed as a whole stored nothing: no read needs to look (and none should wait for

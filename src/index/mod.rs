@@ -76,9 +76,91 @@ impl GrantRow {
     }
 }
 
-/// A decoded object row, ready for [`Index::apply_decoded`].
+/// A decoded object row, ready for [`Index::apply_decoded`]: what [`Index::decode`]
+/// makes of a stored row, or, where the typed state is at hand (a rebuild's fold), one
+/// of the constructors below with the row's `as_of` and `since` (the instants as the
+/// store keeps them, to the microsecond). Both ways give the same row.
 #[derive(Debug)]
 pub struct Decoded(Row);
+
+impl Decoded {
+    /// A grant's state at version `as_of`.
+    pub fn grant(grant: Grant, as_of: Timestamp, _since: Timestamp) -> Decoded {
+        Decoded(Row::Grant(Box::new(GrantRow::of(grant, as_of))))
+    }
+
+    /// A subscription's state at version `as_of`, in its status `since`.
+    pub fn subscription(s: Subscription, as_of: Timestamp, since: Timestamp) -> Decoded {
+        Decoded(Row::Subscription(SubscriptionFacts {
+            subscription_id: s.subscription_id,
+            status: s.status,
+            as_of,
+            since,
+        }))
+    }
+
+    /// A refund's state at version `as_of`.
+    pub fn refund(r: Refund, as_of: Timestamp, _since: Timestamp) -> Decoded {
+        let full = r.status == RefundStatus::Succeeded && !r.is_partial;
+        Decoded(Row::Refund {
+            payment_id: r.payment_id,
+            refund_id: r.refund_id,
+            full,
+            as_of,
+        })
+    }
+
+    /// A dispute's state at version `as_of`.
+    pub fn dispute(d: Dispute, as_of: Timestamp, _since: Timestamp) -> Decoded {
+        Decoded(Row::Dispute {
+            payment_id: d.payment_id,
+            dispute_id: d.dispute_id,
+            status: d.dispute_status,
+            as_of,
+        })
+    }
+
+    /// A payment's state at version `as_of`: the refunds and disputes it embeds.
+    pub fn payment(p: Payment, as_of: Timestamp, _since: Timestamp) -> Decoded {
+        let succeeded = || {
+            p.refunds
+                .iter()
+                .filter(|r| r.status == RefundStatus::Succeeded)
+        };
+        let single = succeeded()
+            .filter(|r| !r.is_partial)
+            .map(|r| r.created_at.unwrap_or(as_of))
+            .min();
+        // `refund_status: full` also covers partial refunds that add up.
+        let full = p
+            .refund_status
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("full"))
+            .then(|| {
+                succeeded()
+                    .filter_map(|r| r.created_at)
+                    .max()
+                    .unwrap_or(as_of)
+            });
+        let disputes = p
+            .disputes
+            .iter()
+            .map(|d| (d.dispute_id.clone(), (d.dispute_status.clone(), as_of)))
+            .collect();
+        Decoded(Row::Payment {
+            payment_id: p.payment_id,
+            embedded: Embedded {
+                refunded_at: single.into_iter().chain(full).min(),
+                disputes,
+            },
+        })
+    }
+
+    /// A row of a kind the index does not hold.
+    pub fn other() -> Decoded {
+        Decoded(Row::Other)
+    }
+}
 
 #[derive(Debug)]
 enum Row {
@@ -178,78 +260,20 @@ impl Index {
         };
         let as_of = parse_timestamp(&row.as_of).ok_or_else(|| err("as_of".into()))?;
         let since = parse_timestamp(&row.since).ok_or_else(|| err("since".into()))?;
-        Ok(Decoded(match row.kind.as_str() {
-            "grant" => {
-                let grant: Grant =
-                    serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                Row::Grant(Box::new(GrantRow::of(grant, as_of)))
-            }
-            "subscription" => {
-                let s: Subscription =
-                    serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                Row::Subscription(SubscriptionFacts {
-                    subscription_id: s.subscription_id,
-                    status: s.status,
-                    as_of,
-                    since,
-                })
-            }
-            "refund" => {
-                let r: Refund = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                let full = r.status == RefundStatus::Succeeded && !r.is_partial;
-                Row::Refund {
-                    payment_id: r.payment_id,
-                    refund_id: r.refund_id,
-                    full,
-                    as_of,
-                }
-            }
-            "dispute" => {
-                let d: Dispute = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                Row::Dispute {
-                    payment_id: d.payment_id,
-                    dispute_id: d.dispute_id,
-                    status: d.dispute_status,
-                    as_of,
-                }
-            }
-            "payment" => {
-                let p: Payment = serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))?;
-                let succeeded = || {
-                    p.refunds
-                        .iter()
-                        .filter(|r| r.status == RefundStatus::Succeeded)
-                };
-                let single = succeeded()
-                    .filter(|r| !r.is_partial)
-                    .map(|r| r.created_at.unwrap_or(as_of))
-                    .min();
-                // `refund_status: full` also covers partial refunds that add up.
-                let full = p
-                    .refund_status
-                    .as_deref()
-                    .is_some_and(|s| s.eq_ignore_ascii_case("full"))
-                    .then(|| {
-                        succeeded()
-                            .filter_map(|r| r.created_at)
-                            .max()
-                            .unwrap_or(as_of)
-                    });
-                let disputes = p
-                    .disputes
-                    .iter()
-                    .map(|d| (d.dispute_id.clone(), (d.dispute_status.clone(), as_of)))
-                    .collect();
-                Row::Payment {
-                    payment_id: p.payment_id,
-                    embedded: Embedded {
-                        refunded_at: single.into_iter().chain(full).min(),
-                        disputes,
-                    },
-                }
-            }
-            _ => Row::Other,
-        }))
+        fn body<T: serde::de::DeserializeOwned>(
+            row: &ObjectRow,
+            err: impl Fn(String) -> IndexError,
+        ) -> Result<T, IndexError> {
+            serde_json::from_str(&row.body).map_err(|e| err(e.to_string()))
+        }
+        Ok(match row.kind.as_str() {
+            "grant" => Decoded::grant(body(row, err)?, as_of, since),
+            "subscription" => Decoded::subscription(body(row, err)?, as_of, since),
+            "refund" => Decoded::refund(body(row, err)?, as_of, since),
+            "dispute" => Decoded::dispute(body(row, err)?, as_of, since),
+            "payment" => Decoded::payment(body(row, err)?, as_of, since),
+            _ => Decoded::other(),
+        })
     }
 
     /// Applies a decoded row (insert or replace).

@@ -11,21 +11,21 @@ use super::write::{load_head, upsert_object_keyed, Applied, Head, Seqs};
 use super::{Context, Result, StoreError};
 use crate::access;
 use crate::change::Cause;
-use crate::delivery::{Delivery, Outcome};
+use crate::delivery::{Delivery, Outcome, Prepared};
 use crate::event::{self, Kind, SubscriptionStatus};
 use crate::fold::{Current, Rejection, Snap};
 use crate::plan::{self, Place};
-use crate::wire::{format_timestamp, hex};
-use sha2::{Digest, Sha256};
+use crate::wire::format_timestamp;
 
 /// Applies one delivery inside the caller's transaction.
 pub(super) fn apply_one(
     tx: &dyn Db,
-    d: &Delivery,
+    p: &mut Prepared,
     seqs: &mut Seqs,
     feed: &mut Feed,
 ) -> Result<Applied> {
-    let body_sha256 = hex(&Sha256::digest(&d.body));
+    let parsed = p.take_parsed();
+    let (d, body_sha256) = (&p.delivery, p.body_sha256.clone());
     let seen = tx
         .one(
             "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1 AND body_sha256 = ?2)",
@@ -52,7 +52,7 @@ pub(super) fn apply_one(
         outcome: Outcome::Malformed,
         detail: None,
     };
-    match event::parse(&d.body) {
+    match parsed {
         Err(e) => row.detail = Some(e.to_string()),
         Ok(env) => {
             row.event_type = Some(env.event_type.clone());

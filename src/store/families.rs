@@ -6,6 +6,8 @@ use crate::event::{
     Subscription,
 };
 use crate::fold::{Machine, Snap};
+use crate::index::Decoded;
+use crate::wire::Timestamp;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// A family the store folds: how to find its snapshots in a parsed event and which
@@ -19,10 +21,16 @@ pub(super) trait Stored: Machine + Serialize + DeserializeOwned + PartialEq {
     fn grant_links(&self) -> (Option<&str>, Option<&str>) {
         (None, None)
     }
+    /// The access index's row of this state ([`Decoded::other`] for the families the
+    /// index does not hold): what [`crate::index::Index::decode`] makes of the stored
+    /// row, without the JSON.
+    fn decoded(self, _as_of: Timestamp, _since: Timestamp) -> Decoded {
+        Decoded::other()
+    }
 }
 
 macro_rules! stored {
-    ($ty:ident, |$s:ident| customer: $cust:expr, ref: $refid:expr $(, links: $links:expr)?) => {
+    ($ty:ident, |$s:ident| customer: $cust:expr, ref: $refid:expr $(, links: $links:expr)? $(, index: $index:path)?) => {
         impl Stored for $ty {
             const KIND: Kind = Kind::$ty;
             fn from_event(event: Event) -> Option<Snap<Self>> {
@@ -45,16 +53,25 @@ macro_rules! stored {
                     $links
                 }
             )?
+            $(
+                fn decoded(self, as_of: Timestamp, since: Timestamp) -> Decoded {
+                    $index(self, as_of, since)
+                }
+            )?
         }
     };
 }
 
 stored!(Grant, |g| customer: Some(&g.customer_id), ref: Some(&g.entitlement_id),
-    links: (g.subscription_id.as_deref(), g.payment_id.as_deref()));
-stored!(Subscription, |s| customer: s.customer_id(), ref: s.product_id.as_deref());
-stored!(Payment, |p| customer: p.customer_id(), ref: p.subscription_id.as_deref());
-stored!(Refund, |r| customer: r.customer.as_ref().map(|c| c.customer_id.as_str()), ref: Some(&r.payment_id));
-stored!(Dispute, |d| customer: d.customer.as_ref().map(|c| c.customer_id.as_str()), ref: Some(&d.payment_id));
+    links: (g.subscription_id.as_deref(), g.payment_id.as_deref()), index: Decoded::grant);
+stored!(Subscription, |s| customer: s.customer_id(), ref: s.product_id.as_deref(),
+    index: Decoded::subscription);
+stored!(Payment, |p| customer: p.customer_id(), ref: p.subscription_id.as_deref(),
+    index: Decoded::payment);
+stored!(Refund, |r| customer: r.customer.as_ref().map(|c| c.customer_id.as_str()), ref: Some(&r.payment_id),
+    index: Decoded::refund);
+stored!(Dispute, |d| customer: d.customer.as_ref().map(|c| c.customer_id.as_str()), ref: Some(&d.payment_id),
+    index: Decoded::dispute);
 stored!(LicenseKey, |k| customer: Some(&k.customer_id), ref: k.product_id.as_deref());
 stored!(CreditEntry, |e| customer: Some(&e.customer_id), ref: Some(&e.credit_entitlement_id));
 stored!(CreditBalanceLow, |b| customer: Some(&b.customer_id), ref: Some(&b.credit_entitlement_id));

@@ -366,7 +366,7 @@ pub(super) fn next_due(conn: &dyn Db) -> Result<Option<Timestamp>> {
 }
 
 /// Re-evaluates every pair (those with a grant, and those that recorded an answer) at
-/// `at`, from one index of every row: for rebuild and a policy change.
+/// `at`, from one index of every row: for a policy change and after a migration.
 pub(super) fn evaluate_all(
     tx: &dyn Db,
     feed: &Feed,
@@ -374,19 +374,29 @@ pub(super) fn evaluate_all(
     cause: &Cause,
 ) -> Result<usize> {
     let mut index = Index::default();
-    {
-        let sql = format!(
-            "SELECT kind, id, as_of, since, body FROM objects NOT INDEXED WHERE kind IN ({})",
-            super::read::index_kinds()
-        );
-        tx.for_each(&sql, args![], &mut |r| {
-            if let Ok(decoded) = Index::decode(&ObjectRow::from_row(r)?) {
-                index.apply_decoded(decoded);
-            }
-            Ok(())
-        })
-        .context("read every object")?;
-    }
+    let sql = format!(
+        "SELECT kind, id, as_of, since, body FROM objects NOT INDEXED WHERE kind IN ({})",
+        super::read::index_kinds()
+    );
+    tx.for_each(&sql, args![], &mut |r| {
+        if let Ok(decoded) = Index::decode(&ObjectRow::from_row(r)?) {
+            index.apply_decoded(decoded);
+        }
+        Ok(())
+    })
+    .context("read every object")?;
+    evaluate_index(tx, feed, &index, at, cause)
+}
+
+/// [`evaluate_all`] with the index of every row at hand (a rebuild builds it from the
+/// states it folds, and so reads and parses no row again).
+pub(super) fn evaluate_index(
+    tx: &dyn Db,
+    feed: &Feed,
+    index: &Index,
+    at: Timestamp,
+    cause: &Cause,
+) -> Result<usize> {
     let mut pairs: BTreeSet<(&str, &str)> = index.pairs().collect();
     let recorded_pairs: Vec<Pair> = tx
         .rows("SELECT customer_id, entitlement_id FROM answers", args![])
@@ -543,6 +553,17 @@ pub(super) fn needs_evaluation(conn: &dyn Db) -> Result<bool> {
     )
     .context("read the evaluation flag")?
     .bool(0)
+}
+
+/// Flags the store for [`evaluate_all`] in the next write transaction.
+pub(super) fn flag_needs_evaluation(tx: &dyn Db) -> Result<()> {
+    tx.exec(
+        "INSERT INTO meta (key, value) VALUES ('needs_evaluation', 1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        args![],
+    )
+    .context("flag the feed for evaluation")?;
+    Ok(())
 }
 
 pub(super) fn clear_needs_evaluation(tx: &dyn Db) -> Result<()> {

@@ -52,7 +52,7 @@ pub use sqlite::VERSION;
 pub use write::{Applied, Writer};
 
 use crate::change::Change;
-use crate::delivery::{Delivery, Outcome};
+use crate::delivery::{Outcome, Prepared};
 use crate::event::Kind;
 use crate::wire::Timestamp;
 use std::path::{Path, PathBuf};
@@ -235,12 +235,13 @@ fn redact_password(url: &str) -> String {
 pub trait WriteStore: Send {
     /// Applies a batch of deliveries atomically (group commit). One result per delivery,
     /// in order; all are durable when this returns `Ok`. A delivery that fails alone is
-    /// reported in its slot and stores nothing.
+    /// reported in its slot and stores nothing. The deliveries come hashed and parsed
+    /// ([`Prepared`]): that work is done by the callers, off the writer thread.
     ///
     /// # Errors
     ///
     /// A failure to begin or commit: then nothing was stored.
-    fn apply_batch(&mut self, deliveries: &[Delivery]) -> Result<Vec<Result<Applied>>>;
+    fn apply_batch(&mut self, deliveries: Vec<Prepared>) -> Result<Vec<Result<Applied>>>;
 
     /// The operator override: applies the quarantined snapshot(s) carried by
     /// `delivery_id`, recorded per (delivery id, body hash). Returns the object.

@@ -2,13 +2,15 @@
 //! deliveries and overrides alone, in one transaction.
 
 use super::families::{with_family, Stored};
-use super::sql::{args, Backend, Db, Mode, Tx};
-use super::write::{next_seq, upsert_object, write_step};
+use super::sql::{args, Backend, Db};
+use super::write::{upsert_object, write_step};
 use super::{Context, RebuildStats, Result};
 use crate::delivery::Outcome;
 use crate::event::{self, Event, Kind};
 use crate::fold::{self, Entry};
+use crate::index::Index;
 use crate::plan;
+use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Deliveries a rebuild reads (and parses in parallel) at a time.
@@ -32,12 +34,12 @@ struct Reparsed {
     error: Option<String>,
 }
 
-/// Recomputes every projection. Deliveries stored as `malformed` that parse now are
-/// picked up (their outcome becomes what the fold now says of them).
-pub(super) fn rebuild(db: &dyn Db) -> Result<RebuildStats> {
-    let tx = Tx::begin(db, Mode::Write).context("begin the rebuild")?;
-    // First: the change counter, which serialises writers (see `Writer::begin`).
-    let seq = next_seq(&*tx)?;
+/// Recomputes every projection inside the caller's write transaction, whose change
+/// counter value is `seq`. Deliveries stored as `malformed` that parse now are picked
+/// up (their outcome becomes what the fold now says of them). Returns, with the
+/// figures, the access index of every state it wrote, built from the folded states
+/// (the caller re-evaluates every pair with it: no row is read or parsed again).
+pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
     // Bulk load into SQLite: drop the lookup indexes (recreated from their stored
     // definitions afterwards; building an index by sorting beats growing it). The
     // unique keys stay.
@@ -148,8 +150,12 @@ pub(super) fn rebuild(db: &dyn Db) -> Result<RebuildStats> {
     }
     stats.objects = groups.len() as u64;
     let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
+    let mut index = Index::default();
     for ((kind, id), entries) in groups {
-        with_family!(kind, write_group(&*tx, &id, entries, seq, &mut outcomes))?;
+        with_family!(
+            kind,
+            write_group(tx, &id, entries, seq, &mut outcomes, &mut index)
+        )?;
     }
     for (_, sql) in &indexes {
         tx.batch(sql).context("recreate an index")?;
@@ -187,16 +193,7 @@ pub(super) fn rebuild(db: &dyn Db) -> Result<RebuildStats> {
         )
         .context("count the quarantine")?
         .i64(0)? as u64;
-    // The access-change feed re-evaluates every pair in the writer's next transaction
-    // (`Writer::rebuild` runs it at once); the flag survives a crash in between.
-    tx.exec(
-        "INSERT INTO meta (key, value) VALUES ('needs_evaluation', 1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        args![],
-    )
-    .context("flag the feed for evaluation")?;
-    tx.commit().context("commit the rebuild")?;
-    Ok(stats)
+    Ok((stats, index))
 }
 
 /// Folds one object's whole history and writes its state and history rows; the
@@ -207,6 +204,7 @@ fn write_group<T: Stored>(
     entries: Vec<Stored_>,
     seq: i64,
     outcomes: &mut HashMap<i64, Outcome>,
+    index: &mut Index,
 ) -> Result<()> {
     let mut seqs: HashMap<(fold::VersionKey, String), i64> = HashMap::new();
     let mut reparsed: Vec<(i64, fold::VersionKey)> = Vec::new();
@@ -248,7 +246,17 @@ fn write_group<T: Stored>(
         .find(|s| s.key == state.snap.key)
         .map(|s| s.delivery_id.as_str())
         .unwrap_or_default();
-    upsert_object(tx, id, state, &max_key, delivery_id, seq, false)
+    upsert_object(tx, id, state, &max_key, delivery_id, seq, false)?;
+    if T::KIND.in_index() {
+        // The instants as the row keeps them (to the microsecond), as a read of the
+        // row would give them; an instant the store cannot write back decodes to no row.
+        let kept = |t: &Timestamp| parse_timestamp(&format_timestamp(t));
+        if let (Some(as_of), Some(since)) = (kept(&state.snap.key.at), kept(&state.since)) {
+            let state = folded.state.expect("checked above");
+            index.apply_decoded(state.snap.body.decoded(as_of, since));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a chunk of stored bodies on `threads` threads, keeping their order.
@@ -280,4 +288,55 @@ fn parse_all(
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectRow;
+
+    /// The index a rebuild builds from its folded states is the one a read of the rows
+    /// it wrote would build: for every real-shaped payload of the families the index
+    /// holds, the state's own row equals the decoded stored row (instants with
+    /// nanoseconds included, which the store keeps to the microsecond).
+    #[test]
+    fn a_folded_state_decodes_as_its_stored_row_does() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/events");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).expect("fixtures") {
+            let path = entry.expect("fixture").path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let env = event::parse(&std::fs::read(&path).expect("read")).expect("parse");
+            let Some(kind) = env.event.object().map(|(k, _)| k) else {
+                continue;
+            };
+            if kind.in_index() {
+                with_family!(kind, same_row(env.event));
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 15,
+            "only {checked} fixtures of the index's families"
+        );
+    }
+
+    fn same_row<T: Stored>(event: Event) {
+        let mut snap = T::from_event(event).expect("family");
+        snap.key.at += chrono::Duration::nanoseconds(123_456_789);
+        let since = snap.key.at - chrono::Duration::nanoseconds(86_400_000_000_321);
+        let row = ObjectRow {
+            kind: T::KIND.as_str().to_string(),
+            id: snap.body.object_id().to_string(),
+            as_of: format_timestamp(&snap.key.at),
+            since: format_timestamp(&since),
+            body: serde_json::to_string(&snap.body).expect("encode"),
+        };
+        let stored = Index::decode(&row).expect("decode");
+        let kept = |t: &Timestamp| parse_timestamp(&format_timestamp(t)).expect("instant");
+        let own = snap.body.decoded(kept(&snap.key.at), kept(&since));
+        assert_eq!(format!("{own:?}"), format!("{stored:?}"), "{}", row.body);
+    }
 }

@@ -11,7 +11,7 @@ use super::sql::{args, Backend, Db, Mode, Tx};
 use super::{Context, Location, RebuildStats, Result, StoreError, WriteStore};
 use crate::access::Policy;
 use crate::change::Cause;
-use crate::delivery::{Delivery, Outcome};
+use crate::delivery::{Outcome, Prepared};
 use crate::event::Kind;
 use crate::fold::{decode_key, Current, VersionKey};
 use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
@@ -95,8 +95,13 @@ impl Writer {
             .context("read the rebuild flag")?
             .bool(0)?;
         if needs_rebuild {
-            // The feed is brought up to date by the next write (the rebuild flags it).
-            super::rebuild::rebuild(&*writer.db)?;
+            // No clock here (the shell's): the next write evaluates every pair, as the
+            // flag says; it is committed with the rebuild, so it survives a crash.
+            let tx = Tx::begin(&*writer.db, Mode::Write).context("begin the rebuild")?;
+            let seq = next_seq(&*tx)?;
+            super::rebuild::rebuild(&*tx, seq)?;
+            feed::flag_needs_evaluation(&*tx)?;
+            tx.commit().context("commit the rebuild")?;
         }
         Ok(writer)
     }
@@ -153,10 +158,10 @@ impl Writer {
         tx.commit().context("commit")
     }
 
-    fn apply_alone(&mut self, d: &Delivery) -> Result<Applied> {
-        let (tx, mut feed, seq) = self.begin(d.received_at)?;
+    fn apply_alone(&mut self, p: &mut Prepared) -> Result<Applied> {
+        let (tx, mut feed, seq) = self.begin(p.delivery.received_at)?;
         let mut seqs = Seqs::start(&*tx, seq)?;
-        let applied = apply_one(&*tx, d, &mut seqs, &mut feed)?;
+        let applied = apply_one(&*tx, p, &mut seqs, &mut feed)?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         Ok(applied)
@@ -190,7 +195,7 @@ impl Writer {
 }
 
 impl WriteStore for Writer {
-    fn apply_batch(&mut self, deliveries: &[Delivery]) -> Result<Vec<Result<Applied>>> {
+    fn apply_batch(&mut self, mut deliveries: Vec<Prepared>) -> Result<Vec<Result<Applied>>> {
         // Optimistic: all in one transaction. If any delivery fails, roll the whole
         // batch back and apply each in a transaction of its own, so one bad delivery
         // cannot take the others with it (savepoints would cost a statement journal
@@ -198,12 +203,12 @@ impl WriteStore for Writer {
         let Some(first) = deliveries.first() else {
             return Ok(Vec::new());
         };
-        let (tx, mut feed, seq) = self.begin(first.received_at)?;
+        let (tx, mut feed, seq) = self.begin(first.delivery.received_at)?;
         let mut seqs = Seqs::start(&*tx, seq)?;
         let mut results = Vec::with_capacity(deliveries.len());
         let mut failed = false;
-        for d in deliveries {
-            match apply_one(&*tx, d, &mut seqs, &mut feed) {
+        for p in &mut deliveries {
+            match apply_one(&*tx, p, &mut seqs, &mut feed) {
                 Ok(applied) => results.push(applied),
                 Err(_) => {
                     failed = true;
@@ -217,7 +222,7 @@ impl WriteStore for Writer {
             return Ok(results.into_iter().map(Ok).collect());
         }
         drop(tx); // rolls back
-        Ok(deliveries.iter().map(|d| self.apply_alone(d)).collect())
+        Ok(deliveries.iter_mut().map(|p| self.apply_alone(p)).collect())
     }
 
     fn accept(&mut self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String)> {
@@ -275,9 +280,14 @@ impl WriteStore for Writer {
     }
 
     fn rebuild(&mut self, now: Timestamp) -> Result<RebuildStats> {
-        let stats = super::rebuild::rebuild(&*self.db)?;
-        // The rebuild flagged the feed for evaluation: this records the changes it made.
-        let (tx, feed, _) = self.begin(now)?;
+        // One transaction: the projections recomputed, then every pair re-evaluated
+        // with the index the rebuild built from its folded states, the access changes
+        // recorded with cause `rebuild`.
+        let (tx, mut feed, seq) = self.begin(now)?;
+        let at = feed.tick(now);
+        let (stats, index) = super::rebuild::rebuild(&*tx, seq)?;
+        feed::evaluate_index(&*tx, &feed, &index, at, &Cause::Rebuild)?;
+        drop(index);
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         Ok(stats)

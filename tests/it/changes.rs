@@ -205,6 +205,54 @@ fn time_alone_records_license_expiry_and_the_end_of_a_grace() -> TestResult {
     Ok(())
 }
 
+/// A rebuild evaluates every pair from the states it folds, not from re-read rows: a
+/// grace that began before the subscription's newest snapshot (`since` earlier than
+/// `as_of`) must end when it did live, and the rebuild must record nothing.
+#[test]
+fn a_rebuild_keeps_a_grace_that_began_before_the_newest_snapshot() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let grace = Policy {
+        on_hold_grace: Some(Duration::hours(2)),
+        ..Policy::default()
+    };
+    let engine = Engine::open_with(dir.path().join("entitlements.db"), grace)?;
+    let t = at("2026-06-15T08:00:00Z");
+    let mut held = grant("grant_s", St::Delivered, t).entitlement("ent_sub");
+    held.subscription_id = Some("sub_1".into());
+    engine.ingest(Delivery::new("msg_s", held.body(), t))?;
+    let hold_at = t + Duration::minutes(30);
+    for (id, when) in [
+        ("msg_hold", hold_at),
+        ("msg_hold_2", hold_at + Duration::minutes(90)),
+    ] {
+        engine.ingest(Delivery::new(
+            id,
+            subscription("sub_1", "on_hold", when).body(),
+            when,
+        ))?;
+    }
+    let ends = hold_at + Duration::hours(2);
+    assert_eq!(engine.next_due()?, Some(ends));
+    let before = engine.last_change_seq()?;
+    let now = hold_at + Duration::minutes(100);
+    engine.rebuild(now)?;
+    assert_eq!(
+        engine.changes(before, 100)?,
+        vec![],
+        "the rebuild changed an answer"
+    );
+    assert_eq!(
+        engine.next_due()?,
+        Some(ends),
+        "the rebuild moved the grace's end"
+    );
+    assert!(engine.access("cus_a", "ent_sub", now)?.allowed);
+    assert_eq!(engine.advance(ends)?, 1);
+    assert!(!engine.access("cus_a", "ent_sub", ends)?.allowed);
+    folded_feed(&engine);
+    Ok(())
+}
+
 #[test]
 fn a_new_policy_re_evaluates_every_pair_as_an_operator_change() -> TestResult {
     let dir = tempfile::tempdir()?;
