@@ -291,7 +291,7 @@ impl Engine {
     ) {
         // Hashed and parsed here, on the caller's thread: the writer only writes.
         let job = Job::Deliver {
-            delivery: Prepared::new(delivery),
+            delivery: Box::new(Prepared::new(delivery)),
             reply: Box::new(done),
         };
         if let Err(mpsc::SendError(Job::Deliver { reply, .. })) = self.inner.jobs.send(job) {

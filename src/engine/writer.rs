@@ -70,7 +70,10 @@ pub(super) type WriterTask = Box<dyn FnOnce(&mut Store, &Signal) + Send>;
 /// Work for the writer thread.
 pub(super) enum Job {
     /// One delivery of a group commit.
-    Deliver { delivery: Prepared, reply: Reply },
+    Deliver {
+        delivery: Box<Prepared>,
+        reply: Reply,
+    },
     /// Anything else that needs the writer (bulk ingest, accept, rebuild), in order.
     Exec(WriterTask),
 }
@@ -96,12 +99,12 @@ pub(super) fn writer_loop(mut writer: Store, queue: mpsc::Receiver<Job>, generat
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match first {
             Job::Exec(f) => f(writer, generation),
             Job::Deliver { delivery, reply } => {
-                let mut deliveries = vec![delivery];
+                let mut deliveries = vec![*delivery];
                 let mut replies = vec![reply];
                 while deliveries.len() < MAX_GROUP {
                     match queue.try_recv() {
                         Ok(Job::Deliver { delivery, reply }) => {
-                            deliveries.push(delivery);
+                            deliveries.push(*delivery);
                             replies.push(reply);
                         }
                         Ok(exec) => {
