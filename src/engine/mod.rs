@@ -300,7 +300,7 @@ impl Engine {
     }
 
     /// Stores and applies many deliveries in one transaction (bulk ingest). One result
-    /// per delivery, in order.
+    /// per delivery, in order. They are hashed and parsed on every core first.
     ///
     /// # Errors
     ///
@@ -309,7 +309,7 @@ impl Engine {
         &self,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
-        let prepared = deliveries.into_iter().map(Prepared::new).collect();
+        let prepared = prepare_all(deliveries);
         Ok(self
             .with_writer(move |w| w.apply_batch(prepared))??
             .into_iter()
@@ -557,6 +557,73 @@ impl Engine {
     }
 }
 
+/// Hashes and parses a bulk batch on up to [`PREPARE_THREADS`] threads, keeping its
+/// order. The parse is total; a panic in it is a bug and propagates, as it would from
+/// [`Prepared::new`] on the caller's thread.
+fn prepare_all(deliveries: Vec<Delivery>) -> Vec<Prepared> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(PREPARE_THREADS));
+    if threads <= 1 || deliveries.len() < 256 {
+        return deliveries.into_iter().map(Prepared::new).collect();
+    }
+    let per = deliveries.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = deliveries;
+    while rest.len() > per {
+        let tail = rest.split_off(per);
+        parts.push(rest);
+        rest = tail;
+    }
+    parts.push(rest);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| s.spawn(move || part.into_iter().map(Prepared::new).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// At most this many threads prepare one bulk batch.
+const PREPARE_THREADS: usize = 8;
+
 fn writer_gone() -> Error {
     EngineError::WriterStopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bulk batch prepared on several threads is the batch prepared in order, one by
+    /// one: same deliveries, same hashes, same parses, same order.
+    #[test]
+    fn a_batch_prepared_in_parallel_keeps_its_order() {
+        let at = crate::wire::parse_timestamp("2026-06-15T08:00:00Z").expect("instant");
+        let deliveries: Vec<Delivery> = (0..1001)
+            .map(|i| {
+                let body = if i % 7 == 0 {
+                    format!("not json {i}")
+                } else {
+                    format!(
+                        r#"{{"type":"payout.success","timestamp":"2026-05-01T10:00:00Z","data":{{"n":{i}}}}}"#
+                    )
+                };
+                Delivery::new(format!("msg_{i}"), body, at)
+            })
+            .collect();
+        let one_by_one: Vec<Prepared> = deliveries.iter().cloned().map(Prepared::new).collect();
+        let parallel = prepare_all(deliveries);
+        assert_eq!(parallel.len(), one_by_one.len());
+        for (p, q) in parallel.iter().zip(&one_by_one) {
+            assert_eq!(p.delivery, q.delivery);
+            assert_eq!(p.body_sha256, q.body_sha256);
+            assert_eq!(format!("{:?}", p.parsed), format!("{:?}", q.parsed));
+        }
+    }
 }
