@@ -62,11 +62,20 @@ pub struct Prepared {
 impl Prepared {
     /// Hashes and parses `delivery`.
     pub fn new(delivery: Delivery) -> Prepared {
+        let (body_sha256, parsed) = Prepared::ahead(&delivery);
         Prepared {
-            body_sha256: hex(&Sha256::digest(&delivery.body)),
-            parsed: Some(event::parse(&delivery.body)),
             delivery,
+            body_sha256,
+            parsed: Some(parsed),
         }
+    }
+
+    /// The work [`Prepared::new`] does: the body's hash and its parse.
+    pub(crate) fn ahead(delivery: &Delivery) -> (String, Result<Envelope, ParseError>) {
+        (
+            hex(&Sha256::digest(&delivery.body)),
+            event::parse(&delivery.body),
+        )
     }
 
     /// The parse: the one made ahead if it is still here, else a new one.

@@ -31,6 +31,7 @@ pub mod grant;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod index;
+mod par;
 pub mod plan;
 pub mod reconcile;
 pub mod store;

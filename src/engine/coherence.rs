@@ -84,27 +84,13 @@ pub(super) fn decode_rows(rows: &[ObjectRow]) -> (Vec<Decoded>, Vec<IndexError>)
         }
         (good, bad)
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads <= 1 || rows.len() < 4096 {
-        return decode(rows);
+    let mut good = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for (g, b) in crate::par::map_parts(rows, 4096, decode) {
+        good.extend(g);
+        bad.extend(b);
     }
-    let per = rows.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = rows
-            .chunks(per)
-            .map(|part| (part, s.spawn(move || decode(part))))
-            .collect();
-        let mut good = Vec::with_capacity(rows.len());
-        let mut bad = Vec::new();
-        for (part, handle) in parts {
-            // A decoder that panicked is a bug: decode its part again here, where a
-            // panic would at least be reported.
-            let (g, b) = handle.join().unwrap_or_else(|_| decode(part));
-            good.extend(g);
-            bad.extend(b);
-        }
-        (good, bad)
-    })
+    (good, bad)
 }
 
 impl Engine {

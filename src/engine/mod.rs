@@ -557,40 +557,21 @@ impl Engine {
     }
 }
 
-/// Hashes and parses a bulk batch on up to [`PREPARE_THREADS`] threads, keeping its
-/// order. The parse is total; a panic in it is a bug and propagates, as it would from
-/// [`Prepared::new`] on the caller's thread.
+/// Hashes and parses a bulk batch on every core, keeping its order.
 fn prepare_all(deliveries: Vec<Delivery>) -> Vec<Prepared> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(PREPARE_THREADS));
-    if threads <= 1 || deliveries.len() < 256 {
-        return deliveries.into_iter().map(Prepared::new).collect();
-    }
-    let per = deliveries.len().div_ceil(threads);
-    let mut parts = Vec::with_capacity(threads);
-    let mut rest = deliveries;
-    while rest.len() > per {
-        let tail = rest.split_off(per);
-        parts.push(rest);
-        rest = tail;
-    }
-    parts.push(rest);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|part| s.spawn(move || part.into_iter().map(Prepared::new).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
+    let ahead = crate::par::map_parts(&deliveries, 256, |part| {
+        part.iter().map(Prepared::ahead).collect::<Vec<_>>()
+    });
+    deliveries
+        .into_iter()
+        .zip(ahead.into_iter().flatten())
+        .map(|(delivery, (body_sha256, parsed))| Prepared {
+            delivery,
+            body_sha256,
+            parsed: Some(parsed),
+        })
+        .collect()
 }
-
-/// At most this many threads prepare one bulk batch.
-const PREPARE_THREADS: usize = 8;
 
 fn writer_gone() -> Error {
     EngineError::WriterStopped

@@ -75,10 +75,9 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
     let mut stats = RebuildStats::default();
     let mut reparsed: Vec<Reparsed> = Vec::new();
     {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         // Read a chunk, parse it on every core, group it by object.
         let mut flush = |chunk: Vec<(i64, String, Vec<u8>, String, String)>| {
-            let parsed = parse_all(&chunk, threads);
+            let parsed = parse_all(&chunk);
             for ((delivery_seq, delivery_id, _, was, sha), parsed) in chunk.into_iter().zip(parsed)
             {
                 stats.deliveries += 1;
@@ -259,35 +258,24 @@ fn write_group<T: Stored>(
     Ok(())
 }
 
-/// Parses a chunk of stored bodies on `threads` threads, keeping their order.
+/// Parses a chunk of stored bodies on every core, keeping their order.
 fn parse_all(
     chunk: &[(i64, String, Vec<u8>, String, String)],
-    threads: usize,
 ) -> Vec<Result<event::Envelope, event::ParseError>> {
     let parse = |part: &[(i64, String, Vec<u8>, String, String)]| -> Vec<_> {
         part.iter()
-            .map(|(_, _, body, _, _)| event::parse(body))
-            .collect()
-    };
-    if threads <= 1 || chunk.len() < 256 {
-        return parse(chunk);
-    }
-    let per = chunk.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = chunk
-            .chunks(per)
-            .map(|part| (part.len(), s.spawn(move || parse(part))))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|(n, h)| {
-                h.join().unwrap_or_else(|_| {
-                    // A panic in the parser is a bug; report it as unparseable, not a crash.
-                    vec![Err(event::ParseError::Json("parser panicked".into())); n]
-                })
+            .map(|(_, _, body, _, _)| {
+                // A panic in the parser is a bug; the delivery stays stored as
+                // unparseable, and the rebuild goes on.
+                std::panic::catch_unwind(|| event::parse(body))
+                    .unwrap_or_else(|_| Err(event::ParseError::Json("parser panicked".into())))
             })
             .collect()
-    })
+    };
+    crate::par::map_parts(chunk, 256, parse)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 #[cfg(test)]
