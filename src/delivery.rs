@@ -86,12 +86,6 @@ impl Prepared {
     }
 }
 
-impl From<Delivery> for Prepared {
-    fn from(delivery: Delivery) -> Prepared {
-        Prepared::new(delivery)
-    }
-}
-
 /// What became of a delivery when it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
