@@ -85,12 +85,12 @@ pub struct Decoded(Row);
 
 impl Decoded {
     /// A grant's state at version `as_of`.
-    pub fn grant(grant: Grant, as_of: Timestamp, _since: Timestamp) -> Decoded {
+    pub(crate) fn grant(grant: Grant, as_of: Timestamp, _since: Timestamp) -> Decoded {
         Decoded(Row::Grant(Box::new(GrantRow::of(grant, as_of))))
     }
 
     /// A subscription's state at version `as_of`, in its status `since`.
-    pub fn subscription(s: Subscription, as_of: Timestamp, since: Timestamp) -> Decoded {
+    pub(crate) fn subscription(s: Subscription, as_of: Timestamp, since: Timestamp) -> Decoded {
         Decoded(Row::Subscription(SubscriptionFacts {
             subscription_id: s.subscription_id,
             status: s.status,
@@ -100,7 +100,7 @@ impl Decoded {
     }
 
     /// A refund's state at version `as_of`.
-    pub fn refund(r: Refund, as_of: Timestamp, _since: Timestamp) -> Decoded {
+    pub(crate) fn refund(r: Refund, as_of: Timestamp, _since: Timestamp) -> Decoded {
         let full = r.status == RefundStatus::Succeeded && !r.is_partial;
         Decoded(Row::Refund {
             payment_id: r.payment_id,
@@ -111,7 +111,7 @@ impl Decoded {
     }
 
     /// A dispute's state at version `as_of`.
-    pub fn dispute(d: Dispute, as_of: Timestamp, _since: Timestamp) -> Decoded {
+    pub(crate) fn dispute(d: Dispute, as_of: Timestamp, _since: Timestamp) -> Decoded {
         Decoded(Row::Dispute {
             payment_id: d.payment_id,
             dispute_id: d.dispute_id,
@@ -121,7 +121,7 @@ impl Decoded {
     }
 
     /// A payment's state at version `as_of`: the refunds and disputes it embeds.
-    pub fn payment(p: Payment, as_of: Timestamp, _since: Timestamp) -> Decoded {
+    pub(crate) fn payment(p: Payment, as_of: Timestamp, _since: Timestamp) -> Decoded {
         let succeeded = || {
             p.refunds
                 .iter()
@@ -157,7 +157,7 @@ impl Decoded {
     }
 
     /// A row of a kind the index does not hold.
-    pub fn other() -> Decoded {
+    pub(crate) fn other() -> Decoded {
         Decoded(Row::Other)
     }
 }

@@ -246,14 +246,14 @@ fn write_group<T: Stored>(
         .map(|s| s.delivery_id.as_str())
         .unwrap_or_default();
     upsert_object(tx, id, state, &max_key, delivery_id, seq, false)?;
-    if T::KIND.in_index() {
-        // The instants as the row keeps them (to the microsecond), as a read of the
-        // row would give them; an instant the store cannot write back decodes to no row.
-        let kept = |t: &Timestamp| parse_timestamp(&format_timestamp(t));
-        if let (Some(as_of), Some(since)) = (kept(&state.snap.key.at), kept(&state.since)) {
-            let state = folded.state.expect("checked above");
-            index.apply_decoded(state.snap.body.decoded(as_of, since));
-        }
+    // The instants as the row keeps them (to the microsecond), as a read of the row
+    // would give them; an instant the store cannot write back decodes to no row.
+    let kept = |t: &Timestamp| parse_timestamp(&format_timestamp(t));
+    let instants = (kept(&state.snap.key.at), kept(&state.since));
+    if let (true, (Some(as_of), Some(since)), Some(state)) =
+        (T::KIND.in_index(), instants, folded.state)
+    {
+        index.apply_decoded(state.snap.body.decoded(as_of, since));
     }
     Ok(())
 }
