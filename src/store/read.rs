@@ -237,10 +237,16 @@ pub(super) fn pair_rows(
         }
     }
     for payment in &payments {
-        // One statement for both kinds: two seeks of the same index.
+        // One statement for both kinds: two seeks of the same index. Not `kind IN
+        // (...)`: SQLite runs an IN list through an ephemeral table, whose page cache
+        // (~86 KB) is allocated and freed again on every execution (page faults in the
+        // writer, which reads a pair's rows for every delivery).
         conn.for_each(
             "SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
-              WHERE kind IN ('refund', 'dispute') AND ref_id = ?1",
+              WHERE kind = 'dispute' AND ref_id = ?1
+             UNION ALL
+             SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
+              WHERE kind = 'refund' AND ref_id = ?1",
             args![payment],
             &mut |r| {
                 rows.push(ObjectRow::from_row(r)?);
