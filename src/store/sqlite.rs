@@ -147,11 +147,11 @@ const CHECKPOINT_FRAMES: i32 = 1000;
 
 /// WAL frames the writer appends between two requests for a background checkpoint while
 /// the log is short. A page that every transaction touches (a table's or an index's
-/// upper levels) is copied once per checkpoint, not once per commit, so asking for one
-/// after every commit, as SQLite does, copied 84 KB per stored delivery under `serve`;
-/// asking every 4000 frames copies 59 KB, and the checkpointer's file syncs no longer
-/// queue behind each other. Past [`CHECKPOINT_CATCH_UP_FRAMES`] the writer asks after
-/// every commit again, so that the log can start over (below).
+/// upper levels) is copied once per checkpoint, not once per commit: asking after every
+/// commit, as SQLite does, the bench's group commit wrote 49 KB per delivery (log and
+/// copies), against 36–38 KB with this step and the catch-up below (docs/benchmarks.md,
+/// fourth sitting). Past [`CHECKPOINT_CATCH_UP_FRAMES`] the writer asks after every
+/// commit again, so that the log can start over (below).
 const CHECKPOINT_STEP_FRAMES: i32 = 4 * CHECKPOINT_FRAMES;
 
 /// WAL frames past which the checkpointer is asked after every commit, to catch up with
