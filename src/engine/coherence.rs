@@ -281,7 +281,7 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the changed rows could not be read.
+    /// [`StoreError`](crate::store::StoreError) when the changed rows could not be read.
     pub fn sync_index(&self) -> Result<(), Error> {
         if self.warming() {
             return Ok(());

@@ -31,7 +31,7 @@ pub const MAX_WAIT_SECS: f64 = 300.0;
 /// How often a waiting request looks again without being woken (other processes).
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// The query of `GET /v1/changes`, as received (validated by [`ChangesQuery::parse`]).
+/// The query of `GET /v1/changes`, as received (validated by `ChangesQuery::parse`).
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 #[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]

@@ -10,7 +10,7 @@
 //! atomically, accept a quarantined delivery, rebuild) and [`ReadStore`] (the change
 //! feed since a seq, the rows of one pair, listings). [`Writer`] and [`Reader`]
 //! implement them once, over a connection of either backend: the store's logic runs
-//! its SQL through the narrow [`sql::Db`] seam, which `sqlite.rs` and `postgres.rs`
+//! its SQL through the narrow `sql::Db` seam, which `sqlite.rs` and `postgres.rs`
 //! implement.
 //!
 //! | file | what |

@@ -1,6 +1,6 @@
 //! `entsync reconcile`: after missed webhooks, fetch the current state from Dodo's REST
 //! API and feed it through the same pipeline ([`sweep`]), with the API client in
-//! [`client`] and the pure rules in [`entitlement_sync::reconcile`]. Also the background
+//! [`client`](mod@client) and the pure rules in [`entitlement_sync::reconcile`]. Also the background
 //! run of `serve --reconcile-every` and its `/metrics` lines.
 
 pub mod client;
