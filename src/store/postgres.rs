@@ -38,7 +38,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// The PostgreSQL migrations, in order. Never edit one that has shipped: append.
-const MIGRATIONS: &[&str] = &[include_str!("../../postgres/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../postgres/0001_schema.sql"),
+    include_str!("../../postgres/0002_partial_indexes.sql"),
+];
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

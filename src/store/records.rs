@@ -553,7 +553,8 @@ impl Reader {
             let linked = |kind: &str| -> Result<Vec<LinkedRecord>> {
                 Ok(self
                     .bodies(
-                        "SELECT id, status, as_of FROM objects INDEXED BY objects_ref WHERE kind = ?1 AND ref_id = ?2 ORDER BY id",
+                        "SELECT id, status, as_of FROM objects INDEXED BY objects_ref
+                          WHERE kind = ?1 AND ref_id = ?2 AND kind <> 'grant' ORDER BY id",
                         args![kind, &p.payment_id],
                     )?
                     .into_iter()

@@ -260,6 +260,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema.sql"),
     include_str!("../../migrations/0002_history.sql"),
     include_str!("../../migrations/0003_changes.sql"),
+    include_str!("../../migrations/0004_partial_indexes.sql"),
 ];
 
 /// The schema version this build writes.

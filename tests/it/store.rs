@@ -759,3 +759,122 @@ fn the_write_ahead_log_stays_bounded_under_sustained_concurrent_ingest() {
         .unwrap();
     assert_eq!(grants, (CALLERS * EACH) as i64);
 }
+
+/// The lookup indexes as schema version 3 defined them (before
+/// `migrations/0004_partial_indexes.sql`).
+const VERSION_3_INDEXES: &str = "
+    DROP INDEX answers_due;
+    CREATE INDEX answers_due ON answers (due_at);
+    DROP INDEX objects_ref;
+    CREATE INDEX objects_ref ON objects (kind, ref_id);
+    DROP INDEX objects_grant_subscription;
+    CREATE INDEX objects_grant_subscription ON objects (grant_subscription_id);
+    DROP INDEX objects_grant_payment;
+    CREATE INDEX objects_grant_payment ON objects (grant_payment_id);
+    PRAGMA user_version = 3;";
+
+fn index_sql(path: &Path) -> Vec<(String, String)> {
+    let conn = Connection::open(path).expect("open");
+    let mut stmt = conn
+        .prepare(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL
+              ORDER BY name",
+        )
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query");
+    rows.collect::<Result<_, _>>().expect("rows")
+}
+
+#[test]
+fn a_version_3_store_is_migrated_to_partial_indexes_and_keeps_every_row_and_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/events");
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&events)
+        .expect("events dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    fixtures.sort();
+    let pair = ("cus_fx", "ent_fx_flag");
+    let fresh = dir.path().join("fresh.db");
+    let old = dir.path().join("v3.db");
+    let answers = |engine: &Engine| {
+        [t0(), t0() + ms(86_400_000), t0() + ms(400 * 86_400_000)]
+            .map(|now| engine.access(pair.0, pair.1, now).expect("access"))
+    };
+    let before = {
+        let engine = Engine::open(&old).expect("open");
+        for (i, path) in fixtures.iter().enumerate() {
+            let body = std::fs::read(path).expect("fixture");
+            engine
+                .ingest(delivery(&format!("wh_{i}"), body))
+                .expect("ingest");
+        }
+        answers(&engine)
+    };
+    let fresh_indexes = {
+        Engine::open(&fresh).expect("fresh");
+        index_sql(&fresh)
+    };
+    assert!(
+        fresh_indexes
+            .iter()
+            .filter(|(name, _)| [
+                "answers_due",
+                "objects_ref",
+                "objects_grant_subscription",
+                "objects_grant_payment"
+            ]
+            .contains(&name.as_str()))
+            .all(|(_, sql)| sql.contains("WHERE")),
+        "{fresh_indexes:?}"
+    );
+    // The same rows under version 3's indexes, as a store written by the previous release.
+    Connection::open(&old)
+        .expect("open v3")
+        .execute_batch(VERSION_3_INDEXES)
+        .expect("downgrade the indexes");
+    let rows = dump(&old);
+    assert_ne!(index_sql(&old), fresh_indexes);
+    assert!(!rows.objects.is_empty() && !rows.history.is_empty());
+
+    let engine = Engine::open(&old).expect("migrate");
+    let conn = Connection::open(&old).expect("inspect");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 4);
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity");
+    assert_eq!(integrity, "ok");
+    assert_eq!(index_sql(&old), fresh_indexes);
+    assert_eq!(dump(&old), rows);
+    assert_eq!(answers(&engine), before);
+    // Reads through every rebuilt index: a payment's refunds and disputes (objects_ref),
+    // a customer's records, a rebuild (which drops and recreates them from their stored
+    // definitions), and new deliveries linked to the payment.
+    let (code, stdout) = {
+        let out = entsync()
+            .arg("--db")
+            .arg(&old)
+            .args(["customer", pair.0, "--json"])
+            .output()
+            .expect("customer");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("ref_fx") && stdout.contains("dsp_fx"),
+        "{stdout}"
+    );
+    engine.rebuild(chrono::Utc::now()).expect("rebuild");
+    assert_eq!(dump(&old), rows);
+    assert_eq!(index_sql(&old), fresh_indexes);
+    assert_eq!(answers(&engine), before);
+}
