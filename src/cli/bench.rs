@@ -109,6 +109,15 @@ struct Report {
     raw_batched_insert_per_sec: f64,
     raw_batched_insert_bytes_written_per_row: Option<f64>,
     ratio_raw_batched_insert_over_group_commit: f64,
+    /// Baseline: the rows the group-commit run stored, written again by plain SQL into
+    /// an empty store of the same schema (every table and index), with the reads an
+    /// idempotent apply makes (the delivery seen before, the object's head, the pair's
+    /// grants and answer), `writers` deliveries per transaction, as durably, and never
+    /// checkpointing: what SQLite alone costs for the same work, no parsing, planning,
+    /// evaluation or copying back.
+    same_rows_insert_per_sec: f64,
+    same_rows_insert_bytes_written_per_delivery: Option<f64>,
+    ratio_same_rows_insert_over_group_commit: f64,
     rebuild_seconds: Option<f64>,
     rebuild_deliveries_per_sec: Option<f64>,
     /// Live heap bytes of an [`Index`] built from the store's own rows, per grant.
@@ -517,6 +526,15 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         args.writers,
     )?;
     let raw_insert_bytes = bytes_per(written, args.ingest * 4);
+    eprintln!("bench: the same rows by plain SQL (baseline)");
+    let written = bytes_written();
+    let same_rows = super::bench_rows::same_rows_insert(
+        &dir.join("ingest-group.db"),
+        &dir.join("same-rows.db"),
+        args.writers,
+        |path| open(path).map(drop),
+    )?;
+    let same_rows_bytes = bytes_per(written, args.ingest * 4);
     let ratio = raw.p50_ns as f64 / has_access.p50_ns.max(1) as f64;
     let has_access_p50 = has_access.p50_ns;
     drop(reader);
@@ -552,6 +570,9 @@ fn bench(dir: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         raw_batched_insert_per_sec: raw_insert,
         raw_batched_insert_bytes_written_per_row: raw_insert_bytes,
         ratio_raw_batched_insert_over_group_commit: raw_insert / group.max(f64::EPSILON),
+        same_rows_insert_per_sec: same_rows,
+        same_rows_insert_bytes_written_per_delivery: same_rows_bytes,
+        ratio_same_rows_insert_over_group_commit: same_rows / group.max(f64::EPSILON),
         rebuild_seconds,
         rebuild_deliveries_per_sec: rebuild_rate,
         index_bytes_per_grant,

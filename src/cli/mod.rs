@@ -5,6 +5,7 @@
 mod alloc;
 mod bench;
 mod bench_pg;
+mod bench_rows;
 mod commands;
 mod error;
 mod forward;
