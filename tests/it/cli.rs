@@ -501,6 +501,7 @@ fn bench_reports_each_figure_beside_its_baseline() {
         "/ingest_one_writer_per_sec",
         "/ingest_group_commit_per_sec",
         "/raw_batched_insert_per_sec",
+        "/same_rows_insert_per_sec",
         "/rebuild_seconds",
         "/cold_start/first_answer_ms",
     ] {
@@ -508,11 +509,29 @@ fn bench_reports_each_figure_beside_its_baseline() {
     }
     let ratio = number("/raw_batched_insert_per_sec") / number("/ingest_group_commit_per_sec");
     assert!((number("/ratio_raw_batched_insert_over_group_commit") - ratio).abs() < 1e-6 * ratio);
+    let ratio = number("/same_rows_insert_per_sec") / number("/ingest_group_commit_per_sec");
+    assert!((number("/ratio_same_rows_insert_over_group_commit") - ratio).abs() < 1e-6 * ratio);
+    // The same-rows baseline wrote, by plain SQL, exactly the rows the group commit stored.
+    let counts = |name: &str| -> Vec<i64> {
+        let conn = rusqlite::Connection::open(dir.path().join(name)).expect("open");
+        ["deliveries", "objects", "history", "changes", "answers"]
+            .iter()
+            .map(|t| {
+                conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                    .expect("count")
+            })
+            .collect()
+    };
+    let stored = counts("ingest-group.db");
+    assert_eq!(stored[0], 160, "{stored:?}");
+    assert!(stored.iter().all(|&n| n > 0), "{stored:?}");
+    assert_eq!(counts("same-rows.db"), stored);
     if cfg!(target_os = "linux") {
         // Each delivery is stored with its body, so it writes at least that much.
         for path in [
             "/ingest_group_commit_bytes_written_per_delivery",
             "/raw_batched_insert_bytes_written_per_row",
+            "/same_rows_insert_bytes_written_per_delivery",
         ] {
             assert!(number(path) > 500.0, "{path} = {}", number(path));
         }
