@@ -503,6 +503,7 @@ fn bench_reports_each_figure_beside_its_baseline() {
         "/raw_batched_insert_per_sec",
         "/same_rows_insert_per_sec",
         "/rebuild_seconds",
+        "/rebuild_same_rows_rewrite_seconds",
         "/cold_start/first_answer_ms",
     ] {
         assert!(number(path) > 0.0, "{path} = {}", number(path));
