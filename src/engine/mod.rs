@@ -120,6 +120,23 @@ struct Sync {
     epoch: i64,
 }
 
+impl Drop for Inner {
+    /// The last clone is gone: the queue closes, and this waits for the writer thread
+    /// to finish its last job and close the store (for SQLite, a final checkpoint), so
+    /// that a process that drops its engine and exits never cuts that short. (On the
+    /// writer thread itself, when a job held the last clone, there is nothing to wait
+    /// for: the thread ends right after.)
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(thread) = self.writer_thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
 struct Inner {
     /// [`IndexState`], as `LAZY`, `WARMING`, `READY`.
     state: std::sync::atomic::AtomicU8,
@@ -128,6 +145,8 @@ struct Inner {
     path: PathBuf,
     policy: Policy,
     jobs: mpsc::Sender<Job>,
+    /// The writer thread, joined when the last clone goes (see `Drop`).
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     /// Bumped by the writer thread after every commit, before anyone is answered.
     generation: Arc<Signal>,
     /// The generation the index reflects.
@@ -203,7 +222,7 @@ impl Engine {
         let (jobs, queue) = mpsc::channel();
         let generation = Arc::new(Signal::new());
         let bump = Arc::clone(&generation);
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("entsync-writer".into())
             .spawn(move || writer_loop(writer, queue, &bump))
             .map_err(EngineError::Spawn)?;
@@ -214,6 +233,7 @@ impl Engine {
                 path,
                 policy,
                 jobs,
+                writer_thread: Some(writer_thread),
                 generation,
                 synced: AtomicU64::new(0),
                 checked_at: AtomicU64::new(0),

@@ -410,14 +410,14 @@ pub trait ReadStore: Send {
 fn connect(location: &Location, writer: bool) -> Result<Box<dyn sql::Db>> {
     match location {
         Location::Sqlite(path) => {
-            let conn = if writer {
+            let (conn, checkpointer) = if writer {
                 let mut conn = sqlite::open(path)?;
-                sqlite::checkpoint_aside(&mut conn, path)?;
-                conn
+                let thread = sqlite::checkpoint_aside(&mut conn, path)?;
+                (conn, Some(thread))
             } else {
-                sqlite::open_reader(path)?
+                (sqlite::open_reader(path)?, None)
             };
-            Ok(Box::new(sqlite::Sqlite { conn }))
+            Ok(Box::new(sqlite::Sqlite { conn, checkpointer }))
         }
         #[cfg(feature = "postgres")]
         Location::Postgres { url, schema } => {

@@ -11,6 +11,29 @@ use std::time::Duration;
 /// One SQLite connection.
 pub(crate) struct Sqlite {
     pub(crate) conn: Connection,
+    /// The writer's checkpoint thread (see [`checkpoint_aside`]); `None` for readers.
+    pub(crate) checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sqlite {
+    /// The writer's close: the checkpoint thread is stopped (its checkpoint in flight
+    /// finishes first), then the whole log is copied into the database file and the log
+    /// emptied, so that what the store wrote (a rebuild's gigabytes, say) neither stays
+    /// on disk as a log nor waits for the next process to copy it. A failure leaves the
+    /// log as it is, which the next open copies as usual: nothing is lost either way.
+    fn drop(&mut self) {
+        let Some(thread) = self.checkpointer.take() else {
+            return;
+        };
+        // The hook owns the thread's wake-up channel: without it the thread ends.
+        self.conn
+            .wal_hook(None::<fn(&mut rusqlite::hooks::Wal, i32) -> rusqlite::Result<()>>)
+            .ok();
+        let _ = thread.join();
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
 }
 
 impl rusqlite::ToSql for Arg<'_> {
@@ -138,8 +161,15 @@ fn configure(conn: &Connection) -> Result<()> {
     // keeps the indexes' upper levels resident.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -65536)?;
+    // When the log starts over, its file is cut back to this size: a log that once
+    // grew large (a rebuild writes gigabytes) does not keep its disk space for good.
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     Ok(())
 }
+
+/// Bytes of log file kept when the log starts over (64 MiB: the inline checkpoint's
+/// bound, [`CHECKPOINT_INLINE_FRAMES`] pages).
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// WAL frames after which a commit first asks the checkpointer thread for a checkpoint
 /// (SQLite's own automatic threshold).
@@ -185,7 +215,10 @@ const CHECKPOINT_INLINE_FRAMES: i32 = 16 * CHECKPOINT_FRAMES;
 /// # Errors
 ///
 /// SQLite errors while opening the checkpointer's connection.
-pub fn checkpoint_aside(writer: &mut Connection, path: &Path) -> Result<()> {
+pub fn checkpoint_aside(
+    writer: &mut Connection,
+    path: &Path,
+) -> Result<std::thread::JoinHandle<()>> {
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::sync::Arc;
 
@@ -197,7 +230,7 @@ pub fn checkpoint_aside(writer: &mut Connection, path: &Path) -> Result<()> {
     // copies more than CHECKPOINT_FINISH_FRAMES, which the inline bound does anyway.
     let copied = Arc::new(AtomicI32::new(0));
     let published = Arc::clone(&copied);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("entsync-checkpoint".into())
         .spawn(move || {
             // A failed checkpoint is retried at the next wake; the log only grows
@@ -237,7 +270,7 @@ pub fn checkpoint_aside(writer: &mut Connection, path: &Path) -> Result<()> {
         }
         Ok(())
     }))?;
-    Ok(())
+    Ok(thread)
 }
 
 /// Opens a second connection to an existing, migrated file (for reads).

@@ -878,3 +878,53 @@ fn a_version_3_store_is_migrated_to_partial_indexes_and_keeps_every_row_and_answ
     assert_eq!(index_sql(&old), fresh_indexes);
     assert_eq!(answers(&engine), before);
 }
+
+/// The write-ahead log of `db`, in bytes (0 when there is none).
+fn log_bytes(db: &Path) -> u64 {
+    std::fs::metadata(format!("{}-wal", db.display())).map_or(0, |m| m.len())
+}
+
+#[test]
+fn a_command_or_an_engine_that_ends_leaves_its_log_copied_into_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("closed.db");
+    let input = dir.path().join("events.jsonl");
+    let (text, ids) = jsonl(600);
+    std::fs::write(&input, text).unwrap();
+    let run = |args: &[&str]| {
+        let out = entsync()
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    run(&["ingest", input.to_str().expect("path")]);
+    assert_eq!(log_bytes(&db), 0, "after ingest");
+    run(&["rebuild"]);
+    assert_eq!(log_bytes(&db), 0, "after rebuild");
+    // In a process that goes on: the last clone of the engine closes the store.
+    {
+        let engine = Engine::open(&db).expect("open");
+        let clone = engine.clone();
+        let (more, _) = jsonl(700);
+        let line = more.lines().last().expect("a line").as_bytes().to_vec();
+        assert_eq!(
+            engine
+                .ingest(Delivery::from_bare(line, t0()))
+                .expect("ingest"),
+            Outcome::Applied
+        );
+        drop(engine);
+        assert!(log_bytes(&db) > 0, "the clone still has the store open");
+        drop(clone);
+    }
+    assert_eq!(log_bytes(&db), 0, "after the last engine");
+    // Everything is in the database file itself.
+    let conn = Connection::open(&db).expect("open");
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(stored as usize, ids.len() + 1);
+}
