@@ -758,19 +758,14 @@ fn a_version_1_schema_is_migrated_and_answers_the_same() {
     let Some(schema) = Schema::new("migrate") else {
         return;
     };
-    let events = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/events");
-    let mut fixtures: Vec<_> = std::fs::read_dir(&events)
-        .expect("events dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    fixtures.sort();
     let pair = ("cus_fx", "ent_fx_flag");
     let times = [t0(), t0() + ms(86_400_000), t0() + ms(400 * 86_400_000)];
     let before = {
         let engine = schema.engine();
-        for (i, path) in fixtures.iter().enumerate() {
-            let body = std::fs::read(path).expect("fixture");
+        for (i, body) in crate::support::event_fixture_bodies()
+            .into_iter()
+            .enumerate()
+        {
             engine
                 .ingest(Delivery::new(format!("wh_{i}"), body, now()))
                 .expect("ingest");

@@ -790,13 +790,6 @@ fn index_sql(path: &Path) -> Vec<(String, String)> {
 #[test]
 fn a_version_3_store_is_migrated_to_partial_indexes_and_keeps_every_row_and_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/events");
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&events)
-        .expect("events dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    fixtures.sort();
     let pair = ("cus_fx", "ent_fx_flag");
     let fresh = dir.path().join("fresh.db");
     let old = dir.path().join("v3.db");
@@ -806,8 +799,7 @@ fn a_version_3_store_is_migrated_to_partial_indexes_and_keeps_every_row_and_answ
     };
     let before = {
         let engine = Engine::open(&old).expect("open");
-        for (i, path) in fixtures.iter().enumerate() {
-            let body = std::fs::read(path).expect("fixture");
+        for (i, body) in support::event_fixture_bodies().into_iter().enumerate() {
             engine
                 .ingest(delivery(&format!("wh_{i}"), body))
                 .expect("ingest");

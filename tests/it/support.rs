@@ -49,6 +49,22 @@ pub fn proptest_config(file: &'static str) -> Config {
     }
 }
 
+/// The bodies of every `tests/data/events/*.json` fixture (one per Dodo event type), in
+/// file-name order.
+pub fn event_fixture_bodies() -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/events");
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("events dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).expect("fixture"))
+        .collect()
+}
+
 /// The origin of every generated timeline: 2026-05-01T10:00:00Z.
 pub fn t0() -> Timestamp {
     Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, 0).unwrap()
