@@ -8,7 +8,7 @@
 
 use super::CliError;
 use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection};
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
@@ -159,7 +159,9 @@ pub(super) fn same_rows_insert(
                     "SELECT 1 FROM deliveries WHERE delivery_id = ?1 AND body_sha256 = ?2",
                 )
                 .map_err(failed)?;
-            let _ = seen.query_row([&w.dedupe.0, &w.dedupe.1], |_| Ok(())).ok();
+            seen.query_row([&w.dedupe.0, &w.dedupe.1], |_| Ok(()))
+                .optional()
+                .map_err(failed)?;
             for o in &w.objects {
                 let mut head = tx
                     .prepare_cached(
@@ -167,7 +169,9 @@ pub(super) fn same_rows_insert(
                            FROM objects WHERE kind = ?1 AND id = ?2",
                     )
                     .map_err(failed)?;
-                let _ = head.query_row([&o[0], &o[1]], |_| Ok(())).ok();
+                head.query_row([&o[0], &o[1]], |_| Ok(()))
+                    .optional()
+                    .map_err(failed)?;
                 let mut grants = tx
                     .prepare_cached(
                         "SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_customer
@@ -182,7 +186,10 @@ pub(super) fn same_rows_insert(
                           WHERE customer_id = ?1 AND entitlement_id = ?2",
                     )
                     .map_err(failed)?;
-                let _ = answer.query_row([&o[2], &o[3]], |_| Ok(())).ok();
+                answer
+                    .query_row([&o[2], &o[3]], |_| Ok(()))
+                    .optional()
+                    .map_err(failed)?;
             }
             let run = |sql: &str, values: &[Value]| -> Result<(), CliError> {
                 tx.prepare_cached(sql)
