@@ -13,15 +13,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-/// One delivery's rows, copied from a store.
+/// One delivery's rows, copied from a store (each in its table's column list below).
 struct Work {
     delivery: Vec<Value>,
-    dedupe: (Value, Value),
     objects: Vec<Vec<Value>>,
     history: Vec<Vec<Value>>,
     changes: Vec<Vec<Value>>,
     answers: Vec<Vec<Value>>,
-    seq: i64,
 }
 
 fn failed(e: rusqlite::Error) -> CliError {
@@ -57,6 +55,13 @@ const DELIVERIES: &str = "seq, delivery_id, body_sha256, received_at, webhook_ti
     webhook_signature, body, event_type, event_at, object_kind, object_id, version_key,
     outcome, detail";
 
+/// The position of column `name` in the column list `cols`.
+fn col(cols: &str, name: &str) -> usize {
+    cols.split(',')
+        .position(|c| c.trim() == name)
+        .unwrap_or_else(|| unreachable!("{name} is one of the columns {cols}"))
+}
+
 /// The rows `source` holds, grouped by the delivery that wrote them, in arrival order.
 fn work_of(source: &Path) -> Result<Vec<Work>, CliError> {
     let conn = Connection::open(source).map_err(failed)?;
@@ -67,9 +72,20 @@ fn work_of(source: &Path) -> Result<Vec<Work>, CliError> {
         }
         Ok(map)
     };
-    let mut objects = by(&format!("SELECT {OBJECTS} FROM objects"), 9)?;
-    let mut history = by(&format!("SELECT {HISTORY} FROM history"), 3)?;
-    let mut changes = by(&format!("SELECT {CHANGES} FROM changes ORDER BY seq"), 11)?;
+    let mut objects = by(
+        &format!("SELECT {OBJECTS} FROM objects"),
+        col(OBJECTS, "delivery_id"),
+    )?;
+    let mut history = by(
+        &format!("SELECT {HISTORY} FROM history"),
+        col(HISTORY, "delivery_seq"),
+    )?;
+    let mut changes = by(
+        &format!("SELECT {CHANGES} FROM changes ORDER BY seq"),
+        col(CHANGES, "delivery_id"),
+    )?;
+    let (customer, entitlement) = (col(OBJECTS, "customer_id"), col(OBJECTS, "ref_id"));
+    let (seq, delivery_id) = (col(DELIVERIES, "seq"), col(DELIVERIES, "delivery_id"));
     let answers: HashMap<(String, String), Vec<Value>> =
         rows(&conn, &format!("SELECT {ANSWERS} FROM answers"))?
             .into_iter()
@@ -82,20 +98,18 @@ fn work_of(source: &Path) -> Result<Vec<Work>, CliError> {
     Ok(deliveries
         .into_iter()
         .map(|d| {
-            let id = text(&d[1]);
+            let id = text(&d[delivery_id]);
             let objects = objects.remove(&id).unwrap_or_default();
             let changes = changes.remove(&id).unwrap_or_default();
             let answers = objects
                 .iter()
-                .filter_map(|o| answers.get(&(text(&o[2]), text(&o[3]))).cloned())
+                .filter_map(|o| {
+                    let pair = (text(&o[customer]), text(&o[entitlement]));
+                    answers.get(&pair).cloned()
+                })
                 .collect();
             Work {
-                dedupe: (d[1].clone(), d[2].clone()),
-                seq: match d[0] {
-                    Value::Integer(s) => s,
-                    _ => 0,
-                },
-                history: history.remove(&text(&d[0])).unwrap_or_default(),
+                history: history.remove(&text(&d[seq])).unwrap_or_default(),
                 delivery: d,
                 objects,
                 changes,
@@ -148,6 +162,14 @@ pub(super) fn same_rows_insert(
              due_at = excluded.due_at",
         insert("answers", ANSWERS)
     );
+    let in_delivery = |name| col(DELIVERIES, name);
+    let (seq, delivery_id, sha) = (
+        in_delivery("seq"),
+        in_delivery("delivery_id"),
+        in_delivery("body_sha256"),
+    );
+    let o = |name| col(OBJECTS, name);
+    let (kind, id, customer, entitlement) = (o("kind"), o("id"), o("customer_id"), o("ref_id"));
     let started = Instant::now();
     for chunk in work.chunks(batch.max(1)) {
         let tx = conn.unchecked_transaction().map_err(failed)?;
@@ -159,7 +181,7 @@ pub(super) fn same_rows_insert(
                     "SELECT 1 FROM deliveries WHERE delivery_id = ?1 AND body_sha256 = ?2",
                 )
                 .map_err(failed)?;
-            seen.query_row([&w.dedupe.0, &w.dedupe.1], |_| Ok(()))
+            seen.query_row([&w.delivery[delivery_id], &w.delivery[sha]], |_| Ok(()))
                 .optional()
                 .map_err(failed)?;
             for o in &w.objects {
@@ -169,7 +191,7 @@ pub(super) fn same_rows_insert(
                            FROM objects WHERE kind = ?1 AND id = ?2",
                     )
                     .map_err(failed)?;
-                head.query_row([&o[0], &o[1]], |_| Ok(()))
+                head.query_row([&o[kind], &o[id]], |_| Ok(()))
                     .optional()
                     .map_err(failed)?;
                 let mut grants = tx
@@ -178,7 +200,9 @@ pub(super) fn same_rows_insert(
                           WHERE customer_id = ?1 AND kind = 'grant' AND ref_id = ?2",
                     )
                     .map_err(failed)?;
-                let mut q = grants.query([&o[2], &o[3]]).map_err(failed)?;
+                let mut q = grants
+                    .query([&o[customer], &o[entitlement]])
+                    .map_err(failed)?;
                 while q.next().map_err(failed)?.is_some() {}
                 let mut answer = tx
                     .prepare_cached(
@@ -187,7 +211,7 @@ pub(super) fn same_rows_insert(
                     )
                     .map_err(failed)?;
                 answer
-                    .query_row([&o[2], &o[3]], |_| Ok(()))
+                    .query_row([&o[customer], &o[entitlement]], |_| Ok(()))
                     .optional()
                     .map_err(failed)?;
             }
@@ -213,7 +237,7 @@ pub(super) fn same_rows_insert(
             }
             run(
                 "UPDATE meta SET value = ?1 WHERE key = 'seq'",
-                &[Value::Integer(w.seq)],
+                std::slice::from_ref(&w.delivery[seq]),
             )?;
         }
         tx.commit().map_err(failed)?;

@@ -772,6 +772,12 @@ fn a_version_1_schema_is_migrated_and_answers_the_same() {
         }
         times.map(|t| engine.access(pair.0, pair.1, t).expect("access"))
     };
+    assert!(
+        before
+            .iter()
+            .all(|a| a.allowed && a.subscription_id.is_some()),
+        "{before:?}"
+    );
     let name = &schema.name;
     let index = |client: &mut postgres::Client| -> String {
         client
