@@ -479,8 +479,8 @@ pub fn rebuild(db: &Location, args: JsonArgs) -> Result<ExitCode, CliError> {
         print_json(&stats)?;
     } else {
         println!(
-            "rebuilt {} objects from {} deliveries in {:.2?} ({} still malformed, {} newly parsed, {} quarantined)",
-            stats.objects, stats.deliveries, started.elapsed(), stats.malformed, stats.reparsed, stats.quarantined
+            "rebuilt {} objects from {} deliveries in {:.2?} ({} rewritten, {} still malformed, {} newly parsed, {} quarantined)",
+            stats.objects, stats.deliveries, started.elapsed(), stats.rewritten, stats.malformed, stats.reparsed, stats.quarantined
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,7 @@
 //! The history rows: one per distinct snapshot of an object, in key order, with what
 //! the fold did with it (the quarantine is the rejected ones).
 
-use super::sql::{args, Db, Row};
+use super::sql::{args, Arg, Db, Row};
 use super::{Context, Result, StoreError};
 use crate::event::Kind;
 use crate::fold::{decode_key, Rejection, Step, Verdict, VersionKey};
@@ -123,37 +123,103 @@ pub(super) fn write_step_keyed(
     key: &str,
     delivery_seq: i64,
 ) -> Result<()> {
+    let owned = StepText::of(step);
+    insert_step(
+        tx,
+        &step_args(kind, id, step, key, delivery_seq, &owned),
+        false,
+    )
+}
+
+/// The columns of a history row, in the order [`step_args`] gives their values.
+macro_rules! history_columns {
+    () => {
+        "kind, object_id, version_key, delivery_seq, delivery_id, accepted, starts_run, forced,
+         code, reason, from_state, to_state, rejection"
+    };
+}
+pub(super) use history_columns;
+
+/// How many of the history columns are the row's key (kind, object id, version key).
+pub(super) const HISTORY_KEY_COLUMNS: usize = 3;
+
+/// The text a rejected step's row holds beside its borrowed values.
+pub(super) struct StepText {
+    message: Option<String>,
+    rejection: Option<String>,
+}
+
+impl StepText {
+    pub(super) fn of(step: &Step) -> StepText {
+        match &step.verdict {
+            Verdict::Applied { .. } => StepText {
+                message: None,
+                rejection: None,
+            },
+            Verdict::Rejected(r) => StepText {
+                message: Some(r.message()),
+                rejection: serde_json::to_string(r).ok(),
+            },
+        }
+    }
+}
+
+/// The values of a step's history row, in the order of [`history_columns`].
+pub(super) fn step_args<'a>(
+    kind: Kind,
+    id: &'a str,
+    step: &'a Step,
+    key: &'a str,
+    delivery_seq: i64,
+    text: &'a StepText,
+) -> [Arg<'a>; 13] {
     let (forced, rejection) = match &step.verdict {
         Verdict::Applied { forced } => (*forced, None),
         Verdict::Rejected(r) => (false, Some(r)),
     };
-    tx.exec(
-        "INSERT INTO history (kind, object_id, version_key, delivery_seq, delivery_id, accepted,
-                              starts_run, forced, code, reason, from_state, to_state, rejection)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+    *args![
+        kind.as_str(),
+        id,
+        key,
+        delivery_seq,
+        &step.delivery_id,
+        step.accepted,
+        step.starts_run,
+        forced,
+        rejection.map(|r| r.reason.code()),
+        &text.message,
+        rejection.map(|r| r.from.as_str()),
+        rejection.map(|r| r.to.as_str()),
+        &text.rejection,
+    ]
+}
+
+/// Inserts or replaces one history row from the values [`step_args`] gives. A row that
+/// exists keeps its representative delivery (`delivery_seq`, `delivery_id`) unless
+/// `whole`: a rebuild that found the row different sets every column.
+pub(super) fn insert_step(tx: &dyn Db, values: &[Arg<'_>; 13], whole: bool) -> Result<()> {
+    const INSERT: &str = concat!(
+        "INSERT INTO history (",
+        history_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (kind, object_id, version_key) DO UPDATE SET accepted = excluded.accepted,
              starts_run = excluded.starts_run,
              forced = excluded.forced, code = excluded.code, reason = excluded.reason,
              from_state = excluded.from_state, to_state = excluded.to_state,
-             rejection = excluded.rejection",
-        args![
-            kind.as_str(),
-            id,
-            key,
-            delivery_seq,
-            &step.delivery_id,
-            step.accepted,
-            step.starts_run,
-            forced,
-            rejection.map(|r| r.reason.code()),
-            rejection.map(Rejection::message).as_ref(),
-            rejection.map(|r| r.from.as_str()),
-            rejection.map(|r| r.to.as_str()),
-            rejection
-                .and_then(|r| serde_json::to_string(r).ok())
-                .as_ref(),
-        ],
-    )
-    .context("write a history step")?;
+             rejection = excluded.rejection"
+    );
+    const WHOLE: &str = concat!(
+        "INSERT INTO history (",
+        history_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (kind, object_id, version_key) DO UPDATE SET
+             delivery_seq = excluded.delivery_seq, delivery_id = excluded.delivery_id,
+             accepted = excluded.accepted, starts_run = excluded.starts_run,
+             forced = excluded.forced, code = excluded.code, reason = excluded.reason,
+             from_state = excluded.from_state, to_state = excluded.to_state,
+             rejection = excluded.rejection"
+    );
+    tx.exec(if whole { WHOLE } else { INSERT }, values)
+        .context("write a history step")?;
     Ok(())
 }

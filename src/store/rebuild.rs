@@ -1,9 +1,17 @@
 //! Rebuild: every projection (objects, history, quarantine) recomputed from the stored
 //! deliveries and overrides alone, in one transaction.
+//!
+//! The rebuild folds every object again and compares each row it computes with the row
+//! stored: only rows that differ are written, rows the deliveries no longer give are
+//! deleted. On an intact store (the usual case: a check, or a rebuild after an upgrade
+//! that changed little) that writes almost nothing; the outcome is the same as clearing
+//! the projections and writing them anew, which is what it does on an empty store (with
+//! the lookup indexes dropped and built again by sorting).
 
 use super::families::{with_family, Stored};
-use super::sql::{args, Backend, Db};
-use super::write::{upsert_object, write_step};
+use super::history::{history_columns, insert_step, step_args, StepText, HISTORY_KEY_COLUMNS};
+use super::sql::{args, Arg, Backend, Db, Row};
+use super::write::{object_args, object_columns, write_object, ObjectText, OBJECT_SEQ_COLUMN};
 use super::{Context, RebuildStats, Result};
 use crate::delivery::Outcome;
 use crate::event::{self, Event, Kind};
@@ -11,10 +19,13 @@ use crate::fold::{self, Entry};
 use crate::index::Index;
 use crate::plan;
 use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Deliveries a rebuild reads (and parses in parallel) at a time.
 const CHUNK: usize = 8192;
+
+/// Objects whose stored rows a rebuild reads (to compare them) at a time.
+const OBJECT_CHUNK: usize = 4096;
 
 /// One stored delivery's snapshot, grouped by object.
 struct Stored_ {
@@ -40,11 +51,19 @@ struct Reparsed {
 /// figures, the access index of every state it wrote, built from the folded states
 /// (the caller re-evaluates every pair with it: no row is read or parsed again).
 pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
-    // Bulk load into SQLite: drop the lookup indexes (recreated from their stored
-    // definitions afterwards; building an index by sorting beats growing it). The
-    // unique keys stay.
+    // Onto empty projections, a bulk load into SQLite: the lookup indexes dropped (and
+    // recreated from their stored definitions afterwards; building an index by sorting
+    // beats growing it). The unique keys stay.
+    let empty = tx
+        .row("SELECT 1 FROM objects LIMIT 1", args![])
+        .context("look for objects")?
+        .is_none()
+        && tx
+            .row("SELECT 1 FROM history LIMIT 1", args![])
+            .context("look for history")?
+            .is_none();
     let indexes: Vec<(String, String)> = match tx.backend() {
-        Backend::Sqlite => tx
+        Backend::Sqlite if empty => tx
             .rows(
                 "SELECT name, sql FROM sqlite_master
                   WHERE type = 'index' AND tbl_name IN ('objects', 'history') AND sql IS NOT NULL
@@ -54,24 +73,26 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
             .into_iter()
             .map(|mut r| Ok((r.string(0)?, r.string(1)?)))
             .collect::<Result<_>>()?,
-        Backend::Postgres => Vec::new(),
+        _ => Vec::new(),
     };
     for (name, _) in &indexes {
         tx.batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
     }
+    // The epoch moves: other instances load every row anew (rows may have gone).
     tx.batch(
-        "DELETE FROM objects; DELETE FROM history;
-         UPDATE meta SET value = value + 1 WHERE key = 'epoch';
+        "UPDATE meta SET value = value + 1 WHERE key = 'epoch';
          DELETE FROM meta WHERE key = 'needs_rebuild';",
     )
-    .context("clear the projections")?;
+    .context("start the rebuild")?;
     let forced: HashSet<(String, String)> = tx
         .rows("SELECT delivery_id, body_sha256 FROM overrides", args![])
         .context("read the overrides")?
         .into_iter()
         .map(|mut r| Ok((r.string(0)?, r.string(1)?)))
         .collect::<Result<_>>()?;
-    let mut groups: BTreeMap<(Kind, String), Vec<Stored_>> = BTreeMap::new();
+    // By (kind as stored, id): the order of the stored rows' key (text compares
+    // bytewise on both backends), so that the objects can be compared range by range.
+    let mut groups: BTreeMap<(&'static str, String), (Kind, Vec<Stored_>)> = BTreeMap::new();
     let mut stats = RebuildStats::default();
     let mut reparsed: Vec<Reparsed> = Vec::new();
     {
@@ -114,7 +135,10 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
                 }
                 if let Some((kind, id, _)) = object {
                     let forced = forced.contains(&(delivery_id.clone(), sha));
-                    groups.entry((kind, id)).or_default().push(Stored_ {
+                    let group = groups
+                        .entry((kind.as_str(), id))
+                        .or_insert_with(|| (kind, Vec::new()));
+                    group.1.push(Stored_ {
                         event: env.event,
                         delivery_id,
                         delivery_seq,
@@ -150,11 +174,37 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
     stats.objects = groups.len() as u64;
     let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
     let mut index = Index::default();
-    for ((kind, id), entries) in groups {
-        with_family!(
-            kind,
-            write_group(tx, &id, entries, seq, &mut outcomes, &mut index)
-        )?;
+    // Range by range: the stored rows of the next OBJECT_CHUNK objects (and of any
+    // object between them that the deliveries no longer give) read, then compared and
+    // written. The last range is open, so that every stored row is met once.
+    let mut groups = groups.into_iter().peekable();
+    let mut after: Option<(&'static str, String)> = None;
+    loop {
+        let chunk: Vec<_> = groups.by_ref().take(OBJECT_CHUNK).collect();
+        let last = chunk.last().map(|((kind, id), _)| (*kind, id.clone()));
+        let more = groups.peek().is_some();
+        let upto = if more { last.as_ref() } else { None };
+        let mut stored = StoredRows::read(tx, after.as_ref(), upto)?;
+        for ((_, id), (kind, entries)) in chunk {
+            let wrote = with_family!(
+                kind,
+                write_group(
+                    tx,
+                    &id,
+                    entries,
+                    seq,
+                    &mut outcomes,
+                    &mut index,
+                    &mut stored
+                )
+            )?;
+            stats.rewritten += u64::from(wrote);
+        }
+        stats.rewritten += stored.delete_rest(tx)?;
+        if !more {
+            break;
+        }
+        after = last;
     }
     for (_, sql) in &indexes {
         tx.batch(sql).context("recreate an index")?;
@@ -195,8 +245,9 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
     Ok((stats, index))
 }
 
-/// Folds one object's whole history and writes its state and history rows; the
-/// outcomes of its re-parsed deliveries go into `outcomes`.
+/// Folds one object's whole history and writes those of its state and history rows
+/// that differ from the stored ones (taken out of `stored`); the outcomes of its
+/// re-parsed deliveries go into `outcomes`. Returns whether it wrote or deleted a row.
 fn write_group<T: Stored>(
     tx: &dyn Db,
     id: &str,
@@ -204,7 +255,9 @@ fn write_group<T: Stored>(
     seq: i64,
     outcomes: &mut HashMap<i64, Outcome>,
     index: &mut Index,
-) -> Result<()> {
+    stored: &mut StoredRows,
+) -> Result<bool> {
+    let kind = T::KIND;
     let mut seqs: HashMap<(fold::VersionKey, String), i64> = HashMap::new();
     let mut reparsed: Vec<(i64, fold::VersionKey)> = Vec::new();
     let entries: Vec<Entry<T>> = entries
@@ -224,15 +277,39 @@ fn write_group<T: Stored>(
         })
         .collect();
     let folded = fold::fold(entries);
+    let mut wrote = false;
+    let mut stored_steps = stored.take_history(kind, id);
     for step in &folded.steps {
         let delivery_seq = seqs
             .get(&(step.key, step.delivery_id.clone()))
             .copied()
             .unwrap_or_default();
-        write_step(tx, T::KIND, id, step, delivery_seq)?;
+        let key = step.key.encode();
+        let text = StepText::of(step);
+        let values = step_args(kind, id, step, &key, delivery_seq, &text);
+        let same = stored_steps
+            .remove(&key)
+            .is_some_and(|row| reads_as(&values, &row, HISTORY_KEY_COLUMNS, None));
+        if !same {
+            insert_step(tx, &values, true)?;
+            wrote = true;
+        }
     }
+    for key in stored_steps.into_keys() {
+        tx.exec(
+            "DELETE FROM history WHERE kind = ?1 AND object_id = ?2 AND version_key = ?3",
+            args![kind.as_str(), id, &key],
+        )
+        .context("delete a history step")?;
+        wrote = true;
+    }
+    let stored_object = stored.take_object(kind, id);
     let (Some(state), Some(max_key)) = (&folded.state, folded.max_key()) else {
-        return Ok(());
+        if stored_object.is_some() {
+            delete_object(tx, kind.as_str(), id)?;
+            wrote = true;
+        }
+        return Ok(wrote);
     };
     for (delivery_seq, key) in reparsed {
         if let Some(step) = folded.steps.iter().find(|s| s.key == key) {
@@ -245,7 +322,17 @@ fn write_group<T: Stored>(
         .find(|s| s.key == state.snap.key)
         .map(|s| s.delivery_id.as_str())
         .unwrap_or_default();
-    upsert_object(tx, id, state, &max_key, delivery_id, seq, false)?;
+    let (state_key, max_key) = (state.snap.key.encode(), max_key.encode());
+    let text = ObjectText::of(state)?;
+    let values = object_args(id, state, (&state_key, &max_key), delivery_id, seq, &text);
+    // The row's key columns are the map's; `seq` says when it was written, not what.
+    let same = stored_object
+        .as_ref()
+        .is_some_and(|row| reads_as(&values, row, 2, Some(OBJECT_SEQ_COLUMN)));
+    if !same {
+        write_object(tx, &values, stored_object.is_some())?;
+        wrote = true;
+    }
     // The instants as the row keeps them (to the microsecond), as a read of the row
     // would give them; an instant the store cannot write back decodes to no row.
     let kept = |t: &Timestamp| parse_timestamp(&format_timestamp(t));
@@ -255,7 +342,138 @@ fn write_group<T: Stored>(
     {
         index.apply_decoded(state.snap.body.decoded(as_of, since));
     }
+    Ok(wrote)
+}
+
+/// Whether a stored row reads as the values a rebuild computed for it, from column
+/// `from` on (the columns before it are the row's key), `skip` aside.
+fn reads_as(values: &[Arg<'_>], row: &Row, from: usize, skip: Option<usize>) -> bool {
+    values.len() == row.0.len()
+        && (from..values.len())
+            .filter(|&i| Some(i) != skip)
+            .all(|i| values[i].reads_as(&row.0[i]))
+}
+
+fn delete_object(tx: &dyn Db, kind: &str, id: &str) -> Result<()> {
+    tx.exec(
+        "DELETE FROM objects WHERE kind = ?1 AND id = ?2",
+        args![kind, id],
+    )
+    .context("delete an object")?;
     Ok(())
+}
+
+/// The stored rows of one range of objects, by kind and id (the key columns taken out of
+/// each row into the maps' keys). The rows a rebuild meets again are taken out; what
+/// stays, the deliveries no longer give.
+#[derive(Default)]
+struct StoredRows {
+    objects: HashMap<String, HashMap<String, Row>>,
+    /// Kind, object id, version key.
+    history: HashMap<String, HashMap<String, HashMap<String, Row>>>,
+}
+
+impl StoredRows {
+    /// The rows of the objects after `after` (from the first if `None`) up to and with
+    /// `upto` (to the last if `None`), in the order of (kind, id) as stored.
+    fn read(
+        tx: &dyn Db,
+        after: Option<&(&str, String)>,
+        upto: Option<&(&str, String)>,
+    ) -> Result<StoredRows> {
+        let mut stored = StoredRows::default();
+        let (objects, values) = range_sql(
+            concat!("SELECT ", object_columns!(), " FROM objects"),
+            "id",
+            after,
+            upto,
+        );
+        tx.for_each(&objects, &values, &mut |mut r| {
+            let (kind, id) = (r.string(0)?, r.string(1)?);
+            stored.objects.entry(kind).or_default().insert(id, r);
+            Ok(())
+        })
+        .context("read the stored objects")?;
+        let (history, values) = range_sql(
+            concat!("SELECT ", history_columns!(), " FROM history"),
+            "object_id",
+            after,
+            upto,
+        );
+        tx.for_each(&history, &values, &mut |mut r| {
+            let (kind, id, key) = (r.string(0)?, r.string(1)?, r.string(2)?);
+            stored
+                .history
+                .entry(kind)
+                .or_default()
+                .entry(id)
+                .or_default()
+                .insert(key, r);
+            Ok(())
+        })
+        .context("read the stored history")?;
+        Ok(stored)
+    }
+
+    fn take_object(&mut self, kind: Kind, id: &str) -> Option<Row> {
+        self.objects.get_mut(kind.as_str())?.remove(id)
+    }
+
+    /// The object's history rows by version key.
+    fn take_history(&mut self, kind: Kind, id: &str) -> HashMap<String, Row> {
+        self.history
+            .get_mut(kind.as_str())
+            .and_then(|ids| ids.remove(id))
+            .unwrap_or_default()
+    }
+
+    /// Deletes the rows of the objects the rebuild did not meet; returns how many
+    /// objects they were.
+    fn delete_rest(self, tx: &dyn Db) -> Result<u64> {
+        let mut gone: BTreeSet<(String, String)> = BTreeSet::new();
+        for (kind, ids) in self.objects {
+            for id in ids.into_keys() {
+                delete_object(tx, &kind, &id)?;
+                gone.insert((kind.clone(), id));
+            }
+        }
+        for (kind, ids) in self.history {
+            for id in ids.into_keys() {
+                tx.exec(
+                    "DELETE FROM history WHERE kind = ?1 AND object_id = ?2",
+                    args![&kind, &id],
+                )
+                .context("delete an object's history")?;
+                gone.insert((kind.clone(), id));
+            }
+        }
+        Ok(gone.len() as u64)
+    }
+}
+
+/// `select` restricted to the objects after `after` and up to `upto` by (kind, `id`),
+/// with its arguments.
+fn range_sql<'a>(
+    select: &str,
+    id: &str,
+    after: Option<&'a (&'a str, String)>,
+    upto: Option<&'a (&'a str, String)>,
+) -> (String, Vec<Arg<'a>>) {
+    let mut conditions = Vec::new();
+    let mut values = Vec::new();
+    for (bound, op) in [(after, ">"), (upto, "<=")] {
+        if let Some((kind, object)) = bound {
+            let n = values.len();
+            conditions.push(format!("(kind, {id}) {op} (?{}, ?{})", n + 1, n + 2));
+            values.extend([Arg::Text(kind), Arg::Text(object)]);
+        }
+    }
+    let sql = if conditions.is_empty() {
+        select.to_string()
+    } else {
+        format!("{select} WHERE {}", conditions.join(" AND "))
+    };
+    (sql, values)
 }
 
 /// Parses a chunk of stored bodies on every core, keeping their order.

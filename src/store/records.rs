@@ -282,8 +282,11 @@ pub struct CustomerView {
 pub struct RebuildStats {
     /// Deliveries read.
     pub deliveries: u64,
-    /// Objects written.
+    /// Objects folded.
     pub objects: u64,
+    /// Objects whose stored rows (state or history) differed from what the deliveries
+    /// give, and were written or deleted: 0 when the projections were intact.
+    pub rewritten: u64,
     /// Deliveries that still do not parse.
     pub malformed: u64,
     /// Deliveries stored as malformed that parse now.

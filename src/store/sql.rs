@@ -87,6 +87,21 @@ impl<'a> From<&'a Option<String>> for Arg<'a> {
     }
 }
 
+impl Arg<'_> {
+    /// Whether a column that was written with this argument reads back as `v` (a flag
+    /// reads back as an integer).
+    pub(crate) fn reads_as(&self, v: &Val) -> bool {
+        match (self, v) {
+            (Arg::Null, Val::Null) => true,
+            (Arg::Int(a), Val::Int(b)) => a == b,
+            (Arg::Bool(a), Val::Int(b)) => i64::from(*a) == *b,
+            (Arg::Text(a), Val::Text(b)) => *a == b,
+            (Arg::Blob(a), Val::Blob(b)) => *a == b.as_slice(),
+            _ => false,
+        }
+    }
+}
+
 /// `args![a, b, c]`: the arguments of a statement, each converted with `Arg::from`.
 macro_rules! args {
     () => { &[] as &[$crate::store::sql::Arg<'_>] };

@@ -5,9 +5,8 @@
 use super::apply::apply_one;
 use super::families::{kind_of, with_family, Stored};
 use super::feed::{self, Feed, Links, Pair};
-pub(super) use super::history::write_step;
 use super::refold::accept_keys;
-use super::sql::{args, Backend, Db, Mode, Tx};
+use super::sql::{args, Arg, Backend, Db, Mode, Tx};
 use super::{Context, Location, RebuildStats, Result, StoreError, WriteStore};
 use crate::access::Policy;
 use crate::change::Cause;
@@ -416,37 +415,83 @@ pub(super) fn upsert_object_keyed<T: Stored>(
     tx: &dyn Db,
     id: &str,
     state: &Current<T>,
-    (state_key, max_key): (&str, &str),
+    keys: (&str, &str),
     delivery_id: &str,
     seq: i64,
     exists: bool,
 ) -> Result<()> {
-    let body = serde_json::to_string(&state.snap.body)
-        .map_err(|e| StoreError::Corrupt(format!("encode {}: {e}", T::KIND)))?;
+    let text = ObjectText::of(state)?;
+    write_object(
+        tx,
+        &object_args(id, state, keys, delivery_id, seq, &text),
+        exists,
+    )
+}
+
+/// The columns of an object's row, in the order [`object_args`] gives their values.
+macro_rules! object_columns {
+    () => {
+        "kind, id, customer_id, ref_id, status, as_of, since, state_key, max_key, delivery_id,
+         body, seq, grant_subscription_id, grant_payment_id"
+    };
+}
+pub(super) use object_columns;
+
+/// Where `seq` (the change counter value of the row's last write) is among
+/// [`object_columns`]: not part of what the row says.
+pub(super) const OBJECT_SEQ_COLUMN: usize = 11;
+
+/// The text an object's row holds beside its borrowed values: the state as JSON and
+/// its two instants.
+pub(super) struct ObjectText {
+    body: String,
+    as_of: String,
+    since: String,
+}
+
+impl ObjectText {
+    pub(super) fn of<T: Stored>(state: &Current<T>) -> Result<ObjectText> {
+        Ok(ObjectText {
+            body: serde_json::to_string(&state.snap.body)
+                .map_err(|e| StoreError::Corrupt(format!("encode {}: {e}", T::KIND)))?,
+            as_of: format_timestamp(&state.snap.key.at),
+            since: format_timestamp(&state.since),
+        })
+    }
+}
+
+/// The values of an object's row, in the order of [`object_columns`].
+pub(super) fn object_args<'a, T: Stored>(
+    id: &'a str,
+    state: &'a Current<T>,
+    (state_key, max_key): (&'a str, &'a str),
+    delivery_id: &'a str,
+    seq: i64,
+    text: &'a ObjectText,
+) -> [Arg<'a>; 14] {
     let b = &state.snap.body;
-    let (as_of, since) = (
-        format_timestamp(&state.snap.key.at),
-        format_timestamp(&state.since),
-    );
     let (grant_subscription, grant_payment) = b.grant_links();
-    let status = b.status_name();
-    // One numbering for both statements.
-    let values = args![
+    *args![
         T::KIND.as_str(),
         id,
         b.customer_id(),
         b.ref_id(),
-        &status,
-        &as_of,
-        &since,
+        b.status_name(),
+        &text.as_of,
+        &text.since,
         state_key,
         max_key,
         delivery_id,
-        &body,
+        &text.body,
         seq,
         grant_subscription,
         grant_payment,
-    ];
+    ]
+}
+
+/// Writes an object's row from the values [`object_args`] gives (one numbering for both
+/// statements). `exists`: see [`upsert_object_keyed`].
+pub(super) fn write_object(tx: &dyn Db, values: &[Arg<'_>; 14], exists: bool) -> Result<()> {
     if exists && tx.backend() == Backend::Sqlite {
         let updated = tx
             .exec(
@@ -464,16 +509,18 @@ pub(super) fn upsert_object_keyed<T: Stored>(
         }
     }
     tx.exec(
-        "INSERT INTO objects (kind, id, customer_id, ref_id, status, as_of, since, state_key,
-                              max_key, delivery_id, body, seq, grant_subscription_id,
-                              grant_payment_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-         ON CONFLICT (kind, id) DO UPDATE SET customer_id = excluded.customer_id,
-             ref_id = excluded.ref_id, status = excluded.status, as_of = excluded.as_of,
-             since = excluded.since, state_key = excluded.state_key, max_key = excluded.max_key,
-             delivery_id = excluded.delivery_id, body = excluded.body, seq = excluded.seq,
-             grant_subscription_id = excluded.grant_subscription_id,
-             grant_payment_id = excluded.grant_payment_id",
+        concat!(
+            "INSERT INTO objects (",
+            object_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             ON CONFLICT (kind, id) DO UPDATE SET customer_id = excluded.customer_id,
+                 ref_id = excluded.ref_id, status = excluded.status, as_of = excluded.as_of,
+                 since = excluded.since, state_key = excluded.state_key,
+                 max_key = excluded.max_key, delivery_id = excluded.delivery_id,
+                 body = excluded.body, seq = excluded.seq,
+                 grant_subscription_id = excluded.grant_subscription_id,
+                 grant_payment_id = excluded.grant_payment_id"
+        ),
         values,
     )
     .context("write the object")?;
