@@ -220,9 +220,10 @@ pub fn parse(body: &[u8]) -> Result<Envelope, ParseError> {
     }
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
-    let raw = RawEnvelope::deserialize(&value).map_err(|e| ParseError::Envelope(e.to_string()))?;
+    // By value: the envelope takes the parsed strings and `data` over (no copies).
+    let raw = RawEnvelope::deserialize(value).map_err(|e| ParseError::Envelope(e.to_string()))?;
     let event =
-        typed(&raw.event_type, raw.timestamp, &raw.data).map_err(|e| ParseError::Payload {
+        typed(&raw.event_type, raw.timestamp, raw.data).map_err(|e| ParseError::Payload {
             event_type: raw.event_type.clone(),
             message: e.to_string(),
         })?;
@@ -310,7 +311,7 @@ pub const KNOWN_TYPES: [&str; 48] = [
 fn typed(
     event_type: &str,
     envelope_ts: Timestamp,
-    data: &serde_json::Value,
+    data: serde_json::Value,
 ) -> Result<Event, serde_json::Error> {
     match typed_family(event_type, envelope_ts, data) {
         Err(_) if !KNOWN_TYPES.contains(&event_type) => Ok(Event::Unhandled),
@@ -321,18 +322,20 @@ fn typed(
 fn typed_family(
     event_type: &str,
     envelope_ts: Timestamp,
-    data: &serde_json::Value,
+    data: serde_json::Value,
 ) -> Result<Event, serde_json::Error> {
     fn snap<T: crate::fold::Machine + for<'de> Deserialize<'de>>(
-        data: &serde_json::Value,
+        data: serde_json::Value,
         envelope_ts: Timestamp,
     ) -> Result<Snap<T>, serde_json::Error> {
+        // Hashed first, then taken apart by value: the body takes the strings over.
+        let hash = content_hash(&data);
         let body = T::deserialize(data)?;
         let at = body.version_at(envelope_ts);
         let key = VersionKey {
             at,
             rank: body.rank(),
-            hash: content_hash(data),
+            hash,
         };
         Ok(Snap { body, key })
     }

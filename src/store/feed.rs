@@ -10,7 +10,7 @@
 //! differs. The same step stores when time alone may next change the answer
 //! ([`crate::access::next_change`]); [`advance`] records those changes when they are due.
 
-use super::sql::{args, Db, Row};
+use super::sql::{args, key_range, Db, Row};
 use super::{Context, Result, StoreError};
 use crate::access::{Access, Policy};
 use crate::change::{self, Answer, Cause, Change, Diff};
@@ -21,7 +21,7 @@ use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
 use crate::DisputePolicy;
 use chrono::{DateTime, Datelike, Utc};
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A (customer, entitlement) pair.
 pub(super) type Pair = (String, String);
@@ -181,18 +181,45 @@ fn recorded(tx: &dyn Db, customer: &str, entitlement: &str) -> Result<Option<Rec
         args![customer, entitlement],
     )
     .context("read a pair's recorded answer")?
-    .map(|mut r| {
+    .map(|mut r| Recorded::from_row(&mut r, 0))
+    .transpose()
+}
+
+impl Recorded {
+    /// From the columns allowed, status, reason, grant_id, due_at, starting at `at`.
+    fn from_row(r: &mut Row, at: usize) -> Result<Recorded> {
         Ok(Recorded {
             answer: Answer {
-                allowed: r.bool(0)?,
-                status: r.string(1)?,
-                reason: r.opt_string(2)?,
+                allowed: r.bool(at)?,
+                status: r.string(at + 1)?,
+                reason: r.opt_string(at + 2)?,
             },
-            grant_id: r.opt_string(3)?,
-            due_at: r.opt_string(4)?,
+            grant_id: r.opt_string(at + 3)?,
+            due_at: r.opt_string(at + 4)?,
         })
+    }
+}
+
+/// The recorded answers of the pairs after `after` (from the first if `None`) up to and
+/// with `upto` (to the last if `None`), by pair.
+fn recorded_range(
+    tx: &dyn Db,
+    after: Option<(&str, &str)>,
+    upto: Option<(&str, &str)>,
+) -> Result<BTreeMap<Pair, Recorded>> {
+    let (range, values) = key_range(("customer_id", "entitlement_id"), after, upto);
+    let sql = format!(
+        "SELECT customer_id, entitlement_id, allowed, status, reason, grant_id, due_at
+           FROM answers{range}"
+    );
+    let mut out = BTreeMap::new();
+    tx.for_each(&sql, &values, &mut |mut r| {
+        let pair = (r.string(0)?, r.string(1)?);
+        out.insert(pair, Recorded::from_row(&mut r, 2)?);
+        Ok(())
     })
-    .transpose()
+    .context("read the recorded answers")?;
+    Ok(out)
 }
 
 /// `t` rounded up to the microsecond (what the store keeps of an instant).
@@ -233,6 +260,20 @@ fn record(
     at: Timestamp,
     cause: impl FnOnce(&Answer, &Answer) -> Cause,
 ) -> Result<bool> {
+    let old = recorded(tx, &access.customer_id, &access.entitlement_id)?;
+    record_over(tx, feed, access, due, at, old, cause)
+}
+
+/// [`record`] over the pair's recorded answer `old`, already read.
+fn record_over(
+    tx: &dyn Db,
+    feed: &Feed,
+    access: &Access,
+    due: Option<Timestamp>,
+    at: Timestamp,
+    old: Option<Recorded>,
+    cause: impl FnOnce(&Answer, &Answer) -> Cause,
+) -> Result<bool> {
     let (customer, entitlement) = (access.customer_id.as_str(), access.entitlement_id.as_str());
     let new = Answer::of(access);
     // Stored to the microsecond, rounded up: evaluated at the stored instant, the change
@@ -245,7 +286,6 @@ fn record(
     if let Some(due) = &due {
         feed.note_due(due);
     }
-    let old = recorded(tx, customer, entitlement)?;
     let diff = change::diff(old.as_ref().map(|r| &r.answer), &new);
     let changed = matches!(diff, Diff::Changed { .. });
     if let Diff::Changed { previous } = diff {
@@ -402,24 +442,54 @@ pub(super) fn evaluate_index(
     at: Timestamp,
     cause: &Cause,
 ) -> Result<usize> {
-    let mut pairs: BTreeSet<(&str, &str)> = index.pairs().collect();
-    let recorded_pairs: Vec<Pair> = tx
-        .rows("SELECT customer_id, entitlement_id FROM answers", args![])
-        .context("read the recorded answers")?
-        .into_iter()
-        .map(|mut r| Ok((r.string(0)?, r.string(1)?)))
-        .collect::<Result<_>>()?;
-    pairs.extend(recorded_pairs.iter().map(|(c, e)| (c.as_str(), e.as_str())));
+    // Pair order, chunk by chunk: the index's pairs, and the recorded answers of the
+    // chunk's range of pairs read in one statement (pairs only recorded are evaluated
+    // too: the index may no longer back them). The last range is open.
+    let pairs: BTreeSet<(&str, &str)> = index.pairs().collect();
+    let mut pairs = pairs.into_iter().peekable();
+    let mut after: Option<(&str, &str)> = None;
     let mut changed = 0;
-    for (customer, entitlement) in pairs {
-        let access = index.access(customer, entitlement, &feed.policy, at);
-        let due = index.next_change(customer, entitlement, &feed.policy, at);
-        if record(tx, feed, &access, due, at, |_, _| cause.clone())? {
-            changed += 1;
+    loop {
+        let chunk: Vec<(&str, &str)> = pairs.by_ref().take(PAIR_CHUNK).collect();
+        let more = pairs.peek().is_some();
+        let upto = if more { chunk.last().copied() } else { None };
+        let mut recorded = recorded_range(tx, after, upto)?.into_iter().peekable();
+        let mut chunk_pairs = chunk.iter().copied().peekable();
+        loop {
+            let from_index = chunk_pairs.peek().copied();
+            let from_store = recorded.peek().map(|((c, e), _)| (c.as_str(), e.as_str()));
+            let (pair, old) = match (from_index, from_store) {
+                (None, None) => break,
+                (Some(p), Some(r)) if p == r => {
+                    chunk_pairs.next();
+                    let (pair, old) = recorded.next().expect("peeked");
+                    (pair, Some(old))
+                }
+                (Some(p), r) if r.is_none_or(|r| p < r) => {
+                    chunk_pairs.next();
+                    ((p.0.to_string(), p.1.to_string()), None)
+                }
+                _ => {
+                    let (pair, old) = recorded.next().expect("peeked");
+                    (pair, Some(old))
+                }
+            };
+            let access = index.access(&pair.0, &pair.1, &feed.policy, at);
+            let due = index.next_change(&pair.0, &pair.1, &feed.policy, at);
+            if record_over(tx, feed, &access, due, at, old, |_, _| cause.clone())? {
+                changed += 1;
+            }
         }
+        if !more {
+            break;
+        }
+        after = upto;
     }
     Ok(changed)
 }
+
+/// Pairs [`evaluate_index`] evaluates (and whose recorded answers it reads) at a time.
+const PAIR_CHUNK: usize = 4096;
 
 /// Changes after `after`, oldest first, at most `limit`.
 pub(super) fn changes(conn: &dyn Db, after: i64, limit: usize) -> Result<Vec<Change>> {

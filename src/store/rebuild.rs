@@ -10,7 +10,7 @@
 
 use super::families::{with_family, Stored};
 use super::history::{history_columns, insert_step, step_args, StepText, HISTORY_KEY_COLUMNS};
-use super::sql::{args, Arg, Backend, Db, Row};
+use super::sql::{args, key_range, Arg, Backend, Db, Row};
 use super::write::{object_args, object_columns, write_object, ObjectText, OBJECT_SEQ_COLUMN};
 use super::{Context, RebuildStats, Result};
 use crate::delivery::Outcome;
@@ -19,13 +19,27 @@ use crate::fold::{self, Entry};
 use crate::index::Index;
 use crate::plan;
 use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 /// Deliveries a rebuild reads (and parses in parallel) at a time.
 const CHUNK: usize = 8192;
 
 /// Objects whose stored rows a rebuild reads (to compare them) at a time.
 const OBJECT_CHUNK: usize = 4096;
+
+/// An object's key as stored: (kind, id).
+type ObjectKey = (&'static str, String);
+
+/// One stored delivery as a rebuild reads it.
+struct Read {
+    seq: i64,
+    delivery_id: String,
+    body: Vec<u8>,
+    /// Stored as malformed.
+    malformed: bool,
+    /// An override accepted this delivery's body.
+    forced: bool,
+}
 
 /// One stored delivery's snapshot, grouped by object.
 struct Stored_ {
@@ -84,31 +98,23 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
          DELETE FROM meta WHERE key = 'needs_rebuild';",
     )
     .context("start the rebuild")?;
-    let forced: HashSet<(String, String)> = tx
-        .rows("SELECT delivery_id, body_sha256 FROM overrides", args![])
-        .context("read the overrides")?
-        .into_iter()
-        .map(|mut r| Ok((r.string(0)?, r.string(1)?)))
-        .collect::<Result<_>>()?;
-    // By (kind as stored, id): the order of the stored rows' key (text compares
-    // bytewise on both backends), so that the objects can be compared range by range.
-    let mut groups: BTreeMap<(&'static str, String), (Kind, Vec<Stored_>)> = BTreeMap::new();
+    // Grouped by object in a hash map; sorted afterwards (one sort beats a million
+    // ordered inserts).
+    let mut groups: hashbrown::HashMap<(Kind, String), Vec<Stored_>> = hashbrown::HashMap::new();
     let mut stats = RebuildStats::default();
     let mut reparsed: Vec<Reparsed> = Vec::new();
     {
         // Read a chunk, parse it on every core, group it by object.
-        let mut flush = |chunk: Vec<(i64, String, Vec<u8>, String, String)>| {
+        let mut flush = |chunk: Vec<Read>| {
             let parsed = parse_all(&chunk);
-            for ((delivery_seq, delivery_id, _, was, sha), parsed) in chunk.into_iter().zip(parsed)
-            {
+            for (read, parsed) in chunk.into_iter().zip(parsed) {
                 stats.deliveries += 1;
-                let was_malformed = was == Outcome::Malformed.as_str();
                 let env = match parsed {
                     Err(e) => {
                         stats.malformed += 1;
-                        if !was_malformed {
+                        if !read.malformed {
                             reparsed.push(Reparsed {
-                                seq: delivery_seq,
+                                seq: read.seq,
                                 object: None,
                                 event_type: None,
                                 error: Some(e.to_string()),
@@ -118,48 +124,50 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
                     }
                     Ok(env) => env,
                 };
-                if was_malformed {
+                if read.malformed {
                     stats.reparsed += 1;
-                }
-                let object = env.event.object().map(|(kind, id)| {
                     let key = env.event.key().map(|k| k.encode()).unwrap_or_default();
-                    (kind, id.to_string(), key)
-                });
-                if was_malformed {
                     reparsed.push(Reparsed {
-                        seq: delivery_seq,
-                        object: object.clone(),
+                        seq: read.seq,
+                        object: env
+                            .event
+                            .object()
+                            .map(|(kind, id)| (kind, id.to_string(), key)),
                         event_type: Some(env.event_type.clone()),
                         error: None,
                     });
                 }
-                if let Some((kind, id, _)) = object {
-                    let forced = forced.contains(&(delivery_id.clone(), sha));
-                    let group = groups
-                        .entry((kind.as_str(), id))
-                        .or_insert_with(|| (kind, Vec::new()));
-                    group.1.push(Stored_ {
-                        event: env.event,
-                        delivery_id,
-                        delivery_seq,
-                        forced,
-                        reparsed: was_malformed,
-                    });
-                }
+                let Some((kind, id)) = env.event.object().map(|(k, id)| (k, id.to_string())) else {
+                    continue;
+                };
+                groups.entry((kind, id)).or_default().push(Stored_ {
+                    event: env.event,
+                    delivery_id: read.delivery_id,
+                    delivery_seq: read.seq,
+                    forced: read.forced,
+                    reparsed: read.malformed,
+                });
             }
         };
         let mut chunk = Vec::with_capacity(CHUNK);
+        // An override names a delivery id and the body it accepted.
         tx.for_each(
-            "SELECT seq, delivery_id, body, outcome, body_sha256 FROM deliveries ORDER BY seq",
+            "SELECT d.seq, d.delivery_id, d.body,
+                    CASE WHEN d.outcome = 'malformed' THEN 1 ELSE 0 END,
+                    CASE WHEN EXISTS (SELECT 1 FROM overrides o
+                                       WHERE o.delivery_id = d.delivery_id
+                                         AND o.body_sha256 = d.body_sha256)
+                         THEN 1 ELSE 0 END
+               FROM deliveries d ORDER BY d.seq",
             args![],
             &mut |mut r| {
-                chunk.push((
-                    r.i64(0)?,
-                    r.string(1)?,
-                    r.blob(2)?,
-                    r.string(3)?,
-                    r.string(4)?,
-                ));
+                chunk.push(Read {
+                    seq: r.i64(0)?,
+                    delivery_id: r.string(1)?,
+                    body: r.blob(2)?,
+                    malformed: r.bool(3)?,
+                    forced: r.bool(4)?,
+                });
                 if chunk.len() == CHUNK {
                     flush(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
                 }
@@ -177,8 +185,15 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
     // Range by range: the stored rows of the next OBJECT_CHUNK objects (and of any
     // object between them that the deliveries no longer give) read, then compared and
     // written. The last range is open, so that every stored row is met once.
+    // By (kind as stored, id): the order of the stored rows' key (text compares
+    // bytewise on both backends), so that the objects can be compared range by range.
+    let mut groups: Vec<(ObjectKey, (Kind, Vec<Stored_>))> = groups
+        .into_iter()
+        .map(|((kind, id), entries)| ((kind.as_str(), id), (kind, entries)))
+        .collect();
+    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut groups = groups.into_iter().peekable();
-    let mut after: Option<(&'static str, String)> = None;
+    let mut after: Option<ObjectKey> = None;
     loop {
         let chunk: Vec<_> = groups.by_ref().take(OBJECT_CHUNK).collect();
         let last = chunk.last().map(|((kind, id), _)| (*kind, id.clone()));
@@ -375,18 +390,18 @@ struct StoredRows {
 
 impl StoredRows {
     /// The rows of the objects after `after` (from the first if `None`) up to and with
-    /// `upto` (to the last if `None`), in the order of (kind, id) as stored.
-    fn read(
+    /// `upto` (to the last if `None`), by (kind, id).
+    fn read<'a>(
         tx: &dyn Db,
-        after: Option<&(&str, String)>,
-        upto: Option<&(&str, String)>,
+        after: Option<&'a ObjectKey>,
+        upto: Option<&'a ObjectKey>,
     ) -> Result<StoredRows> {
         let mut stored = StoredRows::default();
-        let (objects, values) = range_sql(
-            concat!("SELECT ", object_columns!(), " FROM objects"),
-            "id",
-            after,
-            upto,
+        let bounds = |b: Option<&'a ObjectKey>| b.map(|(k, id)| (*k, id.as_str()));
+        let (range, values) = key_range(("kind", "id"), bounds(after), bounds(upto));
+        let objects = format!(
+            concat!("SELECT ", object_columns!(), " FROM objects{}"),
+            range
         );
         tx.for_each(&objects, &values, &mut |mut r| {
             let (kind, id) = (r.string(0)?, r.string(1)?);
@@ -394,11 +409,10 @@ impl StoredRows {
             Ok(())
         })
         .context("read the stored objects")?;
-        let (history, values) = range_sql(
-            concat!("SELECT ", history_columns!(), " FROM history"),
-            "object_id",
-            after,
-            upto,
+        let (range, values) = key_range(("kind", "object_id"), bounds(after), bounds(upto));
+        let history = format!(
+            concat!("SELECT ", history_columns!(), " FROM history{}"),
+            range
         );
         tx.for_each(&history, &values, &mut |mut r| {
             let (kind, id, key) = (r.string(0)?, r.string(1)?, r.string(2)?);
@@ -451,38 +465,11 @@ impl StoredRows {
     }
 }
 
-/// `select` restricted to the objects after `after` and up to `upto` by (kind, `id`),
-/// with its arguments.
-fn range_sql<'a>(
-    select: &str,
-    id: &str,
-    after: Option<&'a (&'a str, String)>,
-    upto: Option<&'a (&'a str, String)>,
-) -> (String, Vec<Arg<'a>>) {
-    let mut conditions = Vec::new();
-    let mut values = Vec::new();
-    for (bound, op) in [(after, ">"), (upto, "<=")] {
-        if let Some((kind, object)) = bound {
-            let n = values.len();
-            conditions.push(format!("(kind, {id}) {op} (?{}, ?{})", n + 1, n + 2));
-            values.extend([Arg::Text(kind), Arg::Text(object)]);
-        }
-    }
-    let sql = if conditions.is_empty() {
-        select.to_string()
-    } else {
-        format!("{select} WHERE {}", conditions.join(" AND "))
-    };
-    (sql, values)
-}
-
 /// Parses a chunk of stored bodies on every core, keeping their order.
-fn parse_all(
-    chunk: &[(i64, String, Vec<u8>, String, String)],
-) -> Vec<Result<event::Envelope, event::ParseError>> {
-    let parse = |part: &[(i64, String, Vec<u8>, String, String)]| -> Vec<_> {
+fn parse_all(chunk: &[Read]) -> Vec<Result<event::Envelope, event::ParseError>> {
+    let parse = |part: &[Read]| -> Vec<_> {
         part.iter()
-            .map(|(_, _, body, _, _)| {
+            .map(|Read { body, .. }| {
                 // A panic in the parser is a bug; the delivery stays stored as
                 // unparseable, and the rebuild goes on.
                 std::panic::catch_unwind(|| event::parse(body))

@@ -102,6 +102,38 @@ impl Arg<'_> {
     }
 }
 
+/// ` WHERE ...` restricting a query to the keys (two text columns `columns`, compared
+/// as a pair) after `after` and up to and with `upto` (unbounded where `None`; empty when
+/// both are), with its arguments. Text compares bytewise on both backends, as in Rust, so
+/// that ranges of keys taken in Rust's order cover the rows exactly.
+pub(crate) fn key_range<'a>(
+    columns: (&str, &str),
+    after: Option<(&'a str, &'a str)>,
+    upto: Option<(&'a str, &'a str)>,
+) -> (String, Vec<Arg<'a>>) {
+    let mut conditions = Vec::new();
+    let mut values = Vec::new();
+    for (bound, op) in [(after, ">"), (upto, "<=")] {
+        if let Some((a, b)) = bound {
+            let n = values.len();
+            conditions.push(format!(
+                "({}, {}) {op} (?{}, ?{})",
+                columns.0,
+                columns.1,
+                n + 1,
+                n + 2
+            ));
+            values.extend([Arg::Text(a), Arg::Text(b)]);
+        }
+    }
+    let sql = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    (sql, values)
+}
+
 /// `args![a, b, c]`: the arguments of a statement, each converted with `Arg::from`.
 macro_rules! args {
     () => { &[] as &[$crate::store::sql::Arg<'_>] };
