@@ -7,7 +7,7 @@
 use crate::core::folded_feed;
 use crate::http::{post_webhook, Server, SECRET};
 use crate::pg::Schema;
-use crate::support::{grant, ms, t0, St, REASONS};
+use crate::support::{grant, ms, t0, St};
 use entitlement_sync::change::Answer;
 use entitlement_sync::synth::Rng;
 use entitlement_sync::{Delivery, Engine, Outcome};
@@ -21,28 +21,10 @@ use std::time::{Duration, Instant};
 const CUSTOMERS: usize = 7;
 const ENTITLEMENTS: usize = 5;
 
-/// Grant histories of every status and revocation reason, each grant's snapshots in
-/// version order (so some transitions are illegal and quarantined): (webhook id, body).
+/// Grant histories of every status and revocation reason over the pairs of
+/// [`pairs`] (some transitions illegal, so quarantined): (webhook id, body).
 fn history(seed: u64, grants: usize) -> Vec<(String, Vec<u8>)> {
-    let mut rng = Rng::new(seed);
-    let statuses = [St::Pending, St::Delivered, St::Revoked, St::Failed];
-    let mut out = Vec::new();
-    for g in 0..grants {
-        let id = format!("grant_{g}");
-        let mut at = t0();
-        for step in 0..1 + rng.below(5) {
-            at += ms(1 + rng.below(100_000) as i64);
-            let status = statuses[rng.below(statuses.len())];
-            let mut spec = grant(&id, status, at)
-                .customer(&format!("cus_{}", g % CUSTOMERS))
-                .entitlement(&format!("ent_{}", g % ENTITLEMENTS));
-            if status == St::Revoked {
-                spec = spec.reason(REASONS[rng.below(REASONS.len())].wire);
-            }
-            out.push((format!("msg_{g}_{step}"), spec.body()));
-        }
-    }
-    out
+    crate::support::grant_histories(seed, grants, CUSTOMERS, ENTITLEMENTS)
 }
 
 fn pairs() -> Vec<(String, String)> {

@@ -952,32 +952,15 @@ fn rows_of(path: &Path, table: &str) -> Vec<Vec<rusqlite::types::Value>> {
     rows.collect::<Result<_, _>>().expect("rows")
 }
 
-/// Grant histories with illegal transitions among them (quarantined), every family's
-/// fixture, and an operator's accept: (webhook id, body).
+/// Grant histories with illegal transitions among them (quarantined) and every family's
+/// fixture: (webhook id, body).
 fn mixed_history() -> Vec<(String, Vec<u8>)> {
-    let mut rng = entitlement_sync::synth::Rng::new(11);
-    let statuses = [St::Pending, St::Delivered, St::Revoked, St::Failed];
-    let mut out: Vec<(String, Vec<u8>)> = support::event_fixture_bodies()
+    support::event_fixture_bodies()
         .into_iter()
         .enumerate()
         .map(|(i, b)| (format!("wh_fx_{i}"), b))
-        .collect();
-    for g in 0..40 {
-        let id = format!("grant_{g}");
-        let mut at = t0();
-        for step in 0..1 + rng.below(4) {
-            at += ms(1 + rng.below(100_000) as i64);
-            let status = statuses[rng.below(statuses.len())];
-            let mut spec = grant(&id, status, at)
-                .customer(&format!("cus_{}", g % 5))
-                .entitlement(&format!("ent_{}", g % 3));
-            if status == St::Revoked {
-                spec = spec.reason(support::REASONS[rng.below(support::REASONS.len())].wire);
-            }
-            out.push((format!("wh_{g}_{step}"), spec.body()));
-        }
-    }
-    out
+        .chain(support::grant_histories(11, 40, 5, 3))
+        .collect()
 }
 
 /// A rebuild writes only the rows that differ from what the deliveries give: on an

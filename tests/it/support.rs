@@ -65,6 +65,37 @@ pub fn event_fixture_bodies() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Grant histories of every status and revocation reason, each grant's snapshots in
+/// version order (so some transitions are illegal and quarantined): (webhook id
+/// `msg_G_S`, body). Grant `grant_G` belongs to `cus_{G % customers}` and grants
+/// `ent_{G % entitlements}`.
+pub fn grant_histories(
+    seed: u64,
+    grants: usize,
+    customers: usize,
+    entitlements: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut rng = entitlement_sync::synth::Rng::new(seed);
+    let statuses = [St::Pending, St::Delivered, St::Revoked, St::Failed];
+    let mut out = Vec::new();
+    for g in 0..grants {
+        let id = format!("grant_{g}");
+        let mut at = t0();
+        for step in 0..1 + rng.below(5) {
+            at += ms(1 + rng.below(100_000) as i64);
+            let status = statuses[rng.below(statuses.len())];
+            let mut spec = grant(&id, status, at)
+                .customer(&format!("cus_{}", g % customers))
+                .entitlement(&format!("ent_{}", g % entitlements));
+            if status == St::Revoked {
+                spec = spec.reason(REASONS[rng.below(REASONS.len())].wire);
+            }
+            out.push((format!("msg_{g}_{step}"), spec.body()));
+        }
+    }
+    out
+}
+
 /// The origin of every generated timeline: 2026-05-01T10:00:00Z.
 pub fn t0() -> Timestamp {
     Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, 0).unwrap()
