@@ -182,9 +182,6 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
     stats.objects = groups.len() as u64;
     let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
     let mut index = Index::default();
-    // Range by range: the stored rows of the next OBJECT_CHUNK objects (and of any
-    // object between them that the deliveries no longer give) read, then compared and
-    // written. The last range is open, so that every stored row is met once.
     // By (kind as stored, id): the order of the stored rows' key (text compares
     // bytewise on both backends), so that the objects can be compared range by range.
     let mut groups: Vec<(ObjectKey, (Kind, Vec<Stored_>))> = groups
@@ -192,6 +189,9 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
         .map(|((kind, id), entries)| ((kind.as_str(), id), (kind, entries)))
         .collect();
     groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // Range by range: the stored rows of the next OBJECT_CHUNK objects (and of any
+    // object between them that the deliveries no longer give) read, then compared and
+    // written. The last range is open, so that every stored row is met once.
     let mut groups = groups.into_iter().peekable();
     let mut after: Option<ObjectKey> = None;
     loop {
