@@ -11,7 +11,9 @@
 use super::families::{with_family, Stored};
 use super::history::{history_columns, insert_step, step_args, StepText, HISTORY_KEY_COLUMNS};
 use super::sql::{args, key_range, Arg, Backend, Db, Row};
-use super::write::{object_args, object_columns, write_object, ObjectText, OBJECT_SEQ_COLUMN};
+use super::write::{
+    object_args, object_columns, write_object, ObjectText, OBJECT_KEY_COLUMNS, OBJECT_SEQ_COLUMN,
+};
 use super::{Context, RebuildStats, Result};
 use crate::delivery::Outcome;
 use crate::event::{self, Event, Kind};
@@ -343,7 +345,7 @@ fn write_group<T: Stored>(
     // The row's key columns are the map's; `seq` says when it was written, not what.
     let same = stored_object
         .as_ref()
-        .is_some_and(|row| reads_as(&values, row, 2, Some(OBJECT_SEQ_COLUMN)));
+        .is_some_and(|row| reads_as(&values, row, OBJECT_KEY_COLUMNS, Some(OBJECT_SEQ_COLUMN)));
     if !same {
         write_object(tx, &values, stored_object.is_some())?;
         wrote = true;

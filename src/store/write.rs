@@ -437,6 +437,9 @@ macro_rules! object_columns {
 }
 pub(super) use object_columns;
 
+/// How many of [`object_columns`] are the row's key (kind, id).
+pub(super) const OBJECT_KEY_COLUMNS: usize = 2;
+
 /// Where `seq` (the change counter value of the row's last write) is among
 /// [`object_columns`]: not part of what the row says.
 pub(super) const OBJECT_SEQ_COLUMN: usize = 11;

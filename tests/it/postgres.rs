@@ -42,6 +42,15 @@ fn now() -> entitlement_sync::wire::Timestamp {
     t0() + chrono::Duration::days(1)
 }
 
+/// Ingests every (webhook id, body) of `history`, received at [`now`].
+fn ingest_all(engine: &Engine, history: &[(String, Vec<u8>)]) {
+    for (id, body) in history {
+        engine
+            .ingest(Delivery::new(id.clone(), body.clone(), now()))
+            .expect("ingest");
+    }
+}
+
 /// What a serial run on SQLite answers, lists and records: the reference.
 struct Serial {
     answers: BTreeMap<(String, String), Answer>,
@@ -53,11 +62,7 @@ struct Serial {
 fn serial(history: &[(String, Vec<u8>)]) -> Serial {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Engine::open(dir.path().join("serial.db")).expect("open SQLite");
-    for (id, body) in history {
-        engine
-            .ingest(Delivery::new(id.clone(), body.clone(), now()))
-            .expect("ingest");
-    }
+    ingest_all(&engine, history);
     Serial {
         answers: answers(&engine),
         rejected: rejected(&engine),
@@ -105,11 +110,7 @@ fn a_store_on_postgres_ingests_lists_accepts_and_rebuilds() {
     };
     let engine = schema.engine();
     let history = history(7, 30);
-    for (id, body) in &history {
-        engine
-            .ingest(Delivery::new(id.clone(), body.clone(), now()))
-            .expect("ingest");
-    }
+    ingest_all(&engine, &history);
     let (id, body) = &history[0];
     assert_eq!(
         engine
@@ -819,11 +820,7 @@ fn a_rebuild_on_postgres_repairs_the_rows_that_differ() {
     };
     let engine = schema.engine();
     let history = history(5, 40);
-    for (id, body) in &history {
-        engine
-            .ingest(Delivery::new(id.clone(), body.clone(), now()))
-            .expect("ingest");
-    }
+    ingest_all(&engine, &history);
     let live = answers(&engine);
     let live_rejected = rejected(&engine);
     let name = &schema.name;
