@@ -4,7 +4,7 @@
 use super::{open_engine, print_json, webhook_verifier, CliError, PolicyArgs};
 use chrono::Utc;
 use clap::Args;
-use entitlement_sync::store::Location;
+use entitlement_sync::store::{Location, REBUILD_MEMORY};
 use entitlement_sync::verify::WebhookHeaders;
 use entitlement_sync::wire::parse_timestamp;
 use entitlement_sync::{Delivery, Engine, Outcome};
@@ -468,19 +468,35 @@ pub fn grants(db: &Location, args: GrantsArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Arguments of `rebuild`.
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// MiB of delivery bodies whose parsed snapshots are held at once; a store with
+    /// more is folded range by range, each range's deliveries parsed a second time.
+    #[arg(long, value_name = "MIB", default_value_t = (REBUILD_MEMORY >> 20) as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `entsync rebuild`.
-pub fn rebuild(db: &Location, args: JsonArgs) -> Result<ExitCode, CliError> {
+pub fn rebuild(db: &Location, args: RebuildArgs) -> Result<ExitCode, CliError> {
     let engine = open_existing(db)?;
     let started = std::time::Instant::now();
     let stats = engine
-        .rebuild(chrono::Utc::now())
+        .rebuild_within(
+            chrono::Utc::now(),
+            usize::try_from(args.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        )
         .map_err(CliError::store("cannot rebuild"))?;
     if args.json {
         print_json(&stats)?;
     } else {
         println!(
-            "rebuilt {} objects from {} deliveries in {:.2?} ({} rewritten, {} still malformed, {} newly parsed, {} quarantined)",
-            stats.objects, stats.deliveries, started.elapsed(), stats.rewritten, stats.malformed, stats.reparsed, stats.quarantined
+            "rebuilt {} objects from {} deliveries in {:.2?} ({} ranges, {} rewritten, {} still malformed, {} newly parsed, {} quarantined)",
+            stats.objects, stats.deliveries, started.elapsed(), stats.ranges, stats.rewritten, stats.malformed, stats.reparsed, stats.quarantined
         );
     }
     Ok(ExitCode::SUCCESS)

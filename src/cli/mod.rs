@@ -68,7 +68,7 @@ pub enum Command {
     /// List grants.
     Grants(commands::GrantsArgs),
     /// Recompute every projection from the stored deliveries.
-    Rebuild(commands::JsonArgs),
+    Rebuild(commands::RebuildArgs),
     /// Built-in benchmark; prints its figures as JSON.
     Bench(bench::BenchArgs),
     /// Everything known about one customer.

@@ -567,7 +567,19 @@ impl Engine {
     ///
     /// SQLite errors (nothing changes then).
     pub fn rebuild(&self, now: Timestamp) -> Result<RebuildStats, Error> {
-        Ok(self.with_writer(move |w| w.rebuild(now))??)
+        self.rebuild_within(now, crate::store::REBUILD_MEMORY)
+    }
+
+    /// [`Engine::rebuild`] holding the parsed snapshots of at most about `memory` bytes
+    /// of delivery bodies at once (see [`crate::store::REBUILD_MEMORY`]); a store
+    /// whose bodies are larger is folded range of objects by range, reading and parsing
+    /// each range's deliveries a second time. The outcome does not depend on `memory`.
+    ///
+    /// # Errors
+    ///
+    /// SQLite errors (nothing changes then).
+    pub fn rebuild_within(&self, now: Timestamp, memory: usize) -> Result<RebuildStats, Error> {
+        Ok(self.with_writer(move |w| w.rebuild_within(now, memory))??)
     }
 
     /// Opens a second, independent reader on the same store (benchmarks).

@@ -177,6 +177,12 @@ pub enum Location {
 /// The PostgreSQL schema a store uses unless told otherwise.
 pub const DEFAULT_PG_SCHEMA: &str = "entsync";
 
+/// The bytes of delivery bodies whose parsed snapshots a rebuild holds at once, by
+/// default (`entsync rebuild --memory`). Parsed and grouped, a body takes about 2.5
+/// times its size; a store whose bodies fit is read and parsed once, a larger one once
+/// more, range of objects by range.
+pub const REBUILD_MEMORY: usize = 1 << 30;
+
 impl Location {
     /// A file path, or a `postgres://` / `postgresql://` URL (then with `schema`, or
     /// [`DEFAULT_PG_SCHEMA`]).
@@ -252,12 +258,25 @@ pub trait WriteStore: Send {
     fn accept(&mut self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String)>;
 
     /// Recomputes every projection from the stored deliveries and overrides alone, and
-    /// records the access changes that makes (cause `rebuild`, at `now`).
+    /// records the access changes that makes (cause `rebuild`, at `now`), holding at
+    /// most [`REBUILD_MEMORY`] bytes of parsed deliveries at once.
     ///
     /// # Errors
     ///
     /// The backend's; a failed rebuild changes nothing.
-    fn rebuild(&mut self, now: Timestamp) -> Result<RebuildStats>;
+    fn rebuild(&mut self, now: Timestamp) -> Result<RebuildStats> {
+        self.rebuild_within(now, REBUILD_MEMORY)
+    }
+
+    /// [`WriteStore::rebuild`], holding the parsed snapshots of at most about `memory`
+    /// bytes of delivery bodies at once: past that, the objects are folded range by
+    /// range, each range's deliveries read and parsed a second time. The outcome is the
+    /// same for every budget.
+    ///
+    /// # Errors
+    ///
+    /// The backend's; a failed rebuild changes nothing.
+    fn rebuild_within(&mut self, now: Timestamp, memory: usize) -> Result<RebuildStats>;
 
     /// Records the access changes time alone made up to `now` (cause `time`), each at
     /// the instant it happened. Returns how many.

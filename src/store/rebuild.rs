@@ -14,7 +14,7 @@ use super::sql::{args, key_range, Arg, Backend, Db, Row};
 use super::write::{
     object_args, object_columns, write_object, ObjectText, OBJECT_KEY_COLUMNS, OBJECT_SEQ_COLUMN,
 };
-use super::{Context, RebuildStats, Result};
+use super::{Context, RebuildStats, Result, StoreError};
 use crate::delivery::Outcome;
 use crate::event::{self, Event, Kind};
 use crate::fold::{self, Entry};
@@ -26,11 +26,18 @@ use std::collections::{BTreeSet, HashMap};
 /// Deliveries a rebuild reads (and parses in parallel) at a time.
 const CHUNK: usize = 8192;
 
-/// Objects whose stored rows a rebuild reads (to compare them) at a time.
+/// Objects whose stored rows (to compare them) a rebuild reads at a time.
 const OBJECT_CHUNK: usize = 4096;
+
+/// Deliveries a second read asks for by seq in one statement (a list shorter than this
+/// repeats its last seq, so that there is one statement to prepare).
+const SEQ_LIST: usize = 500;
 
 /// An object's key as stored: (kind, id).
 type ObjectKey = (&'static str, String);
+
+/// One object's parsed deliveries, under its stored key.
+type Group = (ObjectKey, (Kind, Vec<Stored_>));
 
 /// One stored delivery as a rebuild reads it.
 struct Read {
@@ -43,14 +50,100 @@ struct Read {
     forced: bool,
 }
 
+/// The columns of a [`Read`]; an override names a delivery id and the body it accepted.
+const READ: &str = "SELECT d.seq, d.delivery_id, d.body,
+        CASE WHEN d.outcome = 'malformed' THEN 1 ELSE 0 END,
+        CASE WHEN EXISTS (SELECT 1 FROM overrides o
+                           WHERE o.delivery_id = d.delivery_id
+                             AND o.body_sha256 = d.body_sha256)
+             THEN 1 ELSE 0 END
+   FROM deliveries d";
+
+impl Read {
+    fn from_row(mut r: Row) -> Result<Read> {
+        Ok(Read {
+            seq: r.i64(0)?,
+            delivery_id: r.string(1)?,
+            body: r.blob(2)?,
+            malformed: r.bool(3)?,
+            forced: r.bool(4)?,
+        })
+    }
+
+    /// What the fold needs of it, with its parsed snapshot.
+    fn stored(self, event: Event) -> Stored_ {
+        Stored_ {
+            event,
+            bytes: self.body.len(),
+            delivery_id: self.delivery_id,
+            delivery_seq: self.seq,
+            forced: self.forced,
+            reparsed: self.malformed,
+        }
+    }
+}
+
 /// One stored delivery's snapshot, grouped by object.
 struct Stored_ {
     event: Event,
+    /// Its body's length: what the memory budget counts.
+    bytes: usize,
     delivery_id: String,
     delivery_seq: i64,
     forced: bool,
     /// Stored as malformed, parses now: its outcome is recomputed.
     reparsed: bool,
+}
+
+/// What the first read of the deliveries keeps, by object.
+enum Grouped {
+    /// Every parsed delivery, while their bodies together fit in the budget (the bytes
+    /// so far).
+    Held(hashbrown::HashMap<(Kind, String), Vec<Stored_>>, usize),
+    /// Past the budget: each object's delivery seqs and the bytes of their bodies. The
+    /// deliveries are read and parsed again, one range of objects at a time.
+    Seqs(hashbrown::HashMap<(Kind, String), (Vec<i64>, usize)>),
+}
+
+impl Grouped {
+    fn objects(&self) -> usize {
+        match self {
+            Grouped::Held(groups, _) => groups.len(),
+            Grouped::Seqs(seqs) => seqs.len(),
+        }
+    }
+
+    /// Adds one parsed delivery of object `(kind, id)`; past `memory` bytes of bodies,
+    /// lets go of every parsed snapshot and keeps seqs only.
+    fn add(&mut self, kind: Kind, id: String, read: Read, event: Event, memory: usize) {
+        match self {
+            Grouped::Held(groups, held) => {
+                *held += read.body.len();
+                groups
+                    .entry((kind, id))
+                    .or_default()
+                    .push(read.stored(event));
+                if *held > memory {
+                    let seqs = std::mem::take(groups)
+                        .into_iter()
+                        .map(|(key, entries)| {
+                            let bytes = entries.iter().map(|e| e.bytes).sum();
+                            (
+                                key,
+                                (entries.iter().map(|e| e.delivery_seq).collect(), bytes),
+                            )
+                        })
+                        .collect();
+                    *self = Grouped::Seqs(seqs);
+                }
+            }
+            Grouped::Seqs(seqs) => {
+                let (of, bytes) = seqs.entry((kind, id)).or_default();
+                of.push(read.seq);
+                *bytes += read.body.len();
+            }
+        }
+    }
 }
 
 /// Deliveries whose parse result changed since they were stored: what they are now.
@@ -62,11 +155,19 @@ struct Reparsed {
 }
 
 /// Recomputes every projection inside the caller's write transaction, whose change
-/// counter value is `seq`. Deliveries stored as `malformed` that parse now are picked
-/// up (their outcome becomes what the fold now says of them). Returns, with the
+/// counter value is `seq`, holding at most about `memory` bytes of delivery bodies'
+/// parsed snapshots at a time. Deliveries stored as `malformed` that parse now are
+/// picked up (their outcome becomes what the fold now says of them). Returns, with the
 /// figures, the access index of every state it wrote, built from the folded states
 /// (the caller re-evaluates every pair with it: no row is read or parsed again).
-pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
+///
+/// The deliveries are read and parsed once, in arrival order, and grouped by object.
+/// While their bodies fit in `memory` the parsed snapshots are kept and folded from
+/// there; past it the rebuild keeps only each object's delivery seqs, splits the
+/// objects in key order into ranges whose bodies fit, and reads and parses each range's
+/// deliveries again (by seq) to fold it: memory stays bounded by the budget plus a few
+/// dozen bytes per object and delivery, whatever the store's size.
+pub(super) fn rebuild(tx: &dyn Db, seq: i64, memory: usize) -> Result<(RebuildStats, Index)> {
     // Onto empty projections, a bulk load into SQLite: the lookup indexes dropped (and
     // recreated from their stored definitions afterwards; building an index by sorting
     // beats growing it). The unique keys stay.
@@ -102,7 +203,7 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
     .context("start the rebuild")?;
     // Grouped by object in a hash map; sorted afterwards (one sort beats a million
     // ordered inserts).
-    let mut groups: hashbrown::HashMap<(Kind, String), Vec<Stored_>> = hashbrown::HashMap::new();
+    let mut grouped = Grouped::Held(hashbrown::HashMap::new(), 0);
     let mut stats = RebuildStats::default();
     let mut reparsed: Vec<Reparsed> = Vec::new();
     {
@@ -142,87 +243,73 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
                 let Some((kind, id)) = env.event.object().map(|(k, id)| (k, id.to_string())) else {
                     continue;
                 };
-                groups.entry((kind, id)).or_default().push(Stored_ {
-                    event: env.event,
-                    delivery_id: read.delivery_id,
-                    delivery_seq: read.seq,
-                    forced: read.forced,
-                    reparsed: read.malformed,
-                });
+                grouped.add(kind, id, read, env.event, memory);
             }
         };
         let mut chunk = Vec::with_capacity(CHUNK);
-        // An override names a delivery id and the body it accepted.
-        tx.for_each(
-            "SELECT d.seq, d.delivery_id, d.body,
-                    CASE WHEN d.outcome = 'malformed' THEN 1 ELSE 0 END,
-                    CASE WHEN EXISTS (SELECT 1 FROM overrides o
-                                       WHERE o.delivery_id = d.delivery_id
-                                         AND o.body_sha256 = d.body_sha256)
-                         THEN 1 ELSE 0 END
-               FROM deliveries d ORDER BY d.seq",
-            args![],
-            &mut |mut r| {
-                chunk.push(Read {
-                    seq: r.i64(0)?,
-                    delivery_id: r.string(1)?,
-                    body: r.blob(2)?,
-                    malformed: r.bool(3)?,
-                    forced: r.bool(4)?,
-                });
-                if chunk.len() == CHUNK {
-                    flush(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
-                }
-                Ok(())
-            },
-        )
+        tx.for_each(&format!("{READ} ORDER BY d.seq"), args![], &mut |r| {
+            chunk.push(Read::from_row(r)?);
+            if chunk.len() == CHUNK {
+                flush(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+            }
+            Ok(())
+        })
         .context("read the deliveries")?;
         if !chunk.is_empty() {
             flush(chunk);
         }
     }
-    stats.objects = groups.len() as u64;
-    let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
-    let mut index = Index::default();
+    stats.objects = grouped.objects() as u64;
+    let mut repair = Repair {
+        tx,
+        seq,
+        outcomes: HashMap::new(),
+        index: Index::default(),
+        rewritten: 0,
+        after: None,
+    };
     // By (kind as stored, id): the order of the stored rows' key (text compares
     // bytewise on both backends), so that the objects can be compared range by range.
-    let mut groups: Vec<(ObjectKey, (Kind, Vec<Stored_>))> = groups
-        .into_iter()
-        .map(|((kind, id), entries)| ((kind.as_str(), id), (kind, entries)))
-        .collect();
-    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    // Range by range: the stored rows of the next OBJECT_CHUNK objects (and of any
-    // object between them that the deliveries no longer give) read, then compared and
-    // written. The last range is open, so that every stored row is met once.
-    let mut groups = groups.into_iter().peekable();
-    let mut after: Option<ObjectKey> = None;
-    loop {
-        let chunk: Vec<_> = groups.by_ref().take(OBJECT_CHUNK).collect();
-        let last = chunk.last().map(|((kind, id), _)| (*kind, id.clone()));
-        let more = groups.peek().is_some();
-        let upto = if more { last.as_ref() } else { None };
-        let mut stored = StoredRows::read(tx, after.as_ref(), upto)?;
-        for ((_, id), (kind, entries)) in chunk {
-            let wrote = with_family!(
-                kind,
-                write_group(
-                    tx,
-                    &id,
-                    entries,
-                    seq,
-                    &mut outcomes,
-                    &mut index,
-                    &mut stored
-                )
-            )?;
-            stats.rewritten += u64::from(wrote);
+    match grouped {
+        Grouped::Held(groups, _) => {
+            let mut groups: Vec<Group> = groups
+                .into_iter()
+                .map(|((kind, id), entries)| ((kind.as_str(), id), (kind, entries)))
+                .collect();
+            groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            stats.ranges = 1;
+            repair.range(groups, true)?;
         }
-        stats.rewritten += stored.delete_rest(tx)?;
-        if !more {
-            break;
+        Grouped::Seqs(seqs) => {
+            let mut objects: Vec<(ObjectKey, Kind, Vec<i64>, usize)> = seqs
+                .into_iter()
+                .map(|((kind, id), (seqs, bytes))| ((kind.as_str(), id), kind, seqs, bytes))
+                .collect();
+            objects.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut objects = objects.into_iter().peekable();
+            while objects.peek().is_some() {
+                // The next objects whose bodies fit in the budget (at least one).
+                let (mut range, mut bytes) = (Vec::new(), 0);
+                while let Some(next) = objects.peek() {
+                    if !range.is_empty() && bytes + next.3 > memory {
+                        break;
+                    }
+                    bytes += next.3;
+                    range.extend(objects.next());
+                }
+                stats.ranges += 1;
+                let groups = read_again(tx, range)?;
+                repair.range(groups, objects.peek().is_none())?;
+            }
         }
-        after = last;
     }
+    let Repair {
+        outcomes,
+        index,
+        rewritten,
+        ..
+    } = repair;
+    stats.rewritten = rewritten;
     for (_, sql) in &indexes {
         tx.batch(sql).context("recreate an index")?;
     }
@@ -260,6 +347,113 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64) -> Result<(RebuildStats, Index)> {
         .context("count the quarantine")?
         .i64(0)? as u64;
     Ok((stats, index))
+}
+
+/// The rebuild's comparisons and writes, one range of objects after another in key
+/// order.
+struct Repair<'t> {
+    tx: &'t dyn Db,
+    /// The change counter value of the rebuild's transaction.
+    seq: i64,
+    /// What the fold now says of each re-parsed delivery.
+    outcomes: HashMap<i64, Outcome>,
+    /// The access index of every state folded.
+    index: Index,
+    /// Objects whose rows were written or deleted.
+    rewritten: u64,
+    /// The last object of the ranges done.
+    after: Option<ObjectKey>,
+}
+
+impl Repair<'_> {
+    /// Folds the objects of `groups` (sorted by key, all after the ranges done) and
+    /// writes what differs from their stored rows, OBJECT_CHUNK objects at a time; the
+    /// stored rows of objects between them that no delivery gives any more are deleted.
+    /// The `last` range is open at its end, so that every stored row is met once.
+    fn range(&mut self, groups: Vec<Group>, last: bool) -> Result<()> {
+        let mut groups = groups.into_iter().peekable();
+        loop {
+            let chunk: Vec<_> = groups.by_ref().take(OBJECT_CHUNK).collect();
+            let more = groups.peek().is_some();
+            if chunk.is_empty() && !last {
+                return Ok(());
+            }
+            let end = chunk.last().map(|((kind, id), _)| (*kind, id.clone()));
+            let upto = if more || !last { end.as_ref() } else { None };
+            let mut stored = StoredRows::read(self.tx, self.after.as_ref(), upto)?;
+            for ((_, id), (kind, entries)) in chunk {
+                let wrote = with_family!(
+                    kind,
+                    write_group(
+                        self.tx,
+                        &id,
+                        entries,
+                        self.seq,
+                        &mut self.outcomes,
+                        &mut self.index,
+                        &mut stored
+                    )
+                )?;
+                self.rewritten += u64::from(wrote);
+            }
+            self.rewritten += stored.delete_rest(self.tx)?;
+            if upto.is_none() {
+                return Ok(());
+            }
+            self.after = end;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Reads and parses again the deliveries of one range of objects (sorted by key; each
+/// with its delivery seqs), grouped as the first read grouped them.
+fn read_again(tx: &dyn Db, range: Vec<(ObjectKey, Kind, Vec<i64>, usize)>) -> Result<Vec<Group>> {
+    let mut seqs: Vec<i64> = range.iter().flat_map(|o| o.2.iter().copied()).collect();
+    seqs.sort_unstable();
+    let mut at: hashbrown::HashMap<(Kind, String), usize> = hashbrown::HashMap::new();
+    let mut groups: Vec<Group> = Vec::with_capacity(range.len());
+    for (key, kind, of, _) in range {
+        at.insert((kind, key.1.clone()), groups.len());
+        groups.push((key, (kind, Vec::with_capacity(of.len()))));
+    }
+    let list = (1..=SEQ_LIST)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("{READ} WHERE d.seq IN ({list}) ORDER BY d.seq");
+    for part in seqs.chunks(CHUNK) {
+        let mut chunk = Vec::with_capacity(part.len());
+        for some in part.chunks(SEQ_LIST) {
+            let values: Vec<Arg<'_>> = (0..SEQ_LIST)
+                .map(|i| Arg::Int(some[i.min(some.len() - 1)]))
+                .collect();
+            tx.for_each(&sql, &values, &mut |r| {
+                chunk.push(Read::from_row(r)?);
+                Ok(())
+            })
+            .context("read the deliveries again")?;
+        }
+        let parsed = parse_all(&chunk);
+        for (read, parsed) in chunk.into_iter().zip(parsed) {
+            // A delivery that does not parse was counted by the first read.
+            let Ok(env) = parsed else { continue };
+            let found = env
+                .event
+                .object()
+                .and_then(|(kind, id)| at.get(&(kind, id.to_string())).copied());
+            let Some(i) = found else {
+                return Err(StoreError::Corrupt(format!(
+                    "delivery {} parsed as another object when it was read again",
+                    read.seq
+                )));
+            };
+            groups[i].1 .1.push(read.stored(env.event));
+        }
+    }
+    Ok(groups)
 }
 
 /// Folds one object's whole history and writes those of its state and history rows

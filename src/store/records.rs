@@ -284,6 +284,10 @@ pub struct RebuildStats {
     pub deliveries: u64,
     /// Objects folded.
     pub objects: u64,
+    /// Ranges of objects folded one after another: 1 when the parsed deliveries fitted
+    /// in the rebuild's memory budget at once; more when each range's deliveries were
+    /// read and parsed a second time.
+    pub ranges: u64,
     /// Objects whose stored rows (state or history) differed from what the deliveries
     /// give, and were written or deleted: 0 when the projections were intact.
     pub rewritten: u64,

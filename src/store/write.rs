@@ -98,7 +98,7 @@ impl Writer {
             // flag says; it is committed with the rebuild, so it survives a crash.
             let tx = Tx::begin(&*writer.db, Mode::Write).context("begin the rebuild")?;
             let seq = next_seq(&*tx)?;
-            super::rebuild::rebuild(&*tx, seq)?;
+            super::rebuild::rebuild(&*tx, seq, super::REBUILD_MEMORY)?;
             feed::flag_needs_evaluation(&*tx)?;
             tx.commit().context("commit the rebuild")?;
         }
@@ -278,13 +278,13 @@ impl WriteStore for Writer {
         Ok((kind, id))
     }
 
-    fn rebuild(&mut self, now: Timestamp) -> Result<RebuildStats> {
+    fn rebuild_within(&mut self, now: Timestamp, memory: usize) -> Result<RebuildStats> {
         // One transaction: the projections recomputed, then every pair re-evaluated
         // with the index the rebuild built from its folded states, the access changes
         // recorded with cause `rebuild`.
         let (tx, mut feed, seq) = self.begin(now)?;
         let at = feed.tick(now);
-        let (stats, index) = super::rebuild::rebuild(&*tx, seq)?;
+        let (stats, index) = super::rebuild::rebuild(&*tx, seq, memory)?;
         feed::evaluate_index(&*tx, &feed, &index, at, &Cause::Rebuild)?;
         drop(index);
         Writer::commit(tx, &feed)?;

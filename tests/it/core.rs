@@ -25,6 +25,7 @@ use entitlement_sync::access::{decide, GrantView, Policy, SubscriptionFacts};
 use entitlement_sync::change::Answer;
 use entitlement_sync::event::{self, Event, Grant, Subscription};
 use entitlement_sync::fold::{self, outcome, Entry, Folded, Snap, Verdict, VersionKey};
+use entitlement_sync::store::REBUILD_MEMORY;
 use entitlement_sync::{Delivery, Engine, Outcome};
 use proptest::prelude::*;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
@@ -409,8 +410,13 @@ pub enum Tr {
         /// The webhook id named.
         webhook_id: String,
     },
-    /// `rebuild`: every projection from the stored deliveries and overrides.
-    Rebuild,
+    /// `rebuild`: every projection from the stored deliveries and overrides, holding
+    /// the parsed snapshots of at most `memory` bytes of bodies at once (1: every object
+    /// folded in a range of its own, its deliveries read and parsed a second time).
+    Rebuild {
+        /// The rebuild's memory budget.
+        memory: usize,
+    },
     /// Drop the engine and open the same store again.
     Reopen,
     /// Time passes (the `now` of every access question).
@@ -622,7 +628,12 @@ impl ReferenceStateMachine for World {
                 .prop_map(|by_ms| Tr::Advance { by_ms })
                 .boxed(),
             ),
-            (1, Just(Tr::Rebuild).boxed()),
+            (
+                1,
+                prop::sample::select(vec![1, 2_000, REBUILD_MEMORY])
+                    .prop_map(|memory| Tr::Rebuild { memory })
+                    .boxed(),
+            ),
             (1, Just(Tr::Reopen).boxed()),
         ];
         if !state.deliveries.is_empty() {
@@ -708,7 +719,7 @@ impl ReferenceStateMachine for World {
                 }
             }
             Tr::Advance { by_ms } => state.now += ms(*by_ms),
-            Tr::Rebuild | Tr::Reopen => {}
+            Tr::Rebuild { .. } | Tr::Reopen => {}
         }
         state
     }
@@ -782,10 +793,16 @@ impl<B: Backend> StateMachineTest for Sut<B> {
                 let kind = kind.as_str();
                 sut.last = Expect::Accepted(kind, id);
             }
-            Tr::Rebuild => {
-                let stats = sut.engine().rebuild(world.now).expect("rebuild");
+            Tr::Rebuild { memory } => {
+                let stats = sut
+                    .engine()
+                    .rebuild_within(world.now, memory)
+                    .expect("rebuild");
                 assert_eq!(stats.deliveries, world.deliveries.len() as u64, "{stats:?}");
                 assert_eq!(stats.malformed, 0, "{stats:?}");
+                if memory == 1 && stats.objects > 0 {
+                    assert_eq!(stats.ranges, stats.objects, "{stats:?}");
+                }
             }
             Tr::Reopen => {
                 drop(sut.engine.take());
@@ -1017,7 +1034,9 @@ fn model_example_accept_then_newer_snapshots_under_new_ids() {
         grant_2("wh_3", St::Revoked, 3, Some("subscription_on_hold")),
         grant_2("wh_4", St::Revoked, 3, Some("subscription_on_hold")),
         grant_2("wh_5", St::Delivered, 2, None),
-        Tr::Rebuild,
+        Tr::Rebuild {
+            memory: REBUILD_MEMORY,
+        },
         Tr::Reopen,
         Tr::Advance { by_ms: 3_600_000 },
     ]);
@@ -1036,7 +1055,8 @@ fn a_retry_under_an_accepted_webhook_id_is_not_forced() {
             webhook_id: "wh_2".into(),
         },
         grant_2("wh_2", St::Pending, 2, None),
-        Tr::Rebuild,
+        // Each object in a range of its own: the override is found on the second read.
+        Tr::Rebuild { memory: 1 },
         Tr::Reopen,
     ]);
 }

@@ -3,6 +3,7 @@
 //! concurrency, other processes' writes, and clear errors for bad files.
 
 use crate::support::{self, grant, ms, t0, St};
+use entitlement_sync::store::REBUILD_MEMORY;
 use entitlement_sync::{Delivery, Engine, Outcome};
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -135,6 +136,14 @@ proptest! {
         prop_assert_eq!(stats.malformed, 0);
         // Live wrote every row as a rebuild would: there is nothing to rewrite.
         prop_assert_eq!(stats.rewritten, 0);
+        prop_assert_eq!(&dump(&shuffled_path), &live);
+        // Each object folded in a range of its own, its deliveries read again: the
+        // same rows (a row computed otherwise would have been rewritten).
+        let stats = b.rebuild_within(chrono::Utc::now(), 1).expect("rebuild in ranges");
+        prop_assert_eq!(stats.rewritten, 0);
+        if stats.objects > 0 {
+            prop_assert_eq!(stats.ranges, stats.objects);
+        }
         prop_assert_eq!(&dump(&shuffled_path), &live);
     }
 }
@@ -969,6 +978,22 @@ fn mixed_history() -> Vec<(String, Vec<u8>)> {
 /// empty projections writes, and no other row is touched.
 #[test]
 fn a_rebuild_repairs_exactly_the_rows_that_differ_and_leaves_the_rest() {
+    rebuild_repairs_exactly(REBUILD_MEMORY);
+}
+
+/// The same, with a memory budget of a few bodies: the objects are folded in many
+/// ranges, each range's deliveries read and parsed a second time, and the damaged rows,
+/// the ghost's and the unknown kind's among them, fall into different ranges and
+/// between them. The repair is row for row the reference rebuilt at the default budget.
+#[test]
+fn a_rebuild_in_ranges_repairs_exactly_what_a_rebuild_at_once_does() {
+    rebuild_repairs_exactly(3_000);
+}
+
+/// Ingests a mixed history, checks that a rebuild within `memory` rewrites nothing on
+/// the intact store, damages it, and checks the repair against a reference rebuilt
+/// onto empty projections at the default budget.
+fn rebuild_repairs_exactly(memory: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store.db");
     let pairs: Vec<(String, String)> = (0..5)
@@ -1002,9 +1027,14 @@ fn a_rebuild_repairs_exactly_the_rows_that_differ_and_leaves_the_rest() {
 
     // Intact: nothing written.
     let engine = Engine::open(&path).expect("open");
-    let stats = engine.rebuild(now).expect("rebuild");
+    let stats = engine.rebuild_within(now, memory).expect("rebuild");
     assert_eq!(stats.rewritten, 0, "{stats:?}");
     assert_eq!(stats.objects as usize, objects.len());
+    if memory < REBUILD_MEMORY {
+        assert!(stats.ranges > 10, "{stats:?}");
+    } else {
+        assert_eq!(stats.ranges, 1, "{stats:?}");
+    }
     drop(engine);
     assert_eq!(rows_of(&path, "objects"), objects);
     assert_eq!(rows_of(&path, "history"), history);
@@ -1080,7 +1110,7 @@ fn a_rebuild_repairs_exactly_the_rows_that_differ_and_leaves_the_rest() {
         engine.has_access("cus_ghost", "ent_0", now),
         "the damage is not seen"
     );
-    let stats = engine.rebuild(now).expect("repair");
+    let stats = engine.rebuild_within(now, memory).expect("repair");
     assert_eq!(stats.rewritten as usize, damaged.len(), "{stats:?}");
     assert!(!engine.has_access("cus_ghost", "ent_0", now));
     assert_eq!(answers(&engine), live);
