@@ -1061,7 +1061,8 @@ fn rebuild_repairs_exactly(memory: usize) {
     // Damage: a changed state (grant_1's status flipped), a changed lookup column
     // (an index entry), a missing state row, a missing and a changed history row, a
     // history row pointing at another delivery, a state and a history that no delivery
-    // gives (a grant that would let cus_ghost in), a kind this release does not know.
+    // gives (a grant that would let cus_ghost in), a kind this release does not know
+    // (one sorting among the kinds, one after them all: after the last range).
     let conn = Connection::open(&path).expect("open");
     conn.execute_batch(
         "UPDATE objects SET status = CASE status WHEN 'delivered' THEN 'failed' ELSE 'delivered' END
@@ -1091,7 +1092,8 @@ fn rebuild_repairs_exactly(memory: usize) {
                                FROM history WHERE kind = 'grant' AND object_id = 'grant_0';
          INSERT INTO objects (kind, id, status, as_of, since, state_key, max_key,
                               delivery_id, body, seq)
-              VALUES ('martian', 'mars_1', 'red', '', '', '', '', 'wh_mars', '{}', 1);",
+              VALUES ('martian', 'mars_1', 'red', '', '', '', '', 'wh_mars', '{}', 1),
+                     ('zebra', 'zebra_1', 'striped', '', '', '', '', 'wh_zebra', '{}', 1);",
     )
     .expect("damage");
     drop(conn);
@@ -1104,6 +1106,7 @@ fn rebuild_repairs_exactly(memory: usize) {
         "grant_6",
         "grant_ghost",
         "mars_1",
+        "zebra_1",
     ];
     let engine = Engine::open(&path).expect("open the damaged store");
     assert!(
