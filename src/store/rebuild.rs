@@ -165,8 +165,8 @@ struct Reparsed {
 /// While their bodies fit in `memory` the parsed snapshots are kept and folded from
 /// there; past it the rebuild keeps only each object's delivery seqs, splits the
 /// objects in key order into ranges whose bodies fit, and reads and parses each range's
-/// deliveries again (by seq) to fold it: memory stays bounded by the budget plus a few
-/// dozen bytes per object and delivery, whatever the store's size.
+/// deliveries again (by seq) to fold it: memory stays bounded by about 2.8 times the
+/// budget plus ~100 bytes per object and 8 per delivery, whatever the store's size.
 pub(super) fn rebuild(tx: &dyn Db, seq: i64, memory: usize) -> Result<(RebuildStats, Index)> {
     // Onto empty projections, a bulk load into SQLite: the lookup indexes dropped (and
     // recreated from their stored definitions afterwards; building an index by sorting
