@@ -146,6 +146,16 @@ impl Grouped {
     }
 }
 
+/// An object whose deliveries a ranged rebuild reads again.
+struct Unread {
+    key: ObjectKey,
+    kind: Kind,
+    /// Its deliveries' seqs.
+    seqs: Vec<i64>,
+    /// Their bodies' bytes.
+    bytes: usize,
+}
+
 /// Deliveries whose parse result changed since they were stored: what they are now.
 struct Reparsed {
     seq: i64,
@@ -281,20 +291,25 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64, memory: usize) -> Result<(RebuildSt
             repair.range(groups, true)?;
         }
         Grouped::Seqs(seqs) => {
-            let mut objects: Vec<(ObjectKey, Kind, Vec<i64>, usize)> = seqs
+            let mut objects: Vec<Unread> = seqs
                 .into_iter()
-                .map(|((kind, id), (seqs, bytes))| ((kind.as_str(), id), kind, seqs, bytes))
+                .map(|((kind, id), (seqs, bytes))| Unread {
+                    key: (kind.as_str(), id),
+                    kind,
+                    seqs,
+                    bytes,
+                })
                 .collect();
-            objects.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            objects.sort_unstable_by(|a, b| a.key.cmp(&b.key));
             let mut objects = objects.into_iter().peekable();
             while objects.peek().is_some() {
                 // The next objects whose bodies fit in the budget (at least one).
                 let (mut range, mut bytes) = (Vec::new(), 0);
                 while let Some(next) = objects.peek() {
-                    if !range.is_empty() && bytes + next.3 > memory {
+                    if !range.is_empty() && bytes + next.bytes > memory {
                         break;
                     }
-                    bytes += next.3;
+                    bytes += next.bytes;
                     range.extend(objects.next());
                 }
                 stats.ranges += 1;
@@ -410,12 +425,18 @@ impl Repair<'_> {
 
 /// Reads and parses again the deliveries of one range of objects (sorted by key; each
 /// with its delivery seqs), grouped as the first read grouped them.
-fn read_again(tx: &dyn Db, range: Vec<(ObjectKey, Kind, Vec<i64>, usize)>) -> Result<Vec<Group>> {
-    let mut seqs: Vec<i64> = range.iter().flat_map(|o| o.2.iter().copied()).collect();
+fn read_again(tx: &dyn Db, range: Vec<Unread>) -> Result<Vec<Group>> {
+    let mut seqs: Vec<i64> = range.iter().flat_map(|o| o.seqs.iter().copied()).collect();
     seqs.sort_unstable();
     let mut at: hashbrown::HashMap<(Kind, String), usize> = hashbrown::HashMap::new();
     let mut groups: Vec<Group> = Vec::with_capacity(range.len());
-    for (key, kind, of, _) in range {
+    for Unread {
+        key,
+        kind,
+        seqs: of,
+        ..
+    } in range
+    {
         at.insert((kind, key.1.clone()), groups.len());
         groups.push((key, (kind, Vec::with_capacity(of.len()))));
     }
