@@ -100,6 +100,12 @@ pub enum StoreError {
         /// Whether retrying may help.
         retryable: bool,
     },
+    /// The store's log could not be synced: what was committed since its last sync may
+    /// not survive a power cut, so it was not acknowledged. A writer whose sync failed
+    /// refuses every later delivery until the process is restarted (the kernel may have
+    /// dropped the unsynced pages, so no later sync can vouch for them).
+    #[error("the log could not be synced: {0}")]
+    Sync(String),
     /// No such delivery.
     #[error("no delivery with id {0:?}")]
     UnknownDelivery(String),
@@ -119,6 +125,8 @@ impl StoreError {
             #[cfg(feature = "postgres")]
             StoreError::Postgres(e) => return postgres::is_retryable(e),
             StoreError::Commit { retryable, .. } => return *retryable,
+            // Dodo retries; a restarted process takes the delivery again.
+            StoreError::Sync(_) => return true,
             _ => return false,
         };
         match sqlite {
@@ -238,10 +246,38 @@ fn redact_password(url: &str) -> String {
     }
 }
 
+/// What makes a deferring writer's commits durable ([`WriteStore::defer_sync`]); it
+/// may be called from any thread.
+pub trait SyncLog: Send {
+    /// Makes every commit the writer returned from before this call durable.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sync`]: those commits may not survive a power cut.
+    fn sync(&mut self) -> Result<()>;
+}
+
 /// The write side of a store: what the engine's writer thread calls.
 pub trait WriteStore: Send {
+    /// Lets [`WriteStore::apply_batch`] return as soon as its commit is written, before
+    /// it is durable, and returns what makes it durable. Whoever takes it must call
+    /// [`SyncLog::sync`] after a batch and before telling anyone that the batch is
+    /// stored (a 2xx, a reply, a wake-up), and must not give this store another batch
+    /// after a failed sync. Its use: the next batch is built and written while the
+    /// previous one's sync runs. Every other write (accept, rebuild, advance, the
+    /// forwarder's cursor) stays durable when it returns, and so does every commit
+    /// before it in the log. Readers may see a deferred commit before it is durable;
+    /// the access-change feed's reader syncs the log before it hands out a change, so
+    /// that no change is seen that a power cut could take back (and its seq reuse).
+    ///
+    /// `None`, the default and PostgreSQL's: every commit is durable when it returns.
+    fn defer_sync(&mut self) -> Option<Box<dyn SyncLog>> {
+        None
+    }
+
     /// Applies a batch of deliveries atomically (group commit). One result per delivery,
-    /// in order; all are durable when this returns `Ok`. A delivery that fails alone is
+    /// in order; all are durable when this returns `Ok` (or, once
+    /// [`WriteStore::defer_sync`] was taken, after the next sync). A delivery that fails alone is
     /// reported in its slot and stores nothing. The deliveries come hashed and parsed
     /// ([`Prepared`]): that work is done by the callers, off the writer thread.
     ///

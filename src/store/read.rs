@@ -15,6 +15,9 @@ use std::path::Path;
 /// A reading connection: change detection for the in-memory index, listings, views.
 pub struct Reader {
     db: Box<dyn Db>,
+    /// SQLite: the store's log, and the newest change seq seen after a sync of it
+    /// (see [`ReadStore::changes`]).
+    pub(super) log: Option<(super::sqlite::Log, i64)>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -40,9 +43,12 @@ impl Reader {
     ///
     /// The database's.
     pub fn open_at(location: &Location) -> Result<Reader> {
-        Ok(Reader {
-            db: super::connect(location, false)?,
-        })
+        let db = super::connect(location, false)?;
+        let log = db
+            .as_sqlite()
+            .and_then(super::sqlite::Log::of)
+            .map(|log| (log, 0));
+        Ok(Reader { db, log })
     }
 
     /// A token that changes whenever anyone committed: SQLite's `PRAGMA data_version`
@@ -315,7 +321,19 @@ impl ReadStore for Reader {
         Reader::quarantine_size(self)
     }
     fn changes(&mut self, after: i64, limit: usize) -> Result<Vec<Change>> {
-        super::feed::changes(&*self.db, after, limit)
+        let changes = super::feed::changes(&*self.db, after, limit)?;
+        // A writer that defers its syncs (`WriteStore::defer_sync`, in this process or
+        // another) makes a commit visible before it is durable. A change handed out
+        // and then lost to a power cut would see its seq reused by a different change,
+        // which a consumer past that seq would never read: so the log is synced first,
+        // which makes everything this read saw durable. Once per new seq seen.
+        if let (Some(last), Some((log, synced))) = (changes.last(), &mut self.log) {
+            if last.seq > *synced {
+                log.sync()?;
+                *synced = last.seq;
+            }
+        }
+        Ok(changes)
     }
     fn last_change_seq(&mut self) -> Result<i64> {
         super::feed::last_seq(&*self.db)

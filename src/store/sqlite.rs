@@ -121,6 +121,104 @@ impl Db for Sqlite {
     }
 }
 
+/// A SQLite store's log file (`<file>-wal`), opened on its own to sync it. A writer
+/// that defers its syncs ([`super::WriteStore::defer_sync`]) commits at
+/// `synchronous=NORMAL` and has the log synced through this before anyone hears of the
+/// commit; a reader of the access-change feed syncs it before it hands out changes it
+/// has not seen synced (see `Reader`'s `changes`). One `fdatasync` of the log makes
+/// every commit appended to it before the call durable, whichever connection or process
+/// appended it. SQLite takes no locks on the log file itself, so opening and closing it
+/// here releases none of the store's.
+pub(crate) struct Log {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    /// Set by a failed sync, shared by the handles of one writer ([`Log::of`] and its
+    /// [`Log::again`]s): after a failed `fdatasync` the kernel may have dropped the
+    /// unsynced pages, so a later sync that succeeds vouches for nothing before it.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Syncs of the file through this handle that succeeded.
+    pub(crate) syncs: u64,
+}
+
+impl Log {
+    /// The log of the file `conn` has open; `None` for an in-memory database.
+    pub(crate) fn of(conn: &Connection) -> Option<Log> {
+        let db = conn.path().filter(|p| !p.is_empty())?;
+        Some(Log {
+            path: format!("{db}-wal").into(),
+            file: None,
+            failed: std::sync::Arc::default(),
+            syncs: 0,
+        })
+    }
+
+    /// Another handle on the same log, sharing its failure.
+    pub(crate) fn again(&self) -> Log {
+        Log {
+            path: self.path.clone(),
+            file: None,
+            failed: std::sync::Arc::clone(&self.failed),
+            syncs: 0,
+        }
+    }
+
+    /// Fails the log as a failed `fdatasync` does.
+    #[cfg(test)]
+    pub(crate) fn poison(&self) {
+        self.failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// [`StoreError::Sync`] once a sync through this handle or one of its
+    /// [`Log::again`]s failed: nothing written since can be made durable.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::Sync(format!(
+                "an earlier sync of {} failed; restart to go on",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Syncs the log: everything any connection appended to it before this call is on
+    /// disk when it returns `Ok`. A store with no log file has nothing to sync.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sync`], now and for good.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.check()?;
+        let result = self.sync_file();
+        if result.is_err() {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        result
+    }
+
+    fn sync_file(&mut self) -> Result<()> {
+        let failed = |e: std::io::Error| StoreError::Sync(format!("{}: {e}", self.path.display()));
+        if self.file.is_none() {
+            match std::fs::File::open(&self.path) {
+                Ok(file) => self.file = Some(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        let file = self.file.as_ref().expect("opened above");
+        file.sync_data().map_err(failed)?;
+        self.syncs += 1;
+        Ok(())
+    }
+}
+
+impl super::SyncLog for Log {
+    fn sync(&mut self) -> Result<()> {
+        Log::sync(self)
+    }
+}
+
 /// Opens (creating if needed) a database file and applies the migrations.
 ///
 /// # Errors

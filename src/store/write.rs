@@ -27,6 +27,9 @@ pub struct Writer {
     policy_synced: bool,
     /// The policy the feed is computed under.
     policy: Policy,
+    /// Set once [`WriteStore::defer_sync`] was taken: the connection commits at
+    /// `synchronous=NORMAL`, and every write but a batch syncs this before it returns.
+    deferred: Option<super::sqlite::Log>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -84,6 +87,7 @@ impl Writer {
             wanted: policy,
             policy_synced: false,
             db,
+            deferred: None,
         };
         let needs_rebuild = writer
             .db
@@ -110,10 +114,27 @@ impl Writer {
         &self.policy
     }
 
+    /// With deferred syncs, once one failed: no write, since none could be made durable.
+    fn refuse_after_failed_sync(&self) -> Result<()> {
+        self.deferred
+            .as_ref()
+            .map_or(Ok(()), super::sqlite::Log::check)
+    }
+
+    /// After a write other than a batch: with deferred syncs, makes it (and every
+    /// commit before it) durable before it returns.
+    fn settle(&mut self) -> Result<()> {
+        match &mut self.deferred {
+            Some(log) => log.sync(),
+            None => Ok(()),
+        }
+    }
+
     /// Begins a write transaction and the feed's part of it at `now`: the policy
     /// recorded (re-evaluating every pair if it changed), a store that has never been
     /// evaluated evaluated (after a rebuild or the migration that added the feed).
     fn begin(&self, now: Timestamp) -> Result<(Tx<'_>, Feed, i64)> {
+        self.refuse_after_failed_sync()?;
         let tx = Tx::begin(&*self.db, Mode::Write).context("begin a write transaction")?;
         // First, before reading anything: take the change counter. Its row lock
         // serialises every writer on the database (PostgreSQL, where several instances
@@ -178,6 +199,7 @@ impl Writer {
         let n = feed::advance(&*tx, &feed, at)?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
+        self.settle()?;
         Ok(n)
     }
 
@@ -187,13 +209,29 @@ impl Writer {
     ///
     /// The database's errors.
     pub fn set_forward_cursor(&mut self, seq: i64) -> Result<()> {
+        self.refuse_after_failed_sync()?;
         let tx = Tx::begin(&*self.db, Mode::Write).context("begin a write transaction")?;
         feed::set_forward_cursor(&*tx, seq)?;
-        tx.commit().context("commit")
+        tx.commit().context("commit")?;
+        self.settle()
     }
 }
 
 impl WriteStore for Writer {
+    fn defer_sync(&mut self) -> Option<Box<dyn super::SyncLog>> {
+        if self.deferred.is_some() {
+            return None; // taken once
+        }
+        let conn = self.db.as_sqlite()?;
+        let mine = super::sqlite::Log::of(conn)?;
+        let theirs = mine.again();
+        // Nothing is in flight: no transaction is open on the writer thread between
+        // calls. If the switch fails, every commit stays synced.
+        conn.pragma_update(None, "synchronous", "NORMAL").ok()?;
+        self.deferred = Some(mine);
+        Some(Box::new(theirs))
+    }
+
     fn apply_batch(&mut self, mut deliveries: Vec<Prepared>) -> Result<Vec<Result<Applied>>> {
         // Optimistic: all in one transaction. If any delivery fails, roll the whole
         // batch back and apply each in a transaction of its own, so one bad delivery
@@ -275,6 +313,7 @@ impl WriteStore for Writer {
         evaluate_pairs(&*tx, &feed, kind, &id, before, at, |_, _| cause.clone())?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
+        self.settle()?;
         Ok((kind, id))
     }
 
@@ -289,6 +328,7 @@ impl WriteStore for Writer {
         drop(index);
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
+        self.settle()?;
         Ok(stats)
     }
 
@@ -528,4 +568,114 @@ pub(super) fn write_object(tx: &dyn Db, values: &[Arg<'_>; 14], exists: bool) ->
     )
     .context("write the object")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Delivery;
+    use crate::store::{ReadStore, Reader};
+
+    const GRANT: &str = include_str!("../../tests/data/events/entitlement_grant.delivered.json");
+
+    fn delivery(id: &str, body: &str) -> Prepared {
+        let at = parse_timestamp("2026-06-15T08:00:00Z").expect("instant");
+        Prepared::new(Delivery::new(id, body, at))
+    }
+
+    fn revoked() -> String {
+        GRANT
+            .replace("\"Delivered\"", "\"Revoked\"")
+            .replace("entitlement_grant.delivered", "entitlement_grant.revoked")
+            .replace(
+                "\"revoked_at\": null",
+                "\"revoked_at\": \"2026-05-02T10:00:00Z\"",
+            )
+            .replace(
+                "10:00:00.250Z\",\n    \"delivered_at",
+                "10:00:01Z\",\n    \"delivered_at",
+            )
+    }
+
+    /// Deferred syncs: the connection commits at `synchronous=NORMAL`, the log handle
+    /// syncs the file for real, and a batch is stored as usual.
+    #[test]
+    fn a_deferred_writer_commits_at_normal_and_its_log_syncs_the_file() -> Result<()> {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut writer = Writer::open(&dir.path().join("e.db"))?;
+        let level = |w: &Writer| -> i64 {
+            let conn = w.db.as_sqlite().expect("sqlite");
+            conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .expect("pragma")
+        };
+        assert_eq!(level(&writer), 2, "FULL before");
+        let mut log = writer.defer_sync().expect("SQLite defers");
+        assert!(writer.defer_sync().is_none(), "taken once");
+        assert_eq!(level(&writer), 1, "NORMAL after");
+        let results = writer.apply_batch(vec![delivery("msg_1", GRANT)])?;
+        assert!(results[0].is_ok(), "{results:?}");
+        log.sync()?;
+        // The writer's own handle synced nothing yet: a batch leaves it to the caller.
+        assert_eq!(writer.deferred.as_ref().map(|l| l.syncs), Some(0));
+        // Every other write syncs before it returns.
+        writer.advance(parse_timestamp("2026-06-16T08:00:00Z").expect("instant"))?;
+        assert_eq!(writer.deferred.as_ref().map(|l| l.syncs), Some(1));
+        Ok(())
+    }
+
+    /// After a failed sync nothing more is written: the kernel may have dropped what
+    /// the failed sync was to make durable, so a later "stored" could not be trusted.
+    #[test]
+    fn after_a_failed_sync_the_writer_refuses_every_write() -> Result<()> {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("e.db");
+        let mut writer = Writer::open(&path)?;
+        let log = writer.defer_sync().expect("SQLite defers");
+        writer.apply_batch(vec![delivery("msg_1", GRANT)])?;
+        writer.deferred.as_ref().expect("deferred").poison();
+        drop(log);
+        let refused = |r: Result<()>| matches!(r, Err(StoreError::Sync(_)));
+        assert!(refused(
+            writer
+                .apply_batch(vec![delivery("msg_2", &revoked())])
+                .map(drop)
+        ));
+        let now = parse_timestamp("2026-06-16T08:00:00Z").expect("instant");
+        assert!(refused(writer.advance(now).map(drop)));
+        assert!(refused(writer.set_forward_cursor(1)));
+        assert!(refused(writer.accept("msg_1", now).map(drop)));
+        drop(writer);
+        // Nothing of msg_2 reached the store.
+        let mut reader = Reader::open(&path)?;
+        assert_eq!(reader.changes(0, 100)?.len(), 1);
+        Ok(())
+    }
+
+    /// A reader of the feed syncs the log before it hands out a change it has not
+    /// seen synced, once per new change, not on every read.
+    #[test]
+    fn the_feed_syncs_the_log_before_it_hands_out_new_changes() -> Result<()> {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("e.db");
+        let mut writer = Writer::open(&path)?;
+        let _log = writer.defer_sync().expect("SQLite defers");
+        let mut reader = Reader::open(&path)?;
+        let syncs = |r: &Reader| r.log.as_ref().map(|(log, _)| log.syncs);
+        assert!(reader.changes(0, 100)?.is_empty());
+        assert_eq!(
+            syncs(&reader),
+            Some(0),
+            "nothing to hand out, nothing synced"
+        );
+        writer.apply_batch(vec![delivery("msg_1", GRANT)])?;
+        assert_eq!(reader.changes(0, 100)?.len(), 1);
+        assert_eq!(syncs(&reader), Some(1));
+        assert_eq!(reader.changes(0, 100)?.len(), 1);
+        assert_eq!(syncs(&reader), Some(1), "seen synced already");
+        writer.apply_batch(vec![delivery("msg_2", &revoked())])?;
+        let changes = reader.changes(0, 100)?;
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(syncs(&reader), Some(2));
+        Ok(())
+    }
 }
