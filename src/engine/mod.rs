@@ -330,11 +330,15 @@ impl Engine {
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
         let prepared = prepare_all(deliveries);
-        Ok(self
-            .with_writer(move |w| w.apply_batch(prepared))??
-            .into_iter()
-            .map(|r| r.map_err(Error::from))
-            .collect())
+        let (reply, result) = mpsc::sync_channel(1);
+        let job = Job::Batch {
+            deliveries: prepared,
+            reply: Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        };
+        self.inner.jobs.send(job).map_err(|_| writer_gone())?;
+        result.recv().map_err(|_| writer_gone())?
     }
 
     /// Runs `f` on the writer thread, in order with the deliveries queued before it.
