@@ -1,5 +1,6 @@
-//! The SQLite backend of [`Db`]: one file, WAL, `synchronous=FULL`, append-only
-//! migrations versioned by `PRAGMA user_version`.
+//! The SQLite backend of [`Db`]: one file, WAL, `synchronous=FULL` (or `NORMAL` with
+//! the log synced by [`Log`] before anyone hears of a commit), append-only migrations
+//! versioned by `PRAGMA user_version`.
 
 use super::sql::{Arg, Backend, Db, Mode, Row, Val};
 use super::{Result, StoreError};
@@ -251,7 +252,8 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // WAL: readers never wait behind the writer. FULL: a commit is on disk before we
-    // acknowledge. Never ANALYZE/optimize: STAT4 makes every point lookup re-plan.
+    // acknowledge (the engine's writer switches to NORMAL and syncs the log itself:
+    // `Log`). Never ANALYZE/optimize: STAT4 makes every point lookup re-plan.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -301,7 +303,8 @@ const CHECKPOINT_INLINE_FRAMES: i32 = 16 * CHECKPOINT_FRAMES;
 /// Moves the writer's WAL checkpoints to a thread of their own, on a connection of its
 /// own, so that copying the log into the database file (and that file's fsync) overlaps
 /// the writer's next transactions instead of stalling them. Durability is unchanged:
-/// every commit still syncs the log (`synchronous=FULL`) before it returns; the
+/// every commit's log is synced (`synchronous=FULL`, or [`Log`]) before anyone hears of
+/// it, and a checkpoint syncs the log before it copies it; the
 /// checkpoint is `PASSIVE` (it never blocks the writer or a reader). The thread ends
 /// when the writer's connection is closed.
 ///
