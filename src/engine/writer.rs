@@ -217,14 +217,15 @@ fn serve_queue(
                 return callers.stored(results);
             };
             // The sync overlaps the next batch when there is one, or when the syncer is
-            // still at an earlier batch (whose callers must hear first). Otherwise a
-            // hand-over would only add two thread wake-ups to a lone delivery's wait.
+            // still syncing an earlier batch (which this sync would have to wait for
+            // anyway). Otherwise a hand-over would only add two thread wake-ups to a
+            // lone delivery's wait.
             if pending.is_none() {
                 *pending = queue.try_recv().ok();
             }
             let batch = Committed { callers, results };
             if pending.is_none() && syncer.shared.waiting.load(Ordering::Acquire) == 0 {
-                syncer.shared.settle(vec![batch], generation);
+                syncer.shared.settle(vec![batch], 0, generation);
             } else {
                 syncer.shared.waiting.fetch_add(1, Ordering::AcqRel);
                 // The syncer outlives this loop, so the send cannot fail.
@@ -257,8 +258,13 @@ impl Shared {
     /// Syncs the log once for `batches`, then bumps the generation and answers their
     /// callers. After a failed sync the store refuses every later write
     /// ([`StoreError::Sync`]), so every later batch fails before it is stored.
-    fn settle(&self, batches: Vec<Committed>, generation: &Signal) {
-        match super::lock(&self.log).sync() {
+    /// `handed`: how many of them the syncer took from the writer; they stop counting
+    /// as waiting once synced, before their callers hear, so that a caller's next
+    /// delivery, if it comes alone, is synced inline.
+    fn settle(&self, batches: Vec<Committed>, handed: usize, generation: &Signal) {
+        let synced = super::lock(&self.log).sync();
+        self.waiting.fetch_sub(handed, Ordering::AcqRel);
+        match synced {
             Ok(()) => {
                 // Before anyone hears of the commit, so that their next read sees it.
                 generation.bump();
@@ -282,8 +288,7 @@ fn syncer_loop(shared: &Shared, committed: &mpsc::Receiver<Committed>, generatio
         let mut batches = vec![first];
         batches.extend(committed.try_iter());
         let n = batches.len();
-        shared.settle(batches, generation);
-        shared.waiting.fetch_sub(n, Ordering::AcqRel);
+        shared.settle(batches, n, generation);
     }
 }
 
@@ -423,9 +428,6 @@ mod tests {
             &mut self,
             deliveries: Vec<Prepared>,
         ) -> StoreResult<Vec<StoreResult<Applied>>> {
-            if self.failed.load(Ordering::Acquire) {
-                return Err(StoreError::Sync("refused after a failed sync".into()));
-            }
             if self.paced {
                 let guard = super::super::lock(&self.events.0);
                 let _ = self
@@ -439,6 +441,10 @@ mod tests {
                             .count();
                         syncs < n
                     });
+            }
+            // After the pacing, as `begin` does: a sync that failed meanwhile is seen.
+            if self.failed.load(Ordering::Acquire) {
+                return Err(StoreError::Sync("refused after a failed sync".into()));
             }
             let ids: Vec<String> = deliveries.iter().map(|p| p.delivery.id.clone()).collect();
             let n = ids.len();
