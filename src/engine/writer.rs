@@ -106,9 +106,7 @@ impl Callers {
                     .into_iter()
                     .map(|r| r.map_err(Error::from))
                     .collect();
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    reply(Ok(results));
-                }));
+                answer(reply, Ok(results));
             }
         }
     }
@@ -122,11 +120,7 @@ impl Callers {
                     answer(reply, Err(Error::Store(error())));
                 }
             }
-            Callers::Whole(reply) => {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    reply(Err(Error::Store(error())));
-                }));
-            }
+            Callers::Whole(reply) => answer(reply, Err(Error::Store(error()))),
         }
     }
 }
@@ -306,7 +300,7 @@ fn refuse(queue: &mpsc::Receiver<Job>, message: &str) {
 }
 
 /// Calls one caller's callback; a panicking callback affects no one else.
-fn answer(reply: Reply, result: Result<Applied, Error>) {
+fn answer<T>(reply: Box<dyn FnOnce(T) + Send>, result: T) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(result)));
 }
 

@@ -597,6 +597,17 @@ mod tests {
             )
     }
 
+    /// A writer on a new store in `dir`, its syncs deferred: the store's path, the
+    /// writer, the log handle it gave out.
+    fn deferred(
+        dir: &tempfile::TempDir,
+    ) -> Result<(std::path::PathBuf, Writer, Box<dyn super::super::SyncLog>)> {
+        let path = dir.path().join("e.db");
+        let mut writer = Writer::open(&path)?;
+        let log = writer.defer_sync().expect("SQLite defers");
+        Ok((path, writer, log))
+    }
+
     /// Deferred syncs: the connection commits at `synchronous=NORMAL`, the log handle
     /// syncs the file for real, and a batch is stored as usual.
     #[test]
@@ -628,9 +639,7 @@ mod tests {
     #[test]
     fn after_a_failed_sync_the_writer_refuses_every_write() -> Result<()> {
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("e.db");
-        let mut writer = Writer::open(&path)?;
-        let log = writer.defer_sync().expect("SQLite defers");
+        let (path, mut writer, log) = deferred(&dir)?;
         writer.apply_batch(vec![delivery("msg_1", GRANT)])?;
         writer.deferred.as_ref().expect("deferred").poison();
         drop(log);
@@ -656,9 +665,7 @@ mod tests {
     #[test]
     fn the_feed_syncs_the_log_before_it_hands_out_new_changes() -> Result<()> {
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("e.db");
-        let mut writer = Writer::open(&path)?;
-        let _log = writer.defer_sync().expect("SQLite defers");
+        let (path, mut writer, _log) = deferred(&dir)?;
         let mut reader = Reader::open(&path)?;
         let syncs = |r: &Reader| r.log.as_ref().map(|(log, _)| log.syncs);
         assert!(reader.changes(0, 100)?.is_empty());
