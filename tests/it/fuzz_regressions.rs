@@ -293,3 +293,24 @@ fn refund_created_at_beyond_9999_is_malformed() {
     let body = envelope("refund.succeeded", "2026-05-01T10:00:00Z", data);
     assert_contained(&body, ("cus_1", "ent_1"));
 }
+
+/// The `parse` target's second finding: an unknown status or reason whose spelling holds
+/// an upper-case letter without a lower-case form (`ℂ`, `𝐀`) after a cased letter was
+/// normalised differently the second time (`Aℂ` → `aℂ` → `a_ℂ`), so the stored snapshot
+/// read back as another value. Every open enum of a grant must read back as itself.
+#[test]
+fn grant_with_an_uncased_capital_in_its_status_and_reason_round_trips() {
+    for spelling in ["A\u{2102}", "A\u{1D400}", "x\u{3D2}Y", "\u{1C5}\u{2102}"] {
+        let mut data = with(grant_data("grt_1", "cus_1", "ent_1"), "status", spelling);
+        data["revocation_reason"] = Value::from(spelling);
+        let body = envelope("entitlement_grant.revoked", "2026-05-01T10:00:00Z", data);
+        let env = parse(&body).expect("parses");
+        let Event::Grant(snap) = env.event else {
+            panic!("not a grant")
+        };
+        let json = serde_json::to_string(&snap.body).expect("serialize");
+        let back: entitlement_sync::event::Grant =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        assert_eq!(back, snap.body, "{spelling:?}");
+    }
+}
