@@ -1,11 +1,12 @@
 //! Findings of the cargo-fuzz targets (`fuzz/`), each reproduced through the public API.
 //!
-//! The known one: an RFC 3339 timestamp whose UTC instant lies outside years 0..=9999
+//! The first: an RFC 3339 timestamp whose UTC instant lies outside years 0..=9999
 //! (`9999-12-31T23:30:00-01:00` is `+10000-01-01T00:30:00Z`) parses, but chrono writes it
 //! back as `+10000-...`, which the wire parser does not read, so a snapshot holding it
 //! does not survive the store's JSON. PRODUCT.md ("Hardening: Values") says such a
 //! delivery is `malformed`: stored raw, acknowledged, listed, and every other answer
-//! stays correct.
+//! stays correct. The second (at the end of the file): an open enum's normal form was not
+//! its own normal form.
 
 use entitlement_sync::event::{parse, Event};
 use entitlement_sync::{Delivery, Engine, Outcome};
