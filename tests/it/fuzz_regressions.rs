@@ -6,7 +6,7 @@
 //! does not survive the store's JSON. PRODUCT.md ("Hardening: Values") says such a
 //! delivery is `malformed`: stored raw, acknowledged, listed, and every other answer
 //! stays correct. The second (at the end of the file): an open enum's normal form was not
-//! its own normal form.
+//! its own normal form, the likely cause of a `parse` crash in CI whose input was lost.
 
 use entitlement_sync::event::{parse, Event};
 use entitlement_sync::{Delivery, Engine, Outcome};
@@ -168,14 +168,20 @@ fn grant_snapshot_with_instant_beyond_9999_round_trips_or_is_refused() {
     // Either the parser refuses the instant (then the engine stores it as malformed), or
     // what it parsed reads back equal.
     if let Ok(env) = parse(&body) {
-        let Event::Grant(snap) = env.event else {
-            panic!("not a grant")
-        };
-        let json = serde_json::to_string(&snap.body).expect("serialize");
-        let back: entitlement_sync::event::Grant =
-            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-        assert_eq!(back, snap.body);
+        assert_grant_reads_back(env.event, BEYOND_9999);
     }
+}
+
+/// The typed grant snapshot survives the store's JSON: serialised and read back, it is
+/// equal to itself.
+fn assert_grant_reads_back(event: Event, case: &str) {
+    let Event::Grant(snap) = event else {
+        panic!("not a grant: {case:?}")
+    };
+    let json = serde_json::to_string(&snap.body).expect("serialize");
+    let back: entitlement_sync::event::Grant =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(back, snap.body, "{case:?}");
 }
 
 #[test]
@@ -295,7 +301,9 @@ fn refund_created_at_beyond_9999_is_malformed() {
     assert_contained(&body, ("cus_1", "ent_1"));
 }
 
-/// The `parse` target's second finding: an unknown status or reason whose spelling holds
+/// The class behind the `parse` target's second crash (CI's input was lost; this class was
+/// found by reading `wire::normalize` and fails this test on the code before the fix): an
+/// unknown status or reason whose spelling holds
 /// an upper-case letter without a lower-case form (`ℂ`, `𝐀`) after a cased letter was
 /// normalised differently the second time (`Aℂ` → `aℂ` → `a_ℂ`), so the stored snapshot
 /// read back as another value. Every open enum of a grant must read back as itself.
@@ -306,12 +314,6 @@ fn grant_with_an_uncased_capital_in_its_status_and_reason_round_trips() {
         data["revocation_reason"] = Value::from(spelling);
         let body = envelope("entitlement_grant.revoked", "2026-05-01T10:00:00Z", data);
         let env = parse(&body).expect("parses");
-        let Event::Grant(snap) = env.event else {
-            panic!("not a grant")
-        };
-        let json = serde_json::to_string(&snap.body).expect("serialize");
-        let back: entitlement_sync::event::Grant =
-            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-        assert_eq!(back, snap.body, "{spelling:?}");
+        assert_grant_reads_back(env.event, spelling);
     }
 }
