@@ -12,7 +12,7 @@
 use crate::fold::{Snap, VersionKey};
 use crate::wire::{
     de_decimal, de_lenient_bool, de_opt_decimal, de_opt_i64, de_opt_id, de_opt_timestamp,
-    de_timestamp, open_enum, Timestamp,
+    de_timestamp, open_enum, ser_opt_timestamp, ser_timestamp, Timestamp,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -192,7 +192,7 @@ struct RawEnvelope {
     business_id: Option<String>,
     #[serde(rename = "type")]
     event_type: String,
-    #[serde(deserialize_with = "de_timestamp")]
+    #[serde(deserialize_with = "de_timestamp", serialize_with = "ser_timestamp")]
     timestamp: Timestamp,
     #[serde(default)]
     data: serde_json::Value,
@@ -424,7 +424,11 @@ pub struct GrantLicenseKey {
     #[serde(default)]
     pub key: String,
     /// When the key stops being valid (`None`: never).
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub expires_at: Option<Timestamp>,
     /// Activations used so far.
     #[serde(default, deserialize_with = "de_opt_i64")]
@@ -452,16 +456,32 @@ pub struct Grant {
     #[serde(default)]
     pub revocation_reason: Option<RevocationReason>,
     /// Creation time.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub created_at: Option<Timestamp>,
     /// Last modification: the grant's version.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub updated_at: Option<Timestamp>,
     /// When it was delivered.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub delivered_at: Option<Timestamp>,
     /// When it was revoked.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub revoked_at: Option<Timestamp>,
     /// Machine-readable failure code.
     #[serde(default)]
@@ -479,7 +499,11 @@ pub struct Grant {
     #[serde(default)]
     pub oauth_url: Option<String>,
     /// When `oauth_url` stops working.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub oauth_expires_at: Option<Timestamp>,
     /// The license key, for license-key grants.
     #[serde(default)]
@@ -525,28 +549,56 @@ pub struct Subscription {
     #[serde(default, deserialize_with = "de_opt_i64")]
     pub quantity: Option<i64>,
     /// End of the current period.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub next_billing_date: Option<Timestamp>,
     /// Start of the current period.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub previous_billing_date: Option<Timestamp>,
     /// Cancellation scheduled at the period end.
     #[serde(default, deserialize_with = "de_lenient_bool")]
     pub cancel_at_next_billing_date: bool,
     /// When it was cancelled.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub cancelled_at: Option<Timestamp>,
     /// When it was paused.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub paused_at: Option<Timestamp>,
     /// When the term ends, if it does.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub expires_at: Option<Timestamp>,
     /// When the `past_due` grace ends.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub past_due_ends_at: Option<Timestamp>,
     /// Creation time.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub created_at: Option<Timestamp>,
     /// Recurring amount before tax, minor units.
     #[serde(default, deserialize_with = "de_opt_decimal")]
@@ -573,7 +625,11 @@ pub struct ScheduledChange {
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub quantity: Option<i64>,
     /// When the change takes effect.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<String>, format = DateTime))]
     pub effective_at: Option<Timestamp>,
     /// The new product's name, when given.
@@ -640,7 +696,11 @@ pub struct PaymentRefund {
     #[serde(default, deserialize_with = "de_lenient_bool")]
     pub is_partial: bool,
     /// Creation time.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub created_at: Option<Timestamp>,
     /// Amount, minor units.
     #[serde(default, deserialize_with = "de_opt_decimal")]
@@ -655,7 +715,11 @@ pub struct PaymentDispute {
     /// Status.
     pub dispute_status: DisputeStatus,
     /// Creation time.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub created_at: Option<Timestamp>,
 }
 
@@ -689,10 +753,18 @@ pub struct Payment {
     #[serde(default, deserialize_with = "de_vec_or_null")]
     pub disputes: Vec<PaymentDispute>,
     /// Creation time.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub created_at: Option<Timestamp>,
     /// Last modification, when present: the payment's version.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub updated_at: Option<Timestamp>,
     /// Failure code.
     #[serde(default)]
@@ -750,7 +822,11 @@ pub struct Refund {
     #[serde(default)]
     pub currency: Option<String>,
     /// Creation time.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub created_at: Option<Timestamp>,
 }
 
@@ -817,7 +893,11 @@ pub struct Dispute {
     #[serde(default, deserialize_with = "de_lenient_bool")]
     pub is_resolved_by_rdr: bool,
     /// Creation time.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub created_at: Option<Timestamp>,
 }
 
@@ -846,7 +926,11 @@ pub struct LicenseKey {
     /// Status.
     pub status: LicenseKeyStatus,
     /// Expiry, if any.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub expires_at: Option<Timestamp>,
     /// Activations used.
     #[serde(default, deserialize_with = "de_opt_i64")]
@@ -861,7 +945,11 @@ pub struct LicenseKey {
     #[serde(default, deserialize_with = "de_opt_id")]
     pub subscription_id: Option<String>,
     /// Creation time.
-    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_timestamp",
+        serialize_with = "ser_opt_timestamp"
+    )]
     pub created_at: Option<Timestamp>,
 }
 
@@ -896,7 +984,7 @@ pub struct CreditEntry {
     #[serde(default, deserialize_with = "de_lenient_bool")]
     pub is_credit: bool,
     /// When the entry was written: its position in the ledger.
-    #[serde(deserialize_with = "de_timestamp")]
+    #[serde(deserialize_with = "de_timestamp", serialize_with = "ser_timestamp")]
     pub created_at: Timestamp,
     /// Free text.
     #[serde(default)]

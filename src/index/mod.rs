@@ -40,7 +40,7 @@ use compact::*;
 use payments::*;
 
 /// What a grant row contributes: the fields an answer reads, nothing else.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct GrantRow {
     id: String,
     customer: String,
@@ -80,7 +80,7 @@ impl GrantRow {
 /// makes of a stored row, or, where the typed state is at hand (a rebuild's fold), one
 /// of the constructors below with the row's `as_of` and `since` (the instants as the
 /// store keeps them, to the microsecond). Both ways give the same row.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Decoded(Row);
 
 impl Decoded {
@@ -162,7 +162,7 @@ impl Decoded {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Row {
     Grant(Box<GrantRow>),
     Subscription(SubscriptionFacts),

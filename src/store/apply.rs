@@ -3,7 +3,7 @@
 //! history rows, the access changes it makes, and the raw delivery row with its outcome.
 
 use super::families::{with_family, Stored};
-use super::feed::{self, Feed, Links};
+use super::feed::{self, Feed, Fresh, Links};
 use super::history::{load_step, write_step_keyed};
 use super::refold::refold;
 use super::sql::{args, Db};
@@ -15,7 +15,7 @@ use crate::delivery::{Delivery, Outcome, Prepared};
 use crate::event::{self, Kind, SubscriptionStatus};
 use crate::fold::{Current, Rejection, Snap};
 use crate::plan::{self, Place};
-use crate::wire::format_timestamp;
+use crate::wire::{format_timestamp, kept_timestamp};
 
 /// Applies one delivery inside the caller's transaction.
 pub(super) fn apply_one(
@@ -90,7 +90,8 @@ pub(super) fn apply_one(
                     }
                     let cause = Cause::of_delivery(&d.id, &env.event_type);
                     for pair in &pairs {
-                        feed::evaluate(tx, pair, feed, at, |_, _| cause.clone())?;
+                        let fresh = done.fresh.as_ref();
+                        feed::evaluate(tx, pair, feed, at, fresh, |_, _| cause.clone())?;
                     }
                 }
                 row.object = Some((kind, id));
@@ -186,6 +187,9 @@ struct Done {
     /// The state row's links before and after (`None`: no state).
     before: Option<Links>,
     after: Option<Links>,
+    /// The state row as the access index reads it, when this snapshot wrote it as the
+    /// newest (a re-fold leaves the pairs to read it back).
+    fresh: Option<Fresh>,
 }
 
 /// The links of a state.
@@ -196,6 +200,21 @@ pub(super) fn links_of<T: Stored>(state: &Current<T>) -> Links {
         ref_id: body.ref_id().map(str::to_string),
         status: body.status_name().to_string(),
     }
+}
+
+/// The access index's row of a state just written (`None` for the kinds it does not
+/// hold, and for instants the row cannot keep: that row does not decode either).
+fn fresh_of<T: Stored>(id: &str, state: &Current<T>) -> Option<Fresh> {
+    if !T::KIND.in_index() {
+        return None;
+    }
+    let as_of = kept_timestamp(&state.snap.key.at)?;
+    let since = kept_timestamp(&state.since)?;
+    Some(Fresh {
+        kind: T::KIND,
+        id: id.to_string(),
+        decoded: state.snap.body.clone().decoded(as_of, since),
+    })
 }
 
 /// Folds one new snapshot into its object, as the planner says.
@@ -232,6 +251,7 @@ fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>)
                 }
             }
             let detail = append.step.rejection().map(Rejection::message);
+            let fresh = append.state.as_ref().and_then(|state| fresh_of(&id, state));
             let before = head.map(|h| h.links);
             let after = append
                 .state
@@ -245,6 +265,7 @@ fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>)
                 changed: append.state.is_some(),
                 before,
                 after,
+                fresh,
             })
         }
         Place::Known => {
@@ -272,6 +293,7 @@ fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>)
                 changed: false,
                 after: before.clone(),
                 before,
+                fresh: None,
             })
         }
         Place::Within => {
@@ -296,6 +318,7 @@ fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>)
                 changed,
                 before: Some(head.links),
                 after: Some(after),
+                fresh: None,
             })
         }
     }

@@ -20,7 +20,7 @@ use crate::event::{self, Event, Kind};
 use crate::fold::{self, Entry};
 use crate::index::Index;
 use crate::plan;
-use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
+use crate::wire::kept_timestamp;
 use std::collections::{BTreeSet, HashMap};
 
 /// Deliveries a rebuild reads (and parses in parallel) at a time.
@@ -567,8 +567,10 @@ fn write_group<T: Stored>(
     }
     // The instants as the row keeps them (to the microsecond), as a read of the row
     // would give them; an instant the store cannot write back decodes to no row.
-    let kept = |t: &Timestamp| parse_timestamp(&format_timestamp(t));
-    let instants = (kept(&state.snap.key.at), kept(&state.since));
+    let instants = (
+        kept_timestamp(&state.snap.key.at),
+        kept_timestamp(&state.since),
+    );
     if let (true, (Some(as_of), Some(since)), Some(state)) =
         (T::KIND.in_index(), instants, folded.state)
     {
@@ -704,6 +706,7 @@ fn parse_all(chunk: &[Read]) -> Vec<Result<event::Envelope, event::ParseError>> 
 mod tests {
     use super::*;
     use crate::store::ObjectRow;
+    use crate::wire::{format_timestamp, parse_timestamp, Timestamp};
 
     /// The index a rebuild builds from its folded states is the one a read of the rows
     /// it wrote would build: for every real-shaped payload of the families the index

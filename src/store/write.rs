@@ -382,7 +382,7 @@ fn evaluate_pairs(
 ) -> Result<()> {
     pairs.extend(feed::pairs_of(tx, kind, id)?);
     for pair in &pairs {
-        feed::evaluate(tx, pair, feed, at, &cause)?;
+        feed::evaluate(tx, pair, feed, at, None, &cause)?;
     }
     Ok(())
 }
