@@ -232,6 +232,31 @@ pub(super) fn pair_rows(
     subscriptions.dedup();
     payments.sort_unstable();
     payments.dedup();
+    if subscriptions.len() <= 1 && payments.len() <= 1 {
+        // Most pairs: at most one subscription and one payment behind their grants. The
+        // same rows in the same order as the statements below, in one statement (an id
+        // bound as NULL matches no row): the writer reads a pair for every delivery, and
+        // each statement costs it its own execution.
+        conn.for_each(
+            "SELECT kind, id, as_of, since, body FROM objects
+              WHERE kind = 'subscription' AND id = ?1
+             UNION ALL
+             SELECT kind, id, as_of, since, body FROM objects
+              WHERE kind = 'payment' AND id = ?2
+             UNION ALL
+             SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
+              WHERE kind = 'dispute' AND ref_id = ?2 AND kind <> 'grant'
+             UNION ALL
+             SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
+              WHERE kind = 'refund' AND ref_id = ?2 AND kind <> 'grant'",
+            args![subscriptions.first(), payments.first()],
+            &mut |r| {
+                rows.push(ObjectRow::from_row(r)?);
+                Ok(())
+            },
+        )?;
+        return Ok(rows);
+    }
     for (kind, ids) in [("subscription", &subscriptions), ("payment", &payments)] {
         for id in ids {
             if let Some(row) = conn.row(
