@@ -69,16 +69,7 @@ pub(super) fn apply_one(
                 let at = feed.tick(d.received_at);
                 feed::advance(tx, feed, at)?;
                 let done = with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
-                // A subscription that neither was nor is in a status that can bear on
-                // an answer (`active` renewed, `past_due`) changes none: skip the pairs.
-                let matters = |links: &Option<Links>| {
-                    links.as_ref().is_some_and(|l| {
-                        access::subscription_status_matters(&SubscriptionStatus::parse(&l.status))
-                    })
-                };
-                let inert =
-                    kind == Kind::Subscription && !matters(&done.before) && !matters(&done.after);
-                if done.changed && !inert {
+                if done.changed && !inert(kind, &done.before, &done.after) {
                     // The pairs it backs now, and those a grant, refund or dispute backed
                     // before (an accepted snapshot may move it).
                     let mut pairs = feed::pairs_from(tx, kind, &id, done.after.as_ref())?;
@@ -202,6 +193,17 @@ pub(super) fn links_of<T: Stored>(state: &Current<T>) -> Links {
     }
 }
 
+/// Whether a change between these links can change no answer: a subscription that
+/// neither was nor is in a status that can bear on one (`active` renewed, `past_due`).
+fn inert(kind: Kind, before: &Option<Links>, after: &Option<Links>) -> bool {
+    let matters = |links: &Option<Links>| {
+        links.as_ref().is_some_and(|l| {
+            access::subscription_status_matters(&SubscriptionStatus::parse(&l.status))
+        })
+    };
+    kind == Kind::Subscription && !matters(before) && !matters(after)
+}
+
 /// The access index's row of a state just written (`None` for the kinds it does not
 /// hold, and for instants the row cannot keep: that row does not decode either).
 fn fresh_of<T: Stored>(id: &str, state: &Current<T>) -> Option<Fresh> {
@@ -251,13 +253,16 @@ fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>)
                 }
             }
             let detail = append.step.rejection().map(Rejection::message);
-            let fresh = append.state.as_ref().and_then(|state| fresh_of(&id, state));
             let before = head.map(|h| h.links);
             let after = append
                 .state
                 .as_ref()
                 .map(links_of)
                 .or_else(|| before.clone());
+            // Only for the pairs `apply_one` evaluates.
+            let fresh = (!inert(T::KIND, &before, &after))
+                .then(|| append.state.as_ref().and_then(|state| fresh_of(&id, state)))
+                .flatten();
             Ok(Done {
                 outcome: append.outcome,
                 key,

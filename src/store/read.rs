@@ -232,11 +232,14 @@ pub(super) fn pair_rows(
     subscriptions.dedup();
     payments.sort_unstable();
     payments.dedup();
-    if subscriptions.len() <= 1 && payments.len() <= 1 {
-        // Most pairs: at most one subscription and one payment behind their grants. The
-        // same rows in the same order as the statements below, in one statement (an id
-        // bound as NULL matches no row): the writer reads a pair for every delivery, and
-        // each statement costs it its own execution.
+    // A subscription, a payment and that payment's disputes and refunds in one statement
+    // (an id bound as NULL matches no row), as many times as the longer list: most pairs
+    // need one execution, and the writer reads a pair for every delivery. The rows'
+    // order does not matter to the index. Not `kind IN (...)`: SQLite runs an IN list
+    // through an ephemeral table, whose page cache (~86 KB) is allocated and freed again
+    // on every execution (page faults in the writer). `kind <> 'grant'` is the
+    // `objects_ref` index's condition (it holds no grants), which SQLite must see written.
+    for at in 0..subscriptions.len().max(payments.len()) {
         conn.for_each(
             "SELECT kind, id, as_of, since, body FROM objects
               WHERE kind = 'subscription' AND id = ?1
@@ -249,37 +252,7 @@ pub(super) fn pair_rows(
              UNION ALL
              SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
               WHERE kind = 'refund' AND ref_id = ?2 AND kind <> 'grant'",
-            args![subscriptions.first(), payments.first()],
-            &mut |r| {
-                rows.push(ObjectRow::from_row(r)?);
-                Ok(())
-            },
-        )?;
-        return Ok(rows);
-    }
-    for (kind, ids) in [("subscription", &subscriptions), ("payment", &payments)] {
-        for id in ids {
-            if let Some(row) = conn.row(
-                "SELECT kind, id, as_of, since, body FROM objects WHERE kind = ?1 AND id = ?2",
-                args![kind, id],
-            )? {
-                rows.push(ObjectRow::from_row(row)?);
-            }
-        }
-    }
-    for payment in &payments {
-        // One statement for both kinds: two seeks of the same index. Not `kind IN
-        // (...)`: SQLite runs an IN list through an ephemeral table, whose page cache
-        // (~86 KB) is allocated and freed again on every execution (page faults in the
-        // writer, which reads a pair's rows for every delivery). `kind <> 'grant'` is
-        // the index's condition (it holds no grants), which SQLite must see written.
-        conn.for_each(
-            "SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
-              WHERE kind = 'dispute' AND ref_id = ?1 AND kind <> 'grant'
-             UNION ALL
-             SELECT kind, id, as_of, since, body FROM objects INDEXED BY objects_ref
-              WHERE kind = 'refund' AND ref_id = ?1 AND kind <> 'grant'",
-            args![payment],
+            args![subscriptions.get(at), payments.get(at)],
             &mut |r| {
                 rows.push(ObjectRow::from_row(r)?);
                 Ok(())
