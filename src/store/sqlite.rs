@@ -248,9 +248,29 @@ pub fn open(path: &Path) -> Result<Connection> {
 /// writer's time when it commits one delivery at a time).
 const STATEMENT_CACHE: usize = 256;
 
+/// Plans each cached statement once, whatever is bound to it.
+///
+/// Without the query planner stability guarantee SQLite may plan with the values bound:
+/// a `LIMIT ?`, or any `column = ?` that an index leaves to a filter, marks the statement
+/// to be re-planned when that value changes. rusqlite clears a statement's bindings when
+/// it goes back to the cache, and SQLite expires every statement so marked when its
+/// bindings are cleared, so each such statement was parsed and planned again on every
+/// use: under `serve`'s webhook load three history reads of the out-of-order path did
+/// so about 1,100 times a second each, 7 % of the writer's time (docs/benchmarks.md,
+/// twelfth sitting). Our statements name their indexes by their conditions and never
+/// rely on a bound value to pick one, so a plan made once is the plan they want.
+fn plan_once(conn: &Connection) -> Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    plan_once(conn)?;
     // WAL: readers never wait behind the writer. FULL: a commit is on disk before we
     // acknowledge (the engine's writer switches to NORMAL and syncs the log itself:
     // `Log`). Never ANALYZE/optimize: STAT4 makes every point lookup re-plan.
@@ -383,7 +403,7 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    plan_once(&conn)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     check_version(&conn)?;
     Ok(conn)
@@ -436,6 +456,56 @@ pub fn migrate(conn: &Connection) -> Result<()> {
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    /// A cached statement is planned once: neither a `LIMIT ?` nor a `column = ?` that
+    /// the index leaves to a filter may make SQLite re-plan it when it comes back from
+    /// the cache with other values (the reprepare loop of docs/benchmarks.md, twelfth
+    /// sitting). Both the writer's and a reader's connections.
+    #[test]
+    fn cached_statements_are_not_re_planned_for_new_bindings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        let writer = open(&path).unwrap();
+        let reader = open_reader(&path).unwrap();
+        // The shapes of `history::since_of` and `history::load_steps_from`.
+        let queries = [
+            "SELECT version_key FROM history
+              WHERE kind = ?1 AND object_id = ?2 AND starts_run = 1
+              ORDER BY version_key DESC LIMIT 1",
+            "SELECT version_key FROM history WHERE kind = ?1 AND object_id = ?2 AND version_key > ?3
+              ORDER BY version_key LIMIT ?4",
+        ];
+        for conn in [&writer, &reader] {
+            for sql in queries {
+                let count = sql.matches('?').count();
+                for round in 0..4_i64 {
+                    let mut stmt = conn.prepare_cached(sql).unwrap();
+                    for i in 1..=count {
+                        let value: rusqlite::types::Value = if i == 4 {
+                            (round + 1).into()
+                        } else {
+                            format!("v{round}").into()
+                        };
+                        stmt.raw_bind_parameter(i, value).unwrap();
+                    }
+                    let mut rows = stmt.raw_query();
+                    while rows.next().unwrap().is_some() {}
+                    drop(rows);
+                    assert_eq!(
+                        stmt.get_status(StatementStatus::RePrepare),
+                        0,
+                        "re-planned on round {round}: {sql}"
+                    );
+                }
+            }
         }
     }
 }
