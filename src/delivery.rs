@@ -45,9 +45,9 @@ impl Delivery {
 }
 
 /// A delivery with the work that needs no store done ahead of the writer: the hash of
-/// its body (half of the idempotency key) and its parse. Both are pure functions of the
-/// bytes, so they run on the caller's thread, in parallel, and the single writer thread
-/// only reads and writes the store.
+/// its body (half of the idempotency key), its parse, and the JSON its snapshot is
+/// stored as. All are pure functions of the bytes, so they run on the caller's thread,
+/// in parallel, and the single writer thread only reads and writes the store.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The delivery as it arrived.
@@ -57,25 +57,46 @@ pub struct Prepared {
     /// `event::parse(&delivery.body)`; `None` once taken (the store re-parses if it has
     /// to apply the delivery again, as when a batch is retried one by one).
     pub parsed: Option<Result<Envelope, ParseError>>,
+    /// The parsed snapshot as the store writes it ([`event::Event::state_json`]): the
+    /// writer takes it when the snapshot becomes the object's state as it is, instead
+    /// of serialising it on its own thread. `None`: the writer serialises.
+    pub(crate) state_json: Option<String>,
+}
+
+/// What [`Prepared::ahead`] computes from a delivery's bytes.
+pub(crate) struct Ahead {
+    body_sha256: String,
+    parsed: Result<Envelope, ParseError>,
+    state_json: Option<String>,
 }
 
 impl Prepared {
     /// Hashes and parses `delivery`.
     pub fn new(delivery: Delivery) -> Prepared {
-        let (body_sha256, parsed) = Prepared::ahead(&delivery);
-        Prepared {
-            delivery,
-            body_sha256,
-            parsed: Some(parsed),
+        let ahead = Prepared::ahead(&delivery);
+        Prepared::with(delivery, ahead)
+    }
+
+    /// The work [`Prepared::new`] does: the body's hash, its parse and its snapshot's
+    /// JSON.
+    pub(crate) fn ahead(delivery: &Delivery) -> Ahead {
+        let parsed = event::parse(&delivery.body);
+        let state_json = parsed.as_ref().ok().and_then(|e| e.event.state_json());
+        Ahead {
+            body_sha256: hex(&Sha256::digest(&delivery.body)),
+            parsed,
+            state_json,
         }
     }
 
-    /// The work [`Prepared::new`] does: the body's hash and its parse.
-    pub(crate) fn ahead(delivery: &Delivery) -> (String, Result<Envelope, ParseError>) {
-        (
-            hex(&Sha256::digest(&delivery.body)),
-            event::parse(&delivery.body),
-        )
+    /// `delivery` with the work [`Prepared::ahead`] did on it.
+    pub(crate) fn with(delivery: Delivery, ahead: Ahead) -> Prepared {
+        Prepared {
+            delivery,
+            body_sha256: ahead.body_sha256,
+            parsed: Some(ahead.parsed),
+            state_json: ahead.state_json,
+        }
     }
 
     /// The parse: the one made ahead if it is still here, else a new one.

@@ -108,6 +108,24 @@ impl Event {
             Event::Unhandled => return None,
         })
     }
+
+    /// Its typed snapshot as JSON: what the store writes as the object's state when the
+    /// snapshot becomes it. Pure, so it runs ahead of the writer (see
+    /// [`crate::delivery::Prepared`]); `None` for [`Event::Unhandled`].
+    pub(crate) fn state_json(&self) -> Option<String> {
+        let json = match self {
+            Event::Grant(s) => serde_json::to_string(&s.body),
+            Event::Subscription(s) => serde_json::to_string(&s.body),
+            Event::Payment(s) => serde_json::to_string(&s.body),
+            Event::Refund(s) => serde_json::to_string(&s.body),
+            Event::Dispute(s) => serde_json::to_string(&s.body),
+            Event::LicenseKey(s) => serde_json::to_string(&s.body),
+            Event::CreditEntry(s) => serde_json::to_string(&s.body),
+            Event::CreditBalanceLow(s) => serde_json::to_string(&s.body),
+            Event::Unhandled => return None,
+        };
+        json.ok()
+    }
 }
 
 /// The families of objects the engine folds: one variant per [`Event`] variant that

@@ -601,11 +601,7 @@ fn prepare_all(deliveries: Vec<Delivery>) -> Vec<Prepared> {
     deliveries
         .into_iter()
         .zip(ahead.into_iter().flatten())
-        .map(|(delivery, (body_sha256, parsed))| Prepared {
-            delivery,
-            body_sha256,
-            parsed: Some(parsed),
-        })
+        .map(|(delivery, ahead)| Prepared::with(delivery, ahead))
         .collect()
 }
 

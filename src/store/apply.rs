@@ -68,7 +68,8 @@ pub(super) fn apply_one(
                 // Time first: what became due before this delivery is time's doing.
                 let at = feed.tick(d.received_at);
                 feed::advance(tx, feed, at)?;
-                let done = with_family!(kind, apply_snapshot(tx, env.event, &arrival))?;
+                let json = p.state_json.as_deref();
+                let done = with_family!(kind, apply_snapshot(tx, env.event, json, &arrival))?;
                 if done.changed && !inert(kind, &done.before, &done.after) {
                     // The pairs it backs now, and those a grant, refund or dispute backed
                     // before (an accepted snapshot may move it).
@@ -219,8 +220,14 @@ fn fresh_of<T: Stored>(id: &str, state: &Current<T>) -> Option<Fresh> {
     })
 }
 
-/// Folds one new snapshot into its object, as the planner says.
-fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>) -> Result<Done> {
+/// Folds one new snapshot into its object, as the planner says. `json`: the snapshot's
+/// [`event::Event::state_json`], if made ahead.
+fn apply_snapshot<T: Stored>(
+    tx: &dyn Db,
+    event: event::Event,
+    json: Option<&str>,
+    at: &Arrival<'_>,
+) -> Result<Done> {
     let snap =
         T::from_event(event).ok_or_else(|| StoreError::Corrupt("event family mismatch".into()))?;
     let id = snap.body.object_id().to_string();
@@ -242,7 +249,10 @@ fn apply_snapshot<T: Stored>(tx: &dyn Db, event: event::Event, at: &Arrival<'_>)
                 Some(state) => {
                     let keys = (key.as_str(), key.as_str());
                     let exists = head.is_some();
-                    upsert_object_keyed(tx, &id, state, keys, at.delivery_id, at.seq, exists)?;
+                    // The JSON made ahead is this state's when the state is the snapshot.
+                    let json = json.filter(|_| state.snap.body == snap.body);
+                    let (row, seq) = (at.delivery_id, at.seq);
+                    upsert_object_keyed(tx, &id, state, keys, row, seq, exists, json)?;
                 }
                 None => {
                     tx.exec(

@@ -555,7 +555,7 @@ fn write_group<T: Stored>(
         .map(|s| s.delivery_id.as_str())
         .unwrap_or_default();
     let (state_key, max_key) = (state.snap.key.encode(), max_key.encode());
-    let text = ObjectText::of(state)?;
+    let text = ObjectText::of(state, None)?;
     let values = object_args(id, state, (&state_key, &max_key), delivery_id, seq, &text);
     // The row's key columns are the map's; `seq` says when it was written, not what.
     let same = stored_object

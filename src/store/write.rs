@@ -440,7 +440,7 @@ pub(super) fn upsert_object<T: Stored>(
 ) -> Result<()> {
     let (state_key, max_key) = (state.snap.key.encode(), max_key.encode());
     let keys = (state_key.as_str(), max_key.as_str());
-    upsert_object_keyed(tx, id, state, keys, delivery_id, seq, exists)
+    upsert_object_keyed(tx, id, state, keys, delivery_id, seq, exists, None)
 }
 
 /// [`upsert_object`] with the state's and the newest key already encoded.
@@ -451,6 +451,9 @@ pub(super) fn upsert_object<T: Stored>(
 /// columns are set: four fewer index pages written per update (only `objects_seq` is
 /// rewritten). (PostgreSQL skips
 /// unchanged index entries by itself, and pays per statement: one upsert there.)
+///
+/// `json`: the state's body as JSON when already made (see [`ObjectText::of`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn upsert_object_keyed<T: Stored>(
     tx: &dyn Db,
     id: &str,
@@ -459,8 +462,9 @@ pub(super) fn upsert_object_keyed<T: Stored>(
     delivery_id: &str,
     seq: i64,
     exists: bool,
+    json: Option<&str>,
 ) -> Result<()> {
-    let text = ObjectText::of(state)?;
+    let text = ObjectText::of(state, json)?;
     write_object(
         tx,
         &object_args(id, state, keys, delivery_id, seq, &text),
@@ -486,17 +490,24 @@ pub(super) const OBJECT_SEQ_COLUMN: usize = 11;
 
 /// The text an object's row holds beside its borrowed values: the state as JSON and
 /// its two instants.
-pub(super) struct ObjectText {
-    body: String,
+pub(super) struct ObjectText<'j> {
+    body: std::borrow::Cow<'j, str>,
     as_of: String,
     since: String,
 }
 
-impl ObjectText {
-    pub(super) fn of<T: Stored>(state: &Current<T>) -> Result<ObjectText> {
+impl<'j> ObjectText<'j> {
+    /// The text of `state`'s row; `json`, if given, must be `state.snap.body` as JSON
+    /// (made ahead of the writer: [`crate::event::Event::state_json`]).
+    pub(super) fn of<T: Stored>(state: &Current<T>, json: Option<&'j str>) -> Result<Self> {
+        let body = match json {
+            Some(json) => json.into(),
+            None => serde_json::to_string(&state.snap.body)
+                .map_err(|e| StoreError::Corrupt(format!("encode {}: {e}", T::KIND)))?
+                .into(),
+        };
         Ok(ObjectText {
-            body: serde_json::to_string(&state.snap.body)
-                .map_err(|e| StoreError::Corrupt(format!("encode {}: {e}", T::KIND)))?,
+            body,
             as_of: format_timestamp(&state.snap.key.at),
             since: format_timestamp(&state.since),
         })
@@ -510,7 +521,7 @@ pub(super) fn object_args<'a, T: Stored>(
     (state_key, max_key): (&'a str, &'a str),
     delivery_id: &'a str,
     seq: i64,
-    text: &'a ObjectText,
+    text: &'a ObjectText<'_>,
 ) -> [Arg<'a>; 14] {
     let b = &state.snap.body;
     let (grant_subscription, grant_payment) = b.grant_links();
@@ -525,7 +536,7 @@ pub(super) fn object_args<'a, T: Stored>(
         state_key,
         max_key,
         delivery_id,
-        &text.body,
+        &*text.body,
         seq,
         grant_subscription,
         grant_payment,
@@ -606,6 +617,62 @@ mod tests {
         let mut writer = Writer::open(&path)?;
         let log = writer.defer_sync().expect("SQLite defers");
         Ok((path, writer, log))
+    }
+
+    /// The object rows of a store, every column but `seq`, in key order.
+    fn object_rows(writer: &Writer) -> Vec<Vec<Option<String>>> {
+        let conn = writer.db.as_sqlite().expect("sqlite");
+        let mut stmt = conn
+            .prepare(
+                "SELECT kind, id, customer_id, ref_id, status, as_of, since, state_key, max_key,
+                        delivery_id, body, grant_subscription_id, grant_payment_id
+                   FROM objects ORDER BY kind, id",
+            )
+            .expect("prepare");
+        stmt.query_map([], |r| (0..13).map(|i| r.get(i)).collect())
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    /// The JSON made ahead of the writer is the JSON the writer makes: every real-shaped
+    /// payload, ingested once with it and once without, leaves the same object rows.
+    #[test]
+    fn state_json_made_ahead_writes_the_rows_the_writer_would() -> Result<()> {
+        let (with_dir, without_dir) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let mut with = Writer::open(&with_dir.path().join("e.db"))?;
+        let mut without = Writer::open(&without_dir.path().join("e.db"))?;
+        let mut made_ahead = 0;
+        for dir in ["events", "quirks"] {
+            let dir = format!("{}/tests/data/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let mut paths: Vec<_> = std::fs::read_dir(dir)
+                .expect("fixtures")
+                .map(|e| e.expect("fixture").path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let body = std::fs::read_to_string(&path).expect("read");
+                let id = format!("msg_{}", path.display());
+                let ahead = delivery(&id, &body);
+                let mut plain = ahead.clone();
+                made_ahead += usize::from(plain.state_json.take().is_some());
+                let a = with.apply_batch(vec![ahead])?;
+                let b = without.apply_batch(vec![plain])?;
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{}", path.display());
+            }
+        }
+        assert!(
+            made_ahead >= 30,
+            "only {made_ahead} payloads had their JSON made ahead"
+        );
+        let rows = object_rows(&with);
+        assert!(rows.len() >= 20, "{} objects", rows.len());
+        assert_eq!(rows, object_rows(&without));
+        Ok(())
     }
 
     /// Deferred syncs: the connection commits at `synchronous=NORMAL`, the log handle
