@@ -55,7 +55,8 @@ pub struct Prepared {
     /// Lower-case hex SHA-256 of `delivery.body`.
     pub body_sha256: String,
     /// `event::parse(&delivery.body)`; `None` once taken (the store re-parses if it has
-    /// to apply the delivery again, as when a batch is retried one by one).
+    /// to apply the delivery again, as when a batch is retried one by one). Set it to
+    /// `None`, never to another parse, after changing `delivery.body`.
     pub parsed: Option<Result<Envelope, ParseError>>,
     /// The parsed snapshot as the store writes it ([`event::Event::state_json`]): the
     /// writer takes it when the snapshot becomes the object's state as it is, instead
@@ -99,11 +100,17 @@ impl Prepared {
         }
     }
 
-    /// The parse: the one made ahead if it is still here, else a new one.
+    /// The parse: the one made ahead if it is still here, else a new one. A new parse
+    /// also drops the JSON made ahead, which belongs to the parse made ahead: the body
+    /// may have been replaced since.
     pub fn take_parsed(&mut self) -> Result<Envelope, ParseError> {
-        self.parsed
-            .take()
-            .unwrap_or_else(|| event::parse(&self.delivery.body))
+        match self.parsed.take() {
+            Some(parsed) => parsed,
+            None => {
+                self.state_json = None;
+                event::parse(&self.delivery.body)
+            }
+        }
     }
 }
 

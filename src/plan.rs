@@ -115,6 +115,8 @@ pub struct Refold<T> {
     run_start: Option<VersionKey>,
     /// The verdict of the snapshot the re-fold is for (the first fed with no stored step).
     subject: Option<bool>,
+    /// No convergence on a step before this key ([`Refold::through`]).
+    through: Option<VersionKey>,
 }
 
 /// What a [`Refold`] decided.
@@ -162,7 +164,16 @@ impl<T: Machine> Refold<T> {
             converged: None,
             run_start: None,
             subject: None,
+            through: None,
         }
+    }
+
+    /// Goes on through the stored step at `last` even where the fold meets the stored
+    /// history before it. An accept of several keys needs this: between two of them the
+    /// fold may meet an unchanged step, but the later key's verdict still changes.
+    pub fn through(mut self, last: VersionKey) -> Self {
+        self.through = Some(last);
+        self
     }
 
     /// Feeds the next distinct snapshot in key order, carried by `delivery_id` (its
@@ -177,7 +188,7 @@ impl<T: Machine> Refold<T> {
     ) -> Flow {
         let step = self.folder.push(snap, delivery_id, accepted);
         match stored {
-            Some(old) if &step == old => {
+            Some(old) if &step == old && self.through.is_none_or(|k| step.key >= k) => {
                 self.converged = Some(step.key);
                 return Flow::Converged;
             }

@@ -54,6 +54,9 @@ pub(super) fn refold<T: Stored>(
     // The state each stored step met, as stored: followed along the old history.
     let mut stored_state = before.as_ref().map(|c| c.snap.key);
     let mut refold = Refold::new(before);
+    if let Some(last) = accept.iter().max() {
+        refold = refold.through(*last);
+    }
     // Where each fed step's representative delivery is.
     let mut delivery_seqs: HashMap<VersionKey, i64> = HashMap::new();
     let mut after = from.encode();

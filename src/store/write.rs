@@ -4,7 +4,7 @@
 
 use super::apply::apply_one;
 use super::families::{kind_of, with_family, Stored};
-use super::feed::{self, Feed, Links, Pair};
+use super::feed::{self, Feed, Links};
 use super::refold::accept_keys;
 use super::sql::{args, Arg, Backend, Db, Mode, Tx};
 use super::{Context, Location, RebuildStats, Result, StoreError, WriteStore};
@@ -293,24 +293,42 @@ impl WriteStore for Writer {
                 StoreError::UnknownDelivery(delivery_id.to_string())
             });
         };
-        let mut keys = Vec::new();
-        for (body_sha256, _, _, key) in &quarantined {
+        // The keys to accept, by object: one webhook id may have carried bodies of
+        // several objects, and each is re-folded with its own.
+        let mut objects: Vec<(Kind, String, Vec<VersionKey>)> = Vec::new();
+        for (body_sha256, kind, id, key) in &quarantined {
             tx.exec(
                 "INSERT INTO overrides (delivery_id, body_sha256, accepted_at)
                  VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 args![delivery_id, body_sha256, &format_timestamp(&now)],
             )
             .context("record the override")?;
-            keys.push(decode(key)?);
+            let (kind, key) = (kind_of(kind)?, decode(key)?);
+            match objects.iter_mut().find(|(k, i, _)| *k == kind && i == id) {
+                Some((_, _, keys)) => keys.push(key),
+                None => objects.push((kind, id.clone(), vec![key])),
+            }
         }
-        let kind = kind_of(&kind)?;
-        let before = feed::pairs_of(&*tx, kind, &id)?;
-        with_family!(kind, accept_keys(&*tx, &id, &keys, seq))?;
         let cause = Cause::Operator {
             delivery_id: Some(delivery_id.to_string()),
             detail: "accept".into(),
         };
-        evaluate_pairs(&*tx, &feed, kind, &id, before, at, |_, _| cause.clone())?;
+        // Every object re-folded before any pair is evaluated, so that a pair two of them
+        // back records one change, not one per object.
+        let mut pairs = BTreeSet::new();
+        for (kind, id, _) in &objects {
+            pairs.extend(feed::pairs_of(&*tx, *kind, id)?);
+        }
+        for (kind, id, keys) in &objects {
+            with_family!(*kind, accept_keys(&*tx, id, keys, seq))?;
+        }
+        for (kind, id, _) in &objects {
+            pairs.extend(feed::pairs_of(&*tx, *kind, id)?);
+        }
+        for pair in &pairs {
+            feed::evaluate(&*tx, pair, &feed, at, None, |_, _| cause.clone())?;
+        }
+        let kind = kind_of(&kind)?;
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         self.settle()?;
@@ -368,23 +386,6 @@ pub(super) fn next_seq(tx: &dyn Db) -> Result<i64> {
     )
     .context("bump the change counter")?
     .i64(0)
-}
-
-/// Re-evaluates the pairs an object backs, now and (`before`) before it changed.
-fn evaluate_pairs(
-    tx: &dyn Db,
-    feed: &Feed,
-    kind: Kind,
-    id: &str,
-    mut pairs: BTreeSet<Pair>,
-    at: Timestamp,
-    cause: impl Fn(&crate::change::Answer, &crate::change::Answer) -> Cause,
-) -> Result<()> {
-    pairs.extend(feed::pairs_of(tx, kind, id)?);
-    for pair in &pairs {
-        feed::evaluate(tx, pair, feed, at, None, &cause)?;
-    }
-    Ok(())
 }
 
 /// An object's stored state row.
@@ -672,6 +673,36 @@ mod tests {
         let rows = object_rows(&with);
         assert!(rows.len() >= 20, "{} objects", rows.len());
         assert_eq!(rows, object_rows(&without));
+        Ok(())
+    }
+
+    /// A caller that replaces a prepared delivery's body and drops its parse, as the
+    /// field docs allow, gets the new body stored: the JSON made ahead for the old body
+    /// goes with the old parse.
+    #[test]
+    fn a_replaced_body_is_stored_as_itself_not_as_the_json_made_ahead() -> Result<()> {
+        let (dir, direct_dir) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let mut writer = Writer::open(&dir.path().join("e.db"))?;
+        let mut direct = Writer::open(&direct_dir.path().join("e.db"))?;
+        let body = revoked();
+        let mut p = delivery("msg_1", GRANT);
+        p.delivery.body = body.clone().into_bytes();
+        use sha2::Digest as _;
+        p.body_sha256 = crate::wire::hex(&sha2::Sha256::digest(body.as_bytes()));
+        p.parsed = None;
+        let a = writer.apply_batch(vec![p])?;
+        let b = direct.apply_batch(vec![delivery("msg_1", &body)])?;
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let rows = object_rows(&writer);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows,
+            object_rows(&direct),
+            "stored as the new body alone is"
+        );
         Ok(())
     }
 

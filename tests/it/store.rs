@@ -225,6 +225,125 @@ fn accept_applies_a_quarantined_snapshot_and_survives_rebuild() {
     assert!(engine.has_access("cus_a", "ent_pro", t0() + ms(120_000)));
 }
 
+/// A subscription body; `customer: None` leaves the customer out (it stays unknown).
+fn sub_body(at: &str, status: &str, customer: Option<&str>) -> Vec<u8> {
+    let customer = customer.map_or(String::new(), |c| {
+        format!(r#","customer":{{"customer_id":"{c}"}}"#)
+    });
+    format!(
+        r#"{{"business_id":"bus_1","type":"subscription.updated","timestamp":"{at}","data":{{"subscription_id":"sub_1","status":"{status}"{customer}}}}}"#
+    )
+    .into_bytes()
+}
+
+#[test]
+fn accept_refolds_through_every_body_its_delivery_id_carried_of_one_object() {
+    // One webhook id, retried with a newer payload, carried two bodies of `sub_1`, both
+    // rejected; between them a step that an accept of the first leaves as it was. The
+    // re-fold must not stop at that step: it goes on to the second accepted body.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("e.db");
+    let engine = Engine::open(&path).expect("open");
+    let outcomes: Vec<Outcome> = [
+        (
+            "m_a",
+            sub_body("2026-05-01T10:00:00Z", "active", Some("cus_1")),
+        ),
+        (
+            "m_x",
+            sub_body("2026-05-01T10:01:00Z", "active", Some("cus_2")),
+        ),
+        ("m_s", sub_body("2026-05-01T10:02:00Z", "active", None)),
+        (
+            "m_x",
+            sub_body("2026-05-01T10:03:00Z", "pending", Some("cus_2")),
+        ),
+    ]
+    .into_iter()
+    .map(|(id, body)| engine.ingest(delivery(id, body)).expect("ingest"))
+    .collect();
+    use Outcome::{Applied, Rejected};
+    assert_eq!(outcomes, [Applied, Rejected, Applied, Rejected]);
+    let codes: Vec<String> = engine
+        .rejected()
+        .unwrap()
+        .into_iter()
+        .map(|q| q.code)
+        .collect();
+    assert_eq!(codes, ["identity_changed", "illegal_transition"]);
+
+    let (kind, id) = engine.accept("m_x", t0()).expect("accept");
+    assert_eq!((kind.as_str(), id.as_str()), ("subscription", "sub_1"));
+    assert!(
+        engine.rejected().unwrap().is_empty(),
+        "both bodies accepted"
+    );
+    let accepted = dump(&path);
+    let sub = &accepted.objects[0];
+    assert_eq!((sub[1].as_str(), sub[4].as_str()), ("sub_1", "pending"));
+    engine.rebuild(chrono::Utc::now()).expect("rebuild");
+    assert_eq!(dump(&path), accepted, "accept leaves what a rebuild makes");
+}
+
+#[test]
+fn accept_refolds_every_object_its_delivery_id_carried() {
+    // One webhook id carried restorations of two revoked grants, both rejected.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("e.db");
+    let engine = Engine::open(&path).expect("open");
+    let later = t0() + ms(60_000);
+    let bodies = [
+        ("m1", grant("grant_a", St::Revoked, t0()).reason("manual")),
+        ("m2", grant("grant_b", St::Revoked, t0()).reason("manual")),
+        ("m_x", grant("grant_a", St::Delivered, later)),
+        ("m_x", grant("grant_b", St::Delivered, later + ms(1_000))),
+    ];
+    for (id, g) in bodies {
+        let g = if g.id == "grant_b" {
+            g.entitlement("ent_files")
+        } else {
+            g
+        };
+        engine.ingest(delivery(id, g.body())).expect("ingest");
+    }
+    assert_eq!(engine.rejected().unwrap().len(), 2);
+    let watched = t0() + ms(120_000);
+    let after = engine.changes(0, 100).unwrap().last().map_or(0, |c| c.seq);
+    assert!(!engine.has_access("cus_a", "ent_pro", watched));
+    assert!(!engine.has_access("cus_a", "ent_files", watched));
+
+    let (kind, id) = engine.accept("m_x", t0()).expect("accept");
+    assert_eq!(
+        (kind.as_str(), id.as_str()),
+        ("grant", "grant_a"),
+        "the first by key"
+    );
+    assert!(
+        engine.rejected().unwrap().is_empty(),
+        "both objects re-folded"
+    );
+    assert!(engine.has_access("cus_a", "ent_pro", watched));
+    assert!(engine.has_access("cus_a", "ent_files", watched));
+    let mut changed: Vec<(String, bool, String)> = engine
+        .changes(after, 100)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.entitlement_id, c.allowed, c.cause.kind().to_string()))
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            ("ent_files".to_string(), true, "operator".to_string()),
+            ("ent_pro".to_string(), true, "operator".to_string()),
+        ],
+        "one change per pair, caused by the accept"
+    );
+    let accepted = dump(&path);
+    engine.rebuild(chrono::Utc::now()).expect("rebuild");
+    assert_eq!(dump(&path), accepted, "accept leaves what a rebuild makes");
+}
+
 #[test]
 fn rows_stored_as_malformed_are_picked_up_by_a_rebuild_once_they_parse() {
     let dir = tempfile::tempdir().expect("tempdir");
