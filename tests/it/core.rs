@@ -367,19 +367,20 @@ impl World {
             .collect()
     }
 
-    /// Webhook ids that carry exactly one currently rejected snapshot, with its key.
-    fn acceptable(&self) -> BTreeMap<String, RejectedSnap> {
+    /// Webhook ids that carry a currently rejected snapshot, with every rejected snapshot
+    /// each carries (a retry with a newer payload may carry several, of one object or of
+    /// several), in key order.
+    fn acceptable(&self) -> BTreeMap<String, Vec<RejectedSnap>> {
         let mut by_id: BTreeMap<String, Vec<RejectedSnap>> = BTreeMap::new();
         for (kind, id, key) in self.folds().rejected() {
             for w in self.carriers(kind, &id, &key) {
                 by_id.entry(w).or_default().push((kind, id.clone(), key));
             }
         }
+        for snaps in by_id.values_mut() {
+            snaps.sort_by_key(|(_, _, key)| *key);
+        }
         by_id
-            .into_iter()
-            .filter(|(_, v)| v.len() == 1)
-            .map(|(w, mut v)| (w, v.remove(0)))
-            .collect()
     }
 
     /// The newest version instant of anything delivered (where new snapshots start).
@@ -713,8 +714,10 @@ impl ReferenceStateMachine for World {
                 };
             }
             Tr::Accept { webhook_id } => {
-                if let Some((kind, id, key)) = state.acceptable().remove(webhook_id) {
-                    state.forced.insert(key);
+                if let Some(snaps) = state.acceptable().remove(webhook_id) {
+                    // Every one is accepted; `accept` names the object of the first.
+                    let (kind, id, _) = snaps[0].clone();
+                    state.forced.extend(snaps.iter().map(|(_, _, key)| *key));
                     state.expected = Expect::Accepted(kind, id);
                 }
             }
