@@ -553,8 +553,10 @@ impl Engine {
         Ok(self.listing().stats()?)
     }
 
-    /// The operator override: applies the quarantined snapshot carried by `delivery_id`,
-    /// recorded so that rebuilds apply it too. Returns (object kind, object id).
+    /// The operator override: applies the quarantined snapshot carried by `delivery_id`
+    /// (every one, where retries under that id carried several, of one object or more),
+    /// recorded so that rebuilds apply it too. Returns (object kind, object id) of the
+    /// first in version order.
     ///
     /// # Errors
     ///

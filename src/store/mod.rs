@@ -287,7 +287,8 @@ pub trait WriteStore: Send {
     fn apply_batch(&mut self, deliveries: Vec<Prepared>) -> Result<Vec<Result<Applied>>>;
 
     /// The operator override: applies the quarantined snapshot(s) carried by
-    /// `delivery_id`, recorded per (delivery id, body hash). Returns the object.
+    /// `delivery_id`, recorded per (delivery id, body hash), each object re-folded with
+    /// its own. Returns the object of the first in version order.
     ///
     /// # Errors
     ///
