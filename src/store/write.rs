@@ -636,16 +636,18 @@ mod tests {
             .expect("rows")
     }
 
+    /// A writer on a fresh store in a directory of its own (which goes when dropped).
+    fn scratch() -> Result<(tempfile::TempDir, Writer)> {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = Writer::open(&dir.path().join("e.db"))?;
+        Ok((dir, writer))
+    }
+
     /// The JSON made ahead of the writer is the JSON the writer makes: every real-shaped
     /// payload, ingested once with it and once without, leaves the same object rows.
     #[test]
     fn state_json_made_ahead_writes_the_rows_the_writer_would() -> Result<()> {
-        let (with_dir, without_dir) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let mut with = Writer::open(&with_dir.path().join("e.db"))?;
-        let mut without = Writer::open(&without_dir.path().join("e.db"))?;
+        let ((_with_dir, mut with), (_without_dir, mut without)) = (scratch()?, scratch()?);
         let mut made_ahead = 0;
         for dir in ["events", "quirks"] {
             let dir = format!("{}/tests/data/{dir}", env!("CARGO_MANIFEST_DIR"));
@@ -681,12 +683,7 @@ mod tests {
     /// goes with the old parse.
     #[test]
     fn a_replaced_body_is_stored_as_itself_not_as_the_json_made_ahead() -> Result<()> {
-        let (dir, direct_dir) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let mut writer = Writer::open(&dir.path().join("e.db"))?;
-        let mut direct = Writer::open(&direct_dir.path().join("e.db"))?;
+        let ((_dir, mut writer), (_direct_dir, mut direct)) = (scratch()?, scratch()?);
         let body = revoked();
         let mut p = delivery("msg_1", GRANT);
         p.delivery.body = body.clone().into_bytes();
