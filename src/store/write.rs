@@ -280,7 +280,7 @@ impl WriteStore for Writer {
             .into_iter()
             .map(|mut r| Ok((r.string(0)?, r.string(1)?, r.string(2)?, r.string(3)?)))
             .collect::<Result<_>>()?;
-        let Some((_, kind, id, _)) = quarantined.first().cloned() else {
+        if quarantined.is_empty() {
             let known = tx
                 .one(
                     "SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = ?1)",
@@ -292,7 +292,7 @@ impl WriteStore for Writer {
             } else {
                 StoreError::UnknownDelivery(delivery_id.to_string())
             });
-        };
+        }
         // The keys to accept, by object: one webhook id may have carried bodies of
         // several objects, and each is re-folded with its own.
         let mut objects: Vec<(Kind, String, Vec<VersionKey>)> = Vec::new();
@@ -328,7 +328,8 @@ impl WriteStore for Writer {
         for pair in &pairs {
             feed::evaluate(&*tx, pair, &feed, at, None, |_, _| cause.clone())?;
         }
-        let kind = kind_of(&kind)?;
+        // The object of the first in version order (`quarantined` is not empty).
+        let (kind, id, _) = objects.swap_remove(0);
         Writer::commit(tx, &feed)?;
         self.policy_synced = true;
         self.settle()?;
@@ -687,8 +688,7 @@ mod tests {
         let body = revoked();
         let mut p = delivery("msg_1", GRANT);
         p.delivery.body = body.clone().into_bytes();
-        use sha2::Digest as _;
-        p.body_sha256 = crate::wire::hex(&sha2::Sha256::digest(body.as_bytes()));
+        p.body_sha256 = delivery("msg_1", &body).body_sha256;
         p.parsed = None;
         let a = writer.apply_batch(vec![p])?;
         let b = direct.apply_batch(vec![delivery("msg_1", &body)])?;
