@@ -19,7 +19,7 @@
 //! - disputes of the grant's payment (`never` by default, `on_lost`, `on_opened`):
 //!   reason `dispute`.
 
-use crate::event::{DisputeStatus, Grant, GrantStatus, RevocationReason, SubscriptionStatus};
+use crate::event::{Grant, GrantStatus, RevocationReason, SubscriptionStatus};
 use crate::wire::Timestamp;
 use chrono::Duration;
 use serde::Serialize;
@@ -96,9 +96,11 @@ pub struct PaymentFacts {
     /// When it was refunded in full (a succeeded, non-partial refund, or a payment
     /// snapshot whose `refund_status` is `full`).
     pub refunded_at: Option<Timestamp>,
-    /// The dispute that matters for the policy, with the version of what says so: a lost
-    /// one if any, else an open one, else the newest.
-    pub dispute: Option<(DisputeStatus, Timestamp)>,
+    /// The newest report of a lost or accepted dispute (its version: the dispute's
+    /// snapshot, or the payment snapshot that lists it).
+    pub lost_dispute_at: Option<Timestamp>,
+    /// The newest report of a dispute still open (opened or challenged).
+    pub open_dispute_at: Option<Timestamp>,
 }
 
 /// What the decision reads of a grant's subscription.
@@ -320,53 +322,44 @@ fn judge<'a>(view: &GrantFacts<'a>, policy: &Policy, now: Timestamp) -> Judgemen
             let reason = view.revocation_reason;
             // With the backstop on, the hold is over when the subscription is known,
             // from a snapshot newer than the revocation, to have moved on to another
-            // denying status (cancelled, expired, paused, failed): no grace then, as
-            // for a delivered grant of that subscription.
+            // denying status (cancelled, expired, paused, failed): no grace then, as for
+            // a delivered grant of that subscription. With it off, the subscription is
+            // not consulted to deny, and the grace runs its course.
             let hold_ended = policy.subscription_backstop
                 && view.subscription.is_some_and(|s| {
                     newer(s.as_of)
                         && backstop_denies(s.status)
                         && *s.status != SubscriptionStatus::OnHold
                 });
-            if reason == Some(&RevocationReason::SubscriptionOnHold) && !hold_ended {
-                let began = view
-                    .subscription
-                    .filter(|s| *s.status == SubscriptionStatus::OnHold)
-                    .map(|s| s.since)
-                    .or(view.revoked_at)
-                    .unwrap_or(view.version);
-                if let Some(until) = on_hold_grace(policy, began, now) {
-                    return Judgement {
-                        grace_until: Some(until),
-                        ..Judgement::allow()
-                    };
-                }
+            let grace = (reason == Some(&RevocationReason::SubscriptionOnHold) && !hold_ended)
+                .then(|| {
+                    let began = view
+                        .subscription
+                        .filter(|s| *s.status == SubscriptionStatus::OnHold)
+                        .map(|s| s.since)
+                        .or(view.revoked_at)
+                        .unwrap_or(view.version);
+                    on_hold_grace(policy, began, now)
+                })
+                .flatten();
+            let Some(until) = grace else {
+                return Judgement::deny(Reason::Text(reason.map_or("revoked", |r| r.as_str())));
+            };
+            // Kept by the grace, it is held to everything a delivered grant is held to
+            // (its license key, its payment); the subscription's hold is what the grace
+            // is for.
+            if let Some(denied) = deny_by_facts(view, policy, now) {
+                return denied;
             }
-            return Judgement::deny(Reason::Text(reason.map_or("revoked", |r| r.as_str())));
+            return Judgement {
+                grace_until: Some(until),
+                ..Judgement::allow()
+            };
         }
         GrantStatus::Other(s) => return Judgement::deny(Reason::Text(s)),
     }
-    if let Some(expires) = view.license_key_expires_at {
-        if now >= expires {
-            return Judgement::deny(Reason::Text("license_key_expired"));
-        }
-    }
-    if let Some(p) = view.payment {
-        // Only a one-time purchase's grants: Dodo revokes on refunds for those alone; a
-        // subscription's grants follow the subscription.
-        if policy.refund_denies && view.one_time && p.refunded_at.is_some_and(newer) {
-            return Judgement::deny(Reason::Text("refund"));
-        }
-        if let Some((status, at)) = &p.dispute {
-            let denies = match policy.disputes {
-                DisputePolicy::Never => false,
-                DisputePolicy::OnLost => status.is_lost(),
-                DisputePolicy::OnOpened => status.is_lost() || status.is_open(),
-            };
-            if denies && newer(*at) {
-                return Judgement::deny(Reason::Text("dispute"));
-            }
-        }
+    if let Some(denied) = deny_by_facts(view, policy, now) {
+        return denied;
     }
     if let Some(s) = view.subscription {
         if policy.subscription_backstop && backstop_denies(s.status) && newer(s.as_of) {
@@ -382,6 +375,36 @@ fn judge<'a>(view: &GrantFacts<'a>, policy: &Policy, now: Timestamp) -> Judgemen
         }
     }
     Judgement::allow()
+}
+
+/// What denies a grant that its status allows, besides its subscription: an expired
+/// license key, a full refund of its one-time payment, a dispute the policy counts.
+fn deny_by_facts<'a>(
+    view: &GrantFacts<'a>,
+    policy: &Policy,
+    now: Timestamp,
+) -> Option<Judgement<'a>> {
+    let newer = |t: Timestamp| t > view.version;
+    if let Some(expires) = view.license_key_expires_at {
+        if now >= expires {
+            return Some(Judgement::deny(Reason::Text("license_key_expired")));
+        }
+    }
+    let p = view.payment?;
+    // Only a one-time purchase's grants: Dodo revokes on refunds for those alone; a
+    // subscription's grants follow the subscription.
+    if policy.refund_denies && view.one_time && p.refunded_at.is_some_and(newer) {
+        return Some(Judgement::deny(Reason::Text("refund")));
+    }
+    let disputed = match policy.disputes {
+        DisputePolicy::Never => None,
+        DisputePolicy::OnLost => p.lost_dispute_at,
+        DisputePolicy::OnOpened => p.lost_dispute_at.max(p.open_dispute_at),
+    };
+    if disputed.is_some_and(newer) {
+        return Some(Judgement::deny(Reason::Text("dispute")));
+    }
+    None
 }
 
 /// Just the decision, without building the explanation: the OR over the grants.
@@ -427,8 +450,9 @@ pub fn decide(
         .iter()
         .map(|v| (v, judge(&v.facts, policy, now)))
         .collect();
-    // The allowing grant with the newest version; else the most relevant denial, newest
-    // first; ties by grant id, so the answer does not depend on input order.
+    // An allowing grant (a delivered one before one an on_hold grace keeps), else the most
+    // relevant denial; newest first within each status, ties by grant id, so the answer
+    // does not depend on input order.
     let best = judged.iter().min_by(|(a, ja), (b, jb)| {
         (
             !ja.allowed,

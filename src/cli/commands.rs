@@ -65,8 +65,8 @@ pub struct VerifyArgs {
     /// The `webhook-id` header (left out: the header is missing).
     #[arg(long)]
     pub id: Option<String>,
-    /// The `webhook-timestamp` header.
-    #[arg(long)]
+    /// The `webhook-timestamp` header (any text: a negative one fails verification).
+    #[arg(long, allow_hyphen_values = true)]
     pub timestamp: Option<String>,
     /// The `webhook-signature` header.
     #[arg(long)]

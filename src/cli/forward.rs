@@ -82,6 +82,9 @@ pub async fn run(
 ) {
     let client = match reqwest::Client::builder()
         .timeout(ATTEMPT_TIMEOUT)
+        // A redirect is not an acknowledgement (Standard Webhooks: only a 2xx is), and
+        // following one would re-send the signed change where the URL did not say.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("entsync/", env!("CARGO_PKG_VERSION")))
         .build()
     {

@@ -88,7 +88,7 @@ pub enum Command {
 pub struct PolicyArgs {
     /// Do not deny a grant whose subscription is known to be on_hold, paused,
     /// cancelled, expired or failed before the grant's own revocation arrives.
-    #[arg(long, env = "ENTSYNC_NO_SUBSCRIPTION_BACKSTOP")]
+    #[arg(long, env = "ENTSYNC_NO_SUBSCRIPTION_BACKSTOP", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_subscription_backstop: bool,
     /// Keep access this many hours after a subscription went on_hold.
     #[arg(long, env = "ENTSYNC_ON_HOLD_GRACE_HOURS", value_name = "HOURS")]
@@ -102,7 +102,7 @@ pub struct PolicyArgs {
     )]
     pub disputes: DisputePolicy,
     /// Do not deny grants of a fully refunded one-time payment.
-    #[arg(long, env = "ENTSYNC_NO_REFUND_DENY")]
+    #[arg(long, env = "ENTSYNC_NO_REFUND_DENY", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_refund_deny: bool,
 }
 
@@ -203,5 +203,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Changes(args) => commands::changes(&db, args),
         Command::Simulate(args) => simulate::run(args),
         Command::Reconcile(args) => reconcile::run(&db, args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command's definition (unique argument and group names, ...) only in
+    /// debug builds. This test runs that check under `cargo test` in a debug build
+    /// (`debug_assert` is itself a no-op in release builds, which CI tests).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

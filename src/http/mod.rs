@@ -403,7 +403,8 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
 pub(crate) struct ErrorBody<'a> {
     /// What went wrong, as a stable kind: `unauthorized`, `not_found`,
     /// `store_unavailable`, `queue_full`, `body_too_large`, or a signature failure
-    /// (`missing_headers`, `bad_signature`, `stale_timestamp`, ...).
+    /// (`missing_header`, `invalid_header`, `invalid_timestamp`, `timestamp_too_old`,
+    /// `timestamp_too_new`, `invalid_signature`).
     #[schema(example = "store_unavailable")]
     error: &'a str,
 }

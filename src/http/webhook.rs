@@ -129,8 +129,8 @@ fn early_answer(conn: Option<&server::ConnHandle>, mut resp: Response) -> Respon
     responses(
         (status = 200, description = "Verified and durably stored, whatever its outcome.", body = Ack),
         (status = 400, description = "The body was cut off (`incomplete_body`).", body = ErrorBody),
-        (status = 401, description = "Verification failed (`missing_headers`, `bad_signature`, \
-            `stale_timestamp`, ...); nothing stored.", body = ErrorBody),
+        (status = 401, description = "Verification failed (`missing_header`, `invalid_header`, `invalid_timestamp`, \
+            `timestamp_too_old`, `timestamp_too_new`, `invalid_signature`); nothing stored.", body = ErrorBody),
         (status = 408, description = "The body arrived slower than the body timeout (`body_timeout`); \
             the connection closes.", body = ErrorBody),
         (status = 413, description = "The body is over the limit (`body_too_large`), checked before \

@@ -76,6 +76,13 @@ impl GrantRow {
     }
 }
 
+/// What [`Index::refile`] files under a payment.
+#[derive(Debug, Clone, Copy)]
+enum Filed {
+    Refund,
+    Dispute,
+}
+
 /// A decoded object row, ready for [`Index::apply_decoded`]: what [`Index::decode`]
 /// makes of a stored row, or, where the typed state is at hand (a rebuild's fold), one
 /// of the constructors below with the row's `as_of` and `since` (the instants as the
@@ -122,26 +129,16 @@ impl Decoded {
 
     /// A payment's state at version `as_of`: the refunds and disputes it embeds.
     pub(crate) fn payment(p: Payment, as_of: Timestamp, _since: Timestamp) -> Decoded {
-        let succeeded = || {
-            p.refunds
-                .iter()
-                .filter(|r| r.status == RefundStatus::Succeeded)
-        };
-        let single = succeeded()
-            .filter(|r| !r.is_partial)
-            .map(|r| r.created_at.unwrap_or(as_of))
-            .min();
-        // `refund_status: full` also covers partial refunds that add up.
-        let full = p
-            .refund_status
-            .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("full"))
-            .then(|| {
-                succeeded()
-                    .filter_map(|r| r.created_at)
-                    .max()
-                    .unwrap_or(as_of)
-            });
+        let refunds = p
+            .refunds
+            .into_iter()
+            .filter(|r| r.status == RefundStatus::Succeeded)
+            .map(|r| ListedRefund {
+                refund_id: r.refund_id,
+                partial: r.is_partial,
+                created_at: r.created_at,
+            })
+            .collect();
         let disputes = p
             .disputes
             .iter()
@@ -150,7 +147,13 @@ impl Decoded {
         Decoded(Row::Payment {
             payment_id: p.payment_id,
             embedded: Embedded {
-                refunded_at: single.into_iter().chain(full).min(),
+                as_of: Some(as_of),
+                refunds,
+                // `refund_status: full` also covers partial refunds that add up.
+                full: p
+                    .refund_status
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("full")),
                 disputes,
             },
         })
@@ -203,6 +206,10 @@ pub struct Index {
     /// Payment ids, and what is known of the few with refunds or disputes.
     payment_ids: Interner,
     sources: HashMap<u32, PaymentSources>,
+    /// The payment each refund and dispute was last filed under: a newer snapshot of one
+    /// may name another payment, and then it no longer speaks for the old one.
+    filed_refunds: HashMap<Box<str>, u32>,
+    filed_disputes: HashMap<Box<str>, u32>,
     payments: HashMap<u32, PaymentFacts>,
     /// Pending grants' `oauth_url`, by grant handle.
     oauth_urls: HashMap<u32, Box<str>>,
@@ -296,6 +303,7 @@ impl Index {
                 as_of,
             } => {
                 let h = self.payment_ids.intern(&payment_id);
+                self.refile(Filed::Refund, &refund_id, h);
                 let src = self.sources.entry(h).or_default();
                 src.refunds.insert(refund_id, (full, as_of));
                 self.derive(h);
@@ -307,6 +315,7 @@ impl Index {
                 as_of,
             } => {
                 let h = self.payment_ids.intern(&payment_id);
+                self.refile(Filed::Dispute, &dispute_id, h);
                 let src = self.sources.entry(h).or_default();
                 src.disputes.insert(dispute_id, (status, as_of));
                 self.derive(h);
@@ -331,6 +340,32 @@ impl Index {
             self.subscriptions.push(UNKNOWN_SUB);
         }
         h
+    }
+
+    /// Files the refund or dispute `id` under `payment`, taking it out of the payment
+    /// it was filed under before, if another.
+    fn refile(&mut self, what: Filed, id: &str, payment: u32) {
+        let filed = match what {
+            Filed::Refund => &mut self.filed_refunds,
+            Filed::Dispute => &mut self.filed_disputes,
+        };
+        let before = match filed.get_mut(id) {
+            Some(h) => std::mem::replace(h, payment),
+            None => {
+                filed.insert(id.into(), payment);
+                return;
+            }
+        };
+        if before == payment {
+            return;
+        }
+        if let Some(src) = self.sources.get_mut(&before) {
+            match what {
+                Filed::Refund => drop(src.refunds.remove(id)),
+                Filed::Dispute => drop(src.disputes.remove(id)),
+            }
+        }
+        self.derive(before);
     }
 
     /// Recomputes a payment's facts from its sources. A payment whose sources say

@@ -3,11 +3,24 @@
 
 use super::*;
 
+/// A succeeded refund that a payment snapshot's `refunds[]` lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ListedRefund {
+    pub(super) refund_id: String,
+    pub(super) partial: bool,
+    /// Its `created_at`: when it was asked for, which may be well before it succeeded.
+    pub(super) created_at: Option<Timestamp>,
+}
+
 /// What a payment snapshot's own `refunds[]` / `disputes[]` say.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Embedded {
-    /// When it was refunded in full, by the snapshot.
-    pub(super) refunded_at: Option<Timestamp>,
+    /// The version of the payment snapshot.
+    pub(super) as_of: Option<Timestamp>,
+    /// Its succeeded refunds.
+    pub(super) refunds: Vec<ListedRefund>,
+    /// Its `refund_status` is `full` (partial refunds may add up to it).
+    pub(super) full: bool,
     /// dispute id -> (status, version of the payment snapshot that reports it)
     pub(super) disputes: HashMap<String, (DisputeStatus, Timestamp)>,
 }
@@ -28,22 +41,55 @@ impl PaymentSources {
     pub(super) fn is_empty(&self) -> bool {
         self.refunds.is_empty()
             && self.disputes.is_empty()
-            && self.embedded.refunded_at.is_none()
+            && self.embedded.refunds.is_empty()
+            && !self.embedded.full
             && self.embedded.disputes.is_empty()
     }
 
+    /// When a refund the payment lists is known to have been made: not before its
+    /// `created_at` (else the payment snapshot's version), and not before the refund's
+    /// own snapshot, when the store has one: a refund asked for at 10:30 that succeeded
+    /// at 12:00 is a fact of 12:00, however many payment snapshots list it as created at
+    /// 10:30. `None` when neither instant is known.
+    fn listed_at(&self, r: &ListedRefund, fallback: Option<Timestamp>) -> Option<Timestamp> {
+        let own = self.refunds.get(&r.refund_id).map(|(_, at)| *at);
+        r.created_at.or(fallback).into_iter().chain(own).max()
+    }
+
     pub(super) fn facts(&self) -> PaymentFacts {
+        let embedded = &self.embedded;
+        // One refund in full, listed.
+        let single = embedded
+            .refunds
+            .iter()
+            .filter(|r| !r.partial)
+            .filter_map(|r| self.listed_at(r, embedded.as_of))
+            .min();
+        // `refund_status: full`: in full once the last of the refunds that add up to it
+        // was made (the snapshot's version when none says when).
+        let full = embedded
+            .full
+            .then(|| {
+                embedded
+                    .refunds
+                    .iter()
+                    .filter_map(|r| self.listed_at(r, None))
+                    .max()
+                    .or(embedded.as_of)
+            })
+            .flatten();
         let refunded_at = self
             .refunds
             .values()
             .filter(|(full, _)| *full)
             .map(|(_, at)| *at)
-            .chain(self.embedded.refunded_at)
+            .chain(single)
+            .chain(full)
             .min();
         // Per dispute, the newest word on it wins, whichever source says it (a dispute
         // won that only the payment snapshot reports overrides an older `opened`).
         let mut disputes = self.disputes.clone();
-        for (id, (status, at)) in &self.embedded.disputes {
+        for (id, (status, at)) in &embedded.disputes {
             match disputes.get(id) {
                 Some((_, known)) if known >= at => {}
                 _ => {
@@ -51,19 +97,19 @@ impl PaymentSources {
                 }
             }
         }
-        let worst = |pick: fn(&DisputeStatus) -> bool| {
+        // The newest report of each class: a policy denies on a class when some dispute
+        // of it is newer than the grant, so the newest one decides.
+        let newest = |pick: fn(&DisputeStatus) -> bool| {
             disputes
                 .values()
                 .filter(|(s, _)| pick(s))
-                .max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)))
-                .cloned()
+                .map(|(_, at)| *at)
+                .max()
         };
-        let dispute = worst(DisputeStatus::is_lost)
-            .or_else(|| worst(DisputeStatus::is_open))
-            .or_else(|| worst(|_| true));
         PaymentFacts {
             refunded_at,
-            dispute,
+            lost_dispute_at: newest(DisputeStatus::is_lost),
+            open_dispute_at: newest(DisputeStatus::is_open),
         }
     }
 }

@@ -38,6 +38,10 @@ impl Reference {
                 full,
                 as_of,
             } => {
+                // A refund speaks for the payment its state names, and no other.
+                for src in self.sources.values_mut() {
+                    src.refunds.remove(&refund_id);
+                }
                 let src = self.sources.entry(payment_id).or_default();
                 src.refunds.insert(refund_id, (full, as_of));
             }
@@ -47,6 +51,9 @@ impl Reference {
                 status,
                 as_of,
             } => {
+                for src in self.sources.values_mut() {
+                    src.disputes.remove(&dispute_id);
+                }
                 let src = self.sources.entry(payment_id).or_default();
                 src.disputes.insert(dispute_id, (status, as_of));
             }

@@ -41,6 +41,7 @@ use std::time::Duration;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../postgres/0001_schema.sql"),
     include_str!("../../postgres/0002_partial_indexes.sql"),
+    include_str!("../../postgres/0003_access_rules.sql"),
 ];
 
 /// The schema version this build writes.

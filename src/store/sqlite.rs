@@ -415,6 +415,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_history.sql"),
     include_str!("../../migrations/0003_changes.sql"),
     include_str!("../../migrations/0004_partial_indexes.sql"),
+    include_str!("../../migrations/0005_access_rules.sql"),
 ];
 
 /// The schema version this build writes.

@@ -735,6 +735,90 @@ fn forwarding_delivers_every_seq_in_order_signed_through_failures_and_sigkill() 
     Ok(())
 }
 
+/// A receiver that answers every request with `302 Found` to another path, counting the
+/// requests by method.
+fn redirecting_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "http://{}/hooks/access",
+        listener.local_addr().expect("addr")
+    );
+    let methods = Arc::new(Mutex::new(Vec::new()));
+    let shared = Arc::clone(&methods);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let methods = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut conn = conn;
+                loop {
+                    let mut request_line = String::new();
+                    if !matches!(reader.read_line(&mut request_line), Ok(n) if n > 0) {
+                        return;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.trim().eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let method = request_line.split(' ').next().unwrap_or("").to_string();
+                    let answer = if method == "POST" {
+                        "HTTP/1.1 302 Found\r\nLocation: /moved\r\nContent-Length: 0\r\n\r\n"
+                    } else {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                    };
+                    methods.lock().expect("methods").push(method);
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, methods)
+}
+
+/// Standard Webhooks: only a 2xx acknowledges. A receiver that redirects has not taken
+/// the change: the forwarder does not follow it (a followed 302 turns into a GET that a
+/// login page answers 200), counts a failure and keeps the cursor where it was.
+#[test]
+fn forwarding_takes_a_redirect_as_a_failure_not_as_an_acknowledgement() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("entitlements.db");
+    let (url, methods) = redirecting_receiver();
+    let env = [("ENTSYNC_FORWARD_SECRET", FORWARD_SECRET)];
+    let server = Server::start(&db, &env, &["--forward-url", url.as_str()]);
+    post_grant(&server, "msg_1", "grant_1", "ent_1", St::Delivered);
+    wait_for("two attempts", StdDuration::from_secs(30), || {
+        methods.lock().expect("methods").len() >= 2
+    });
+    let text = server.get("/metrics").text();
+    assert!(text.contains("entsync_forward_cursor 0"), "{text}");
+    assert!(text.contains("entsync_forward_delivered_total 0"), "{text}");
+    assert!(
+        !text.contains("entsync_forward_failures_total 0\n"),
+        "{text}"
+    );
+    let methods = methods.lock().expect("methods").clone();
+    assert!(methods.iter().all(|m| m == "POST"), "{methods:?}");
+    drop(server);
+}
+
 #[test]
 fn forward_url_needs_a_secret_and_https_beyond_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -263,17 +263,22 @@ impl Folds {
             })
         });
         // The earliest full refund of the payment: by a refund object whose state is a
-        // succeeded, non-partial refund (its version), or by the payment's own snapshot.
+        // succeeded, non-partial refund (its version), or by the payment's own snapshot
+        // (a listed refund not before its own object's version).
         let refunded_at = g.payment_id.as_ref().and_then(|p| {
             let by_refunds = self.refunds.values().filter_map(|f| {
                 let (r, key, _) = f.state.as_ref()?;
                 (&r.payment_id == p && model::refund_is_full(r)).then_some(key.0)
             });
+            let own = |id: &str| {
+                let (r, key, _) = self.refunds.get(id)?.state.as_ref()?;
+                (&r.payment_id == p).then_some(key.0)
+            };
             let by_payment = self
                 .payments
                 .get(p)
                 .and_then(|f| f.state.as_ref())
-                .and_then(|(spec, _, _)| model::payment_refunded_at(spec));
+                .and_then(|(spec, _, _)| model::payment_refunded_at(spec, own));
             by_refunds.chain(by_payment).min()
         });
         model::GrantFacts {
@@ -533,6 +538,14 @@ fn payment_snapshot(i: usize, base: Timestamp) -> impl Strategy<Value = Snapshot
             let at = base + shift;
             let mut p = payment(id, at);
             p.subscription_id = sub.map(str::to_string);
+            // The refunds it lists are the refund objects of [`REFUNDS`] where there are
+            // such (their own snapshots say when they were made).
+            let mut listed = REFUNDS.iter().filter(|(_, pay)| *pay == id).map(|(r, _)| r);
+            for slot in &mut p.refund_ids {
+                if let Some(r) = listed.next() {
+                    *slot = r.to_string();
+                }
+            }
             p.form = form;
             p.revision = revision;
             p.refunds = match refunds {
@@ -2002,9 +2015,13 @@ proptest! {
             as_of: m(as_of),
             since: m(as_of - age),
         });
+        let reported = |pick: fn(&DisputeStatus) -> bool| {
+            dispute.and_then(|(s, k)| pick(&DisputeStatus::parse(s)).then(|| m(k)))
+        };
         let payment = PaymentFacts {
             refunded_at: refunded.map(m),
-            dispute: dispute.map(|(s, k)| (DisputeStatus::parse(s), m(k))),
+            lost_dispute_at: reported(DisputeStatus::is_lost),
+            open_dispute_at: reported(DisputeStatus::is_open),
         };
         let policy = Policy {
             subscription_backstop: backstop,
@@ -2035,16 +2052,17 @@ proptest! {
             } else {
                 denials.push("subscription_on_hold".into());
             }
-        } else {
-            if let Some((s, as_of, age)) = &sub {
-                if backstop && BACKSTOP_DENIES.contains(&s.canonical) && m(*as_of) > version {
-                    if s.canonical == "on_hold" && in_grace(m(as_of - age)) {
-                        kept_by_grace = true;
-                    } else {
-                        denials.push(format!("subscription_{}", s.canonical));
-                    }
+        } else if let Some((s, as_of, age)) = &sub {
+            if backstop && BACKSTOP_DENIES.contains(&s.canonical) && m(*as_of) > version {
+                if s.canonical == "on_hold" && in_grace(m(as_of - age)) {
+                    kept_by_grace = true;
+                } else {
+                    denials.push(format!("subscription_{}", s.canonical));
                 }
             }
+        }
+        // A grant the grace keeps is held to its payment's facts as a delivered one is.
+        if !revoked_on_hold || kept_by_grace {
             if refund_denies && refunded.is_some_and(|k| m(k) > version) {
                 denials.push("refund".into());
             }

@@ -2,6 +2,7 @@
 //!
 //! Run one module with e.g. `cargo test --release --test it core`.
 
+mod access_rules;
 mod changes;
 mod cli;
 mod core;

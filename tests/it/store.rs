@@ -978,7 +978,7 @@ fn a_version_3_store_is_migrated_to_partial_indexes_and_keeps_every_row_and_answ
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 4);
+    assert_eq!(version, entitlement_sync::store::VERSION);
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .expect("integrity");

@@ -732,6 +732,8 @@ pub struct PaymentSpec {
     pub at: Timestamp,
     /// `refunds[]` and `refund_status`.
     pub refunds: PaymentRefunds,
+    /// The ids of the first and second refund `refunds[]` lists.
+    pub refund_ids: [String; 2],
     /// How timestamps are written.
     pub form: TsForm,
     /// Content counter (`metadata.revision`).
@@ -746,6 +748,7 @@ pub fn payment(id: &str, at: Timestamp) -> PaymentSpec {
         subscription_id: None,
         at,
         refunds: PaymentRefunds::None,
+        refund_ids: [0, 1].map(|n| format!("re_{id}_{n}")),
         form: TsForm::Z,
         revision: 0,
     }
@@ -755,8 +758,8 @@ impl PaymentSpec {
     /// `data`, in the SDK's `Payment` shape (trimmed to what matters).
     pub fn data(&self) -> Value {
         let r = |t: Timestamp| Value::String(self.form.render(t));
-        let entry = |n: u32, at: Timestamp, partial: bool| {
-            json!({"refund_id": format!("re_{}_{n}", self.id), "status": "succeeded",
+        let entry = |n: usize, at: Timestamp, partial: bool| {
+            json!({"refund_id": self.refund_ids[n], "status": "succeeded",
                    "is_partial": partial, "created_at": r(at), "amount": if partial { 1000 } else { 2999 }})
         };
         let (refunds, status) = match self.refunds {

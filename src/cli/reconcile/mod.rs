@@ -75,8 +75,10 @@ pub struct ReconcileArgs {
     pub policy: PolicyArgs,
 }
 
-/// The `serve` flags of the background reconcile.
+/// The `serve` flags of the background reconcile (their group has its own name: clap
+/// names a group after its struct, and `serve`'s own flags are a `ServeArgs` too).
 #[derive(Debug, Clone, Args)]
+#[group(id = "ReconcileServeArgs")]
 pub struct ServeArgs {
     /// Run `reconcile` every DURATION (e.g. 15m, 1h) in the background, when
     /// DODO_PAYMENTS_API_KEY is set; the first run starts at once.

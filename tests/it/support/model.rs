@@ -295,12 +295,18 @@ pub struct ModelPolicy {
 
 /// When a payment is refunded in full, by its own snapshot (docs/semantics.md: a
 /// `refunds[]` entry that succeeded and is not partial, or `refund_status: full`, which
-/// counts once the last refund that adds up to it was made).
-pub fn payment_refunded_at(p: &PaymentSpec) -> Option<Timestamp> {
+/// counts once the last refund that adds up to it was made). A listed refund counts from
+/// its `created_at`, or from the version of the refund's own snapshot (`own`) if that is
+/// later: it was made by then.
+pub fn payment_refunded_at(
+    p: &PaymentSpec,
+    own: impl Fn(&str) -> Option<Timestamp>,
+) -> Option<Timestamp> {
+    let listed = |n: usize, at: Timestamp| own(&p.refund_ids[n]).map_or(at, |o| o.max(at));
     match p.refunds {
         PaymentRefunds::None | PaymentRefunds::Partial(_) => None,
-        PaymentRefunds::Full(at) => Some(at),
-        PaymentRefunds::FullByParts(a, b) => Some(a.max(b)),
+        PaymentRefunds::Full(at) => Some(listed(0, at)),
+        PaymentRefunds::FullByParts(a, b) => Some(listed(0, a).max(listed(1, b))),
     }
 }
 
@@ -342,18 +348,16 @@ fn judge(f: &GrantFacts<'_>, policy: ModelPolicy, now: Timestamp) -> Judgement {
                     _ => g.at,
                 };
                 if let Some(until) = in_grace(began) {
-                    return (true, None, Some(until));
+                    // Kept by the grace, it is held to its license key and its payment
+                    // as a delivered grant is.
+                    return denied_by_facts(f, now).unwrap_or((true, None, Some(until)));
                 }
             }
             (false, Some(reason.unwrap_or("revoked").to_string()), None)
         }
         St::Delivered => {
-            if g.license.flatten().is_some_and(|until| now >= until) {
-                return (false, Some("license_key_expired".into()), None);
-            }
-            // Refunds deny only a one-time purchase's grants.
-            if g.subscription_id.is_none() && f.refunded_at.is_some_and(newer) {
-                return (false, Some("refund".into()), None);
+            if let Some(denied) = denied_by_facts(f, now) {
+                return denied;
             }
             if let Some(s) = &f.subscription {
                 if BACKSTOP.contains(&s.status) && newer(s.as_of) {
@@ -370,13 +374,28 @@ fn judge(f: &GrantFacts<'_>, policy: ModelPolicy, now: Timestamp) -> Judgement {
     }
 }
 
+/// What denies a grant its status allows, besides its subscription: an expired license
+/// key, a newer full refund of a one-time purchase.
+fn denied_by_facts(f: &GrantFacts<'_>, now: Timestamp) -> Option<Judgement> {
+    let g = f.grant;
+    if g.license.flatten().is_some_and(|until| now >= until) {
+        return Some((false, Some("license_key_expired".into()), None));
+    }
+    // Refunds deny only a one-time purchase's grants.
+    if g.subscription_id.is_none() && f.refunded_at.is_some_and(|t| t > g.at) {
+        return Some((false, Some("refund".into()), None));
+    }
+    None
+}
+
 /// Access for one pair, given the current snapshot of each of its grants and what is
 /// known of their subscriptions and payments.
 ///
 /// Allowed iff some grant is delivered, its license key (if any) has not expired
 /// (`now >= expires_at` is expired) and the policy does not deny it. The explanation
-/// names the allowing grant with the newest version, else the most relevant denial
-/// (delivered, then pending, revoked, failed), newest first; ties by grant id. Reasons:
+/// names an allowing grant (a delivered one before a revoked one the grace keeps), else
+/// the most relevant denial (delivered, then pending, revoked, failed); newest first
+/// within each status, ties by grant id. Reasons:
 /// the revocation reason, the failure's `error_code`, `license_key_expired`, `refund`,
 /// `subscription_<status>`; none for pending; `no_grant` without grants.
 pub fn access(grants: &[GrantFacts<'_>], policy: ModelPolicy, now: Timestamp) -> ModelAccess {
