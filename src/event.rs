@@ -41,6 +41,16 @@ pub enum ParseError {
     },
 }
 
+impl ParseError {
+    /// The envelope's `type`, when the envelope parsed and its `data` did not.
+    pub fn event_type(&self) -> Option<&str> {
+        match self {
+            ParseError::Payload { event_type, .. } => Some(event_type),
+            _ => None,
+        }
+    }
+}
+
 /// A parsed delivery body.
 #[derive(Debug, Clone)]
 pub struct Envelope {
@@ -241,7 +251,7 @@ pub fn parse(body: &[u8]) -> Result<Envelope, ParseError> {
     // By value: the envelope takes the parsed strings and `data` over (no copies).
     let raw = RawEnvelope::deserialize(value).map_err(|e| ParseError::Envelope(e.to_string()))?;
     let event =
-        typed(&raw.event_type, raw.timestamp, raw.data).map_err(|e| ParseError::Payload {
+        typed(&raw.event_type, raw.timestamp, raw.data, body).map_err(|e| ParseError::Payload {
             event_type: raw.event_type.clone(),
             message: e.to_string(),
         })?;
@@ -330,8 +340,9 @@ fn typed(
     event_type: &str,
     envelope_ts: Timestamp,
     data: serde_json::Value,
+    body: &[u8],
 ) -> Result<Event, serde_json::Error> {
-    match typed_family(event_type, envelope_ts, data) {
+    match typed_family(event_type, envelope_ts, data, body) {
         Err(_) if !KNOWN_TYPES.contains(&event_type) => Ok(Event::Unhandled),
         other => other,
     }
@@ -341,14 +352,21 @@ fn typed_family(
     event_type: &str,
     envelope_ts: Timestamp,
     data: serde_json::Value,
+    raw: &[u8],
 ) -> Result<Event, serde_json::Error> {
     fn snap<T: crate::fold::Machine + for<'de> Deserialize<'de>>(
         data: serde_json::Value,
         envelope_ts: Timestamp,
+        raw: &[u8],
     ) -> Result<Snap<T>, serde_json::Error> {
         // Hashed first, then taken apart by value: the body takes the strings over.
         let hash = content_hash(&data);
-        let body = T::deserialize(data)?;
+        let body = if crate::wire::has_float(&data) {
+            // A `Value` keeps a fraction as an `f64`: read the amounts from the text.
+            T::deserialize(&mut serde_json::Deserializer::from_slice(data_text(raw)?))?
+        } else {
+            T::deserialize(data)?
+        };
         let at = body.version_at(envelope_ts);
         let key = VersionKey {
             at,
@@ -361,19 +379,34 @@ fn typed_family(
         return Ok(Event::Unhandled);
     };
     Ok(match kind {
-        Kind::Grant => Event::Grant(snap(data, envelope_ts)?),
-        Kind::Subscription => Event::Subscription(snap(data, envelope_ts)?),
-        Kind::Payment => Event::Payment(snap(data, envelope_ts)?),
-        Kind::Refund => Event::Refund(snap(data, envelope_ts)?),
-        Kind::Dispute => Event::Dispute(snap(data, envelope_ts)?),
-        Kind::LicenseKey => Event::LicenseKey(snap(data, envelope_ts)?),
-        Kind::CreditEntry => Event::CreditEntry(snap(data, envelope_ts)?),
+        Kind::Grant => Event::Grant(snap(data, envelope_ts, raw)?),
+        Kind::Subscription => Event::Subscription(snap(data, envelope_ts, raw)?),
+        Kind::Payment => Event::Payment(snap(data, envelope_ts, raw)?),
+        Kind::Refund => Event::Refund(snap(data, envelope_ts, raw)?),
+        Kind::Dispute => Event::Dispute(snap(data, envelope_ts, raw)?),
+        Kind::LicenseKey => Event::LicenseKey(snap(data, envelope_ts, raw)?),
+        Kind::CreditEntry => Event::CreditEntry(snap(data, envelope_ts, raw)?),
         Kind::CreditBalanceLow => {
-            let mut s: Snap<CreditBalanceLow> = snap(data, envelope_ts)?;
+            let mut s: Snap<CreditBalanceLow> = snap(data, envelope_ts, raw)?;
             s.body.object_id = format!("{}:{}", s.body.customer_id, s.body.credit_entitlement_id);
             Event::CreditBalanceLow(s)
         }
     })
+}
+
+/// The text of the envelope's `data`, as it arrived (`null` when there is none).
+///
+/// Only for a payload that holds a fraction. The body parsed once already; this second
+/// reading fails only where the body repeats a key, which a `Value` forgives (the last
+/// wins) and a typed reading does not: such a payload is malformed.
+fn data_text(body: &[u8]) -> Result<&[u8], serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow, default)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let d: Data<'_> = serde_json::from_slice(body)?;
+    Ok(d.data.map_or(b"null".as_slice(), |r| r.get().as_bytes()))
 }
 
 /// SHA-256 of the canonical JSON of `data` (object keys sorted), so that the same

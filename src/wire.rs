@@ -8,7 +8,6 @@
 use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
-use std::str::FromStr;
 
 /// An instant, always compared as an instant (never as text).
 pub type Timestamp = DateTime<Utc>;
@@ -250,49 +249,77 @@ pub fn de_opt_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timest
     }
 }
 
-/// A JSON number or a decimal string, as an exact decimal.
+/// A JSON number or a decimal string, from its JSON text, as an exact decimal.
 ///
-/// Strings are exact. JSON numbers go through their shortest round-trip text, which is
-/// exact for every value with at most 15 significant digits (all of Dodo's amounts).
-fn decimal_from_value(v: &serde_json::Value) -> Result<Option<Decimal>, String> {
-    match v {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::String(s) if s.trim().is_empty() => Ok(None),
-        serde_json::Value::String(s) => Decimal::from_str(s.trim())
-            .or_else(|_| Decimal::from_scientific(s.trim()))
-            .map(Some)
-            .map_err(|_| format!("invalid decimal {s:?}")),
-        serde_json::Value::Number(n) => {
-            let text = n.to_string();
-            Decimal::from_str(&text)
-                .or_else(|_| Decimal::from_scientific(&text))
-                .map(Some)
-                .map_err(|_| format!("invalid decimal {text}"))
-        }
-        other => Err(format!(
-            "expected a number or a decimal string, got {other}"
-        )),
+/// Exact or an error, never rounded: an amount with more than 28 decimal places or
+/// beyond ±7.9·10²⁸ is refused (`rust_decimal`'s range), as is anything not a number, a
+/// decimal string, `null` or `""`. The text must be the amount as it arrived: a
+/// `serde_json::Value` holds a fractional number as an `f64`, which keeps about 15
+/// significant digits, so [`crate::event::parse`] reads a payload that has one from
+/// its text (see [`has_float`]).
+fn decimal_from_json(raw: &str) -> Result<Option<Decimal>, String> {
+    let text: std::borrow::Cow<'_, str> = match raw.as_bytes().first() {
+        Some(b'n') if raw == "null" => return Ok(None),
+        Some(b'"') => serde_json::from_str::<String>(raw)
+            .map_err(|e| e.to_string())?
+            .into(),
+        Some(b'-' | b'0'..=b'9') => raw.into(),
+        _ => return Err(format!("expected a number or a decimal string, got {raw}")),
+    };
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
     }
+    let exact = match t.split_once(['e', 'E']) {
+        // The mantissa exactly, then the exponent (which refuses a scale beyond 28).
+        Some((mantissa, _)) => {
+            Decimal::from_str_exact(mantissa).and_then(|_| Decimal::from_scientific(t))
+        }
+        None => Decimal::from_str_exact(t),
+    };
+    exact.map(Some).map_err(|e| match e {
+        rust_decimal::Error::Underflow => {
+            format!("amount {t} has more than 28 decimal places (not exactly representable)")
+        }
+        _ => format!("invalid decimal {raw}: {e}"),
+    })
+}
+
+/// Whether `v` holds a number that serde_json keeps as an `f64` (a fraction, an
+/// exponent, or an integer outside `i64`/`u64`): the amounts of such a payload must be
+/// read from its text to be exact.
+pub fn has_float(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.is_f64(),
+        serde_json::Value::Array(a) => a.iter().any(has_float),
+        serde_json::Value::Object(m) => m.values().any(has_float),
+        _ => false,
+    }
+}
+
+/// The JSON text of the value being deserialized: as it arrived when read from text,
+/// the value's own rendering when read from a `serde_json::Value`.
+fn json_text<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Box<serde_json::value::RawValue>, D::Error> {
+    Box::<serde_json::value::RawValue>::deserialize(d)
 }
 
 /// `serde(deserialize_with)`: an optional amount (number or string).
 pub fn de_opt_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    decimal_from_value(&v).map_err(serde::de::Error::custom)
+    decimal_from_json(json_text(d)?.get()).map_err(serde::de::Error::custom)
 }
 
 /// `serde(deserialize_with)`: a required amount (number or string).
 pub fn de_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    decimal_from_value(&v)
+    decimal_from_json(json_text(d)?.get())
         .map_err(serde::de::Error::custom)?
         .ok_or_else(|| serde::de::Error::custom("missing amount"))
 }
 
 /// `serde(deserialize_with)`: an optional integer that may arrive as a string.
 pub fn de_opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    match decimal_from_value(&v).map_err(serde::de::Error::custom)? {
+    match decimal_from_json(json_text(d)?.get()).map_err(serde::de::Error::custom)? {
         None => Ok(None),
         Some(dec) => {
             use rust_decimal::prelude::ToPrimitive;
@@ -502,18 +529,59 @@ mod tests {
 
     #[test]
     fn decimals_are_exact() {
-        let v: serde_json::Value = serde_json::json!(["0.1", 0.1, 12, "1e3", null]);
-        let got: Vec<_> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| decimal_from_value(x).unwrap())
-            .collect();
-        assert_eq!(got[0], Some(Decimal::from_str("0.1").unwrap()));
-        assert_eq!(got[1], Some(Decimal::from_str("0.1").unwrap()));
-        assert_eq!(got[2], Some(Decimal::from(12)));
-        assert_eq!(got[3], Some(Decimal::from(1000)));
-        assert_eq!(got[4], None);
-        assert!(decimal_from_value(&serde_json::json!("ten")).is_err());
+        let dec = |t: &str| Some(Decimal::from_str_exact(t).unwrap());
+        let from_text = |json: &str| {
+            let mut de = serde_json::Deserializer::from_str(json);
+            de_opt_decimal(&mut de).map_err(|e| e.to_string())
+        };
+        let from_value = |v: serde_json::Value| de_opt_decimal(v).map_err(|e| e.to_string());
+        // Read from text, a JSON number keeps every digit it arrived with.
+        let digits = "12345678901234567890.123456789";
+        assert_eq!(from_text(digits), Ok(dec(digits)));
+        assert_eq!(from_text(&format!("\"{digits}\"")), Ok(dec(digits)));
+        assert_eq!(from_text("0.1"), Ok(dec("0.1")));
+        assert_eq!(from_text("-0.10"), Ok(dec("-0.10")));
+        assert_eq!(
+            from_text("99999999999999999999999"),
+            Ok(dec("99999999999999999999999"))
+        );
+        assert_eq!(from_text("1e3"), Ok(dec("1000")));
+        assert_eq!(from_text("1.5E+2"), Ok(dec("150")));
+        assert_eq!(from_text("25e-3"), Ok(dec("0.025")));
+        assert_eq!(from_text("\" 7.5 \""), Ok(dec("7.5")));
+        assert_eq!(from_text("\"\""), Ok(None));
+        assert_eq!(from_text("null"), Ok(None));
+        // A `Value` holds strings and integers exactly.
+        assert_eq!(from_value(serde_json::json!("0.1")), Ok(dec("0.1")));
+        assert_eq!(from_value(serde_json::json!(12)), Ok(dec("12")));
+        assert_eq!(
+            from_value(serde_json::json!(u64::MAX)),
+            Ok(dec("18446744073709551615"))
+        );
+        assert_eq!(from_value(serde_json::Value::Null), Ok(None));
+        // Never rounded: an amount Decimal cannot hold exactly is refused, not rounded.
+        for refused in [
+            "0.00000000000000000000000000001",
+            "\"1.00000000000000000000000000001\"",
+            "1.00000000000000000000000000001e2",
+            "1e40",
+            "123456789012345678901234567890",
+            "\"ten\"",
+            "true",
+            "[1]",
+        ] {
+            assert!(from_text(refused).is_err(), "{refused} was accepted");
+        }
+    }
+
+    #[test]
+    fn floats_are_found_wherever_they_are() {
+        assert!(!has_float(
+            &serde_json::json!({"a": [1, "2.5", -3, {"b": null}]})
+        ));
+        assert!(has_float(&serde_json::json!({"a": [1, {"b": 2.5}]})));
+        assert!(has_float(&serde_json::json!([1e3])));
+        let huge: serde_json::Value = serde_json::from_str("[123456789012345678901]").unwrap();
+        assert!(has_float(&huge));
     }
 }

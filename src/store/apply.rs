@@ -53,7 +53,10 @@ pub(super) fn apply_one(
         detail: None,
     };
     match parsed {
-        Err(e) => row.detail = Some(e.to_string()),
+        Err(e) => {
+            row.event_type = e.event_type().map(str::to_string);
+            row.detail = Some(e.to_string());
+        }
         Ok(env) => {
             row.event_type = Some(env.event_type.clone());
             row.event_at = Some(format_timestamp(&env.timestamp));

@@ -229,7 +229,7 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64, memory: usize) -> Result<(RebuildSt
                             reparsed.push(Reparsed {
                                 seq: read.seq,
                                 object: None,
-                                event_type: None,
+                                event_type: e.event_type().map(str::to_string),
                                 error: Some(e.to_string()),
                             });
                         }
@@ -334,10 +334,10 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64, memory: usize) -> Result<(RebuildSt
             Some((k, i, key)) => (Some(k.as_str()), Some(i.as_str()), Some(key.as_str())),
             None => (None, None, None),
         };
-        let outcome = match (&r.object, &r.event_type) {
+        let outcome = match (&r.object, &r.error) {
             (Some(_), _) => outcomes.get(&r.seq).copied().unwrap_or(Outcome::Stale),
-            (None, Some(_)) => Outcome::Unhandled,
-            (None, None) => Outcome::Malformed,
+            (None, Some(_)) => Outcome::Malformed,
+            (None, None) => Outcome::Unhandled,
         };
         tx.exec(
             "UPDATE deliveries SET event_type = ?2, object_kind = ?3, object_id = ?4,

@@ -42,7 +42,8 @@ impl ObjectRow {
 pub struct DeliveryRecord {
     /// The webhook id.
     pub delivery_id: String,
-    /// The event type (null when the body did not parse).
+    /// The event type (null when the body is not an event envelope; a known type whose
+    /// `data` does not fit its family keeps its type).
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// What became of it on arrival.

@@ -2801,6 +2801,57 @@ fn families_cli_balance() {
         (json!("1234.567"), json!("0.001"))
     );
 
+    // Numbers with more digits than an f64 holds keep every digit, through the store,
+    // the command line and a rebuild; one that no exact decimal holds is refused, not
+    // rounded, and its delivery kept.
+    let mut entry = template("credit.added");
+    entry["data"]["id"] = json!("cle_long");
+    entry["data"]["credit_entitlement_id"] = json!("cent_long");
+    entry["data"]["amount"] = json!("@AMOUNT@");
+    entry["data"]["balance_after"] = json!("@AFTER@");
+    let text = serde_json::to_string(&entry).expect("json");
+    let long = text
+        .replace("\"@AMOUNT@\"", "0.000000000000000000001")
+        .replace("\"@AFTER@\"", "123456789012345678.901234567");
+    assert_eq!(
+        world.send_raw("msg_long", long.into_bytes()),
+        Outcome::Applied
+    );
+    let (_, b) = world.cli_json(&["balance", "cus_fx", "cent_long", "--json"]);
+    assert_eq!(b["balance"], json!("123456789012345678.901234567"));
+    let (_, view) = world.cli_json(&["customer", "cus_fx", "--json"]);
+    let credits = by_id(&view["credits"], "credit_entitlement_id");
+    assert_eq!(
+        credits["cent_long"]["balance"],
+        json!("123456789012345678.901234567")
+    );
+    let rounded = text
+        .replace("cle_long", "cle_too_long")
+        .replace("\"@AMOUNT@\"", "1")
+        .replace("\"@AFTER@\"", "0.12345678901234567890123456789");
+    assert_eq!(
+        world.send_raw("msg_too_long", rounded.into_bytes()),
+        Outcome::Malformed
+    );
+    let (_, b) = world.cli_json(&["balance", "cus_fx", "cent_long", "--json"]);
+    assert_eq!(b["balance"], json!("123456789012345678.901234567"));
+    let (_, listed) = world.cli_json(&["deliveries", "--json"]);
+    let kept = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|d| d["delivery_id"] == "msg_too_long")
+        .expect("the refused delivery is kept");
+    assert_eq!(kept["outcome"], "malformed");
+    assert_eq!(kept["type"], "credit.added", "a known type whose data does not fit keeps it");
+    let why = kept["detail"].as_str().unwrap_or_default();
+    assert!(why.contains("more than 28 decimal places"), "{kept}");
+    let (code, stats) = world.cli_json(&["rebuild", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(stats["malformed"], json!(1), "{stats}");
+    let (_, b) = world.cli_json(&["balance", "cus_fx", "cent_long", "--json"]);
+    assert_eq!(b["balance"], json!("123456789012345678.901234567"));
+
     // No ledger entry yet: zero, same shape.
     let (code, none) = world.cli_json(&["balance", "cus_fx", "cent_nothing", "--json"]);
     assert_eq!(code, 0);
