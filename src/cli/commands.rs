@@ -323,7 +323,8 @@ pub fn check(db: &Location, args: CheckArgs) -> Result<ExitCode, CliError> {
         })?,
     };
     let engine = open_existing(db)?;
-    let policy = args.policy.policy();
+    // The flags not given take the policy `serve` recorded: `check` answers as it does.
+    let policy = args.policy.over(engine.policy());
     // One answer: read the pair's rows, not the whole index.
     let answer = engine
         .access_direct(&args.customer, &args.entitlement, now, &policy)

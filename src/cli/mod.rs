@@ -83,41 +83,78 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
 }
 
-/// The access policy knobs, shared by `serve` and `check`.
+/// The access policy knobs, shared by `serve`, `check` and `reconcile`.
+///
+/// `serve` runs under the knobs it is given, each one not given at its default, and
+/// records that policy in the store. `check` and a `reconcile` of its own act on a
+/// store that `serve` keeps: each knob not given takes the value `serve` recorded
+/// ([`PolicyArgs::over`]), so that `check` answers as the server does.
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Do not deny a grant whose subscription is known to be on_hold, paused,
     /// cancelled, expired or failed before the grant's own revocation arrives.
-    #[arg(long, env = "ENTSYNC_NO_SUBSCRIPTION_BACKSTOP", value_parser = clap::builder::BoolishValueParser::new())]
-    pub no_subscription_backstop: bool,
+    #[arg(
+        long,
+        env = "ENTSYNC_NO_SUBSCRIPTION_BACKSTOP",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub no_subscription_backstop: Option<bool>,
     /// Keep access this many hours after a subscription went on_hold.
     #[arg(long, env = "ENTSYNC_ON_HOLD_GRACE_HOURS", value_name = "HOURS")]
     pub on_hold_grace_hours: Option<u32>,
-    /// When disputes deny access: never, on_lost, on_opened.
+    /// When disputes deny access: never (the default), on_lost, on_opened.
+    #[arg(long, env = "ENTSYNC_DISPUTES", value_name = "WHEN")]
+    pub disputes: Option<DisputePolicy>,
+    /// Do not deny grants of a fully refunded one-time payment.
     #[arg(
         long,
-        env = "ENTSYNC_DISPUTES",
-        default_value = "never",
-        value_name = "WHEN"
+        env = "ENTSYNC_NO_REFUND_DENY",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
     )]
-    pub disputes: DisputePolicy,
-    /// Do not deny grants of a fully refunded one-time payment.
-    #[arg(long, env = "ENTSYNC_NO_REFUND_DENY", value_parser = clap::builder::BoolishValueParser::new())]
-    pub no_refund_deny: bool,
+    pub no_refund_deny: Option<bool>,
 }
 
 impl PolicyArgs {
-    /// The policy these flags describe.
+    /// The policy these flags describe, each knob not given at its default.
     pub fn policy(&self) -> Policy {
+        self.over(&Policy::default())
+    }
+
+    /// The policy these flags describe, each knob not given as in `base`.
+    pub fn over(&self, base: &Policy) -> Policy {
         Policy {
-            subscription_backstop: !self.no_subscription_backstop,
-            on_hold_grace: self
-                .on_hold_grace_hours
-                .map(|h| chrono::Duration::hours(i64::from(h))),
-            refund_denies: !self.no_refund_deny,
-            disputes: self.disputes,
+            subscription_backstop: self
+                .no_subscription_backstop
+                .map_or(base.subscription_backstop, |no| !no),
+            on_hold_grace: match self.on_hold_grace_hours {
+                Some(h) => Some(chrono::Duration::hours(i64::from(h))),
+                None => base.on_hold_grace,
+            },
+            refund_denies: self.no_refund_deny.map_or(base.refund_denies, |no| !no),
+            disputes: self.disputes.unwrap_or(base.disputes),
         }
     }
+}
+
+/// Opens the engine (creating the database if needed) for a command that writes to a
+/// store `serve` keeps, under `serve`'s recorded policy where `args` are silent
+/// ([`PolicyArgs::over`]).
+pub fn open_engine_over(db: &Location, args: &PolicyArgs) -> Result<Engine, CliError> {
+    let engine = open_engine(db, None)?;
+    let policy = args.over(engine.policy());
+    if policy == *engine.policy() {
+        return Ok(engine);
+    }
+    drop(engine);
+    open_engine(db, Some(policy))
 }
 
 /// Opens the engine (creating the database if needed), with `policy`, or with the one

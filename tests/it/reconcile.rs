@@ -828,3 +828,119 @@ fn serve_reconciles_in_the_background_and_reports_in_metrics() {
     let access: Value = serde_json::from_str(access.trim()).expect("access json");
     assert_eq!(access["allowed"], true, "{access}");
 }
+
+/// `entsync check` with these arguments and extra environment: (exit code, answer).
+fn check(db: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Value) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--db")
+        .arg(db)
+        .args(["check", "cus_1", "ent_pro", "--json"])
+        .args(args)
+        .env_remove("ENTSYNC_DISPUTES")
+        .env_remove("ENTSYNC_NO_REFUND_DENY")
+        .env_remove("ENTSYNC_NO_SUBSCRIPTION_BACKSTOP")
+        .env_remove("ENTSYNC_ON_HOLD_GRACE_HOURS")
+        .envs(env.iter().copied());
+    let out = cmd.output().expect("run entsync check");
+    let answer = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), answer)
+}
+
+/// `serve` ran with `--disputes on_opened` and recorded it. `check` and a `reconcile` of
+/// their own, run without policy flags, take that policy: the sweep fetches the
+/// disputes, `check` denies for the open one, and the recorded policy is left as it
+/// was. A flag or its variable still overrides it, for that command alone.
+#[test]
+fn check_and_reconcile_take_the_policy_serve_recorded_where_their_flags_are_silent() {
+    use entitlement_sync::{store::Location, Delivery, DisputePolicy, Outcome, Policy};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let on_opened = Policy {
+        disputes: DisputePolicy::OnOpened,
+        ..Policy::default()
+    };
+    let mar = "2026-03-01T09:05:00Z";
+    let mut grant = dodo::grant("entg_1", "cus_1", "ent_pro", "Delivered", mar);
+    grant["payment_id"] = json!("pay_1");
+    let payment = dodo::payment("pay_1", "cus_1");
+    {
+        // What `serve --disputes on_opened` does: open under its policy, then store.
+        let engine = Engine::open_at(Location::Sqlite(db.clone()), Some(on_opened.clone()))
+            .expect("open the store");
+        let lines = [
+            webhook(
+                "entitlement_grant.delivered",
+                mar,
+                &grant,
+                "EntitlementGrant",
+            ),
+            webhook(
+                "payment.succeeded",
+                "2026-03-01T09:04:11Z",
+                &payment,
+                "Payment",
+            ),
+        ];
+        for (i, line) in lines.iter().enumerate() {
+            let d = Delivery::new(
+                format!("msg_{i}"),
+                line.clone().into_bytes(),
+                chrono::Utc::now(),
+            );
+            assert_eq!(engine.ingest(d).expect("ingest"), Outcome::Applied);
+        }
+    }
+    let (code, before) = check(&db, &[], &[]);
+    assert_eq!(
+        (code, &before["allowed"]),
+        (Some(0), &json!(true)),
+        "{before}"
+    );
+
+    let mut dispute = dodo::dispute("dsp_1", "pay_1", "cus_1");
+    dispute["dispute_status"] = json!("dispute_opened");
+    let fake = FakeDodo::start(Data {
+        entitlements: vec![dodo::entitlement("ent_pro")],
+        grants: vec![grant],
+        payments: vec![payment],
+        disputes: vec![dispute],
+        ..Data::default()
+    });
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let log = fake.take_log();
+    assert!(
+        log.iter().any(|l| l.starts_with("/disputes")),
+        "the sweep fetches disputes under the recorded on_opened: {log:#?}"
+    );
+
+    let (code, after) = check(&db, &[], &[]);
+    assert_eq!(
+        (code, &after["allowed"], &after["reason"]),
+        (Some(1), &json!(false), &json!("dispute")),
+        "{after}"
+    );
+    let (code, flag) = check(&db, &["--disputes", "never"], &[]);
+    assert_eq!((code, &flag["allowed"]), (Some(0), &json!(true)), "{flag}");
+    let (code, var) = check(&db, &[], &[("ENTSYNC_DISPUTES", "never")]);
+    assert_eq!((code, &var["allowed"]), (Some(0), &json!(true)), "{var}");
+    // The other knobs as recorded too: the refund knob given alone keeps on_opened.
+    let (code, other) = check(&db, &["--no-refund-deny"], &[]);
+    assert_eq!(
+        (code, &other["reason"]),
+        (Some(1), &json!("dispute")),
+        "{other}"
+    );
+
+    let engine = Engine::open_at(Location::Sqlite(db.clone()), None).expect("reopen");
+    assert_eq!(
+        engine.policy(),
+        &on_opened,
+        "the recorded policy is unchanged"
+    );
+}

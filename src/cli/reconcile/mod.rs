@@ -6,7 +6,7 @@
 pub mod client;
 pub mod sweep;
 
-use super::{open_engine, print_json, CliError, PolicyArgs};
+use super::{open_engine_over, print_json, CliError, PolicyArgs};
 use clap::{Args, ValueEnum};
 use client::{ApiKey, Client, Config};
 use entitlement_sync::reconcile::{self, Summary, LIVE_URL, MAX_PAGE_SIZE, TEST_URL};
@@ -205,10 +205,11 @@ pub fn run(db: &Location, args: ReconcileArgs) -> Result<ExitCode, CliError> {
         return Err(CliError::usage("--customer is empty"));
     }
     let client = client(args.base_url.as_deref(), args.environment, key, &args.api)?;
-    let engine = open_engine(db, Some(args.policy.policy()))?;
+    // A store `serve` keeps: the flags not given take the policy it recorded.
+    let engine = open_engine_over(db, &args.policy)?;
     let plan = sweep::Plan {
         customer: args.customer.clone(),
-        policy: args.policy.policy(),
+        policy: engine.policy().clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
