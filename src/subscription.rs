@@ -14,8 +14,8 @@
 //! `pending`; a terminal status stays terminal.
 
 use crate::event::{
-    CreditBalanceLow, CreditEntry, Dispute, LicenseKey, Payment, Refund, Subscription,
-    SubscriptionStatus,
+    CreditBalanceLow, CreditEntry, Dispute, DisputeStatus, LicenseKey, Payment, Refund,
+    RefundStatus, Subscription, SubscriptionStatus,
 };
 use crate::fold::{always_legal, Machine, RejectReason};
 use crate::wire::Timestamp;
@@ -90,16 +90,49 @@ impl Machine for Payment {
     }
 }
 
+/// Refund lifecycle rank, to order two snapshots of the same instant: pending < review
+/// < unknown < succeeded = failed (a refund ends in one of these).
+pub fn refund_rank(status: &RefundStatus) -> u8 {
+    match status {
+        RefundStatus::Pending => 0,
+        RefundStatus::Review => 1,
+        RefundStatus::Other(_) => 2,
+        RefundStatus::Succeeded | RefundStatus::Failed => 3,
+    }
+}
+
+/// Dispute lifecycle rank, to order two snapshots of the same instant: opened <
+/// challenged < unknown (`pre_arbitration_opened`, ...) < every outcome (won, lost,
+/// accepted, cancelled, expired). A dispute opened and resolved within one instant (a
+/// rapid dispute resolution) ends at its outcome, whichever arrives first.
+pub fn dispute_rank(status: &DisputeStatus) -> u8 {
+    match status {
+        DisputeStatus::DisputeOpened => 0,
+        DisputeStatus::DisputeChallenged => 1,
+        DisputeStatus::Other(_) => 2,
+        DisputeStatus::DisputeExpired
+        | DisputeStatus::DisputeAccepted
+        | DisputeStatus::DisputeCancelled
+        | DisputeStatus::DisputeWon
+        | DisputeStatus::DisputeLost => 3,
+    }
+}
+
 /// Families whose newest snapshot simply wins: every transition is legal, the version is
-/// the envelope `timestamp` (they carry no `updated_at`).
+/// the envelope `timestamp` (they carry no `updated_at`); snapshots of one instant fold
+/// in lifecycle order where the family has one.
 macro_rules! newest_wins {
-    ($($ty:ty: id $id:ident, status |$s:ident| $status:expr;)+) => {$(
+    ($($ty:ty: id $id:ident, status |$s:ident| $status:expr, rank $rank:expr;)+) => {$(
         impl Machine for $ty {
             fn object_id(&self) -> &str {
                 &self.$id
             }
             fn version_at(&self, envelope_ts: Timestamp) -> Timestamp {
                 envelope_ts
+            }
+            fn rank(&self) -> u8 {
+                let rank: fn(&Self) -> u8 = $rank;
+                rank(self)
             }
             fn status_name(&self) -> &str {
                 let $s = self;
@@ -113,10 +146,11 @@ macro_rules! newest_wins {
 }
 
 newest_wins! {
-    Refund: id refund_id, status |r| r.status.as_str();
-    Dispute: id dispute_id, status |d| d.dispute_status.as_str();
-    LicenseKey: id id, status |k| k.status.as_str();
-    CreditBalanceLow: id object_id, status |_b| "balance_low";
+    Refund: id refund_id, status |r| r.status.as_str(), rank |r| refund_rank(&r.status);
+    Dispute: id dispute_id, status |d| d.dispute_status.as_str(), rank |d| dispute_rank(&d.dispute_status);
+    // A key is enabled and disabled again at will: no lifecycle order.
+    LicenseKey: id id, status |k| k.status.as_str(), rank |_k| 0;
+    CreditBalanceLow: id object_id, status |_b| "balance_low", rank |_b| 0;
 }
 
 /// A ledger entry is immutable: one id, one entry. The same entry spelled differently

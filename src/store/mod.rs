@@ -49,6 +49,9 @@ pub use records::{
     StoreStats,
 };
 pub use sqlite::VERSION;
+/// The PostgreSQL schema version this build writes (its own numbering, `postgres/`).
+#[cfg(feature = "postgres")]
+pub const POSTGRES_VERSION: i64 = postgres::VERSION;
 pub use write::{Applied, Writer};
 
 use crate::change::Change;

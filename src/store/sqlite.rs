@@ -416,6 +416,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_changes.sql"),
     include_str!("../../migrations/0004_partial_indexes.sql"),
     include_str!("../../migrations/0005_access_rules.sql"),
+    include_str!("../../migrations/0006_dispute_refund_ranks.sql"),
 ];
 
 /// The schema version this build writes.

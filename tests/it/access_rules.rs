@@ -416,3 +416,154 @@ fn an_upgraded_store_records_the_answers_of_the_new_rules() {
     );
     assert!(pair[0].previous.allowed, "{:?}", pair[0]);
 }
+
+/// The delivery of grant `grt_1` of (cus_1, ent_1), bought by payment `pay_1`, at 11:00.
+fn grant_of_pay_1() -> Value {
+    env(
+        "entitlement_grant.delivered",
+        "2026-05-01T11:00:00Z",
+        grant(
+            "grt_1",
+            "Delivered",
+            "2026-05-01T11:00:00Z",
+            json!({"payment_id": "pay_1"}),
+        ),
+    )
+}
+
+/// A `dispute.*` delivery of dispute `id` of `pay_1` at `at`, in `status`.
+fn dispute_event(id: &str, status: &str, at: &str) -> Value {
+    let ty = format!("dispute.{}", status.trim_start_matches("dispute_"));
+    env(
+        &ty,
+        at,
+        json!({
+        "dispute_id": id, "payment_id": "pay_1", "business_id": "bus_1", "brand_id": "brd_1",
+        "dispute_status": status, "dispute_stage": "dispute", "amount": "2999", "currency": "USD",
+        "customer": customer(), "payment_provider": "stripe", "created_at": "2026-05-01T11:30:00Z"}),
+    )
+}
+
+/// A dispute opened and resolved within one instant (a rapid dispute resolution) ends
+/// at its outcome in either arrival order: the lifecycle rank breaks the tie, not the
+/// content hash. Lost or accepted deny under on_lost; won allows under on_opened.
+#[test]
+fn a_dispute_opened_and_resolved_in_one_instant_ends_at_its_outcome() {
+    let on = |disputes| Policy {
+        disputes,
+        ..Policy::default()
+    };
+    let at = "2026-05-01T12:00:00Z";
+    for (outcome, policy, allowed) in [
+        ("dispute_lost", on(DisputePolicy::OnLost), false),
+        ("dispute_accepted", on(DisputePolicy::OnLost), false),
+        ("dispute_won", on(DisputePolicy::OnOpened), true),
+        ("dispute_cancelled", on(DisputePolicy::OnOpened), true),
+    ] {
+        for outcome_first in [false, true] {
+            let mut w = World::new();
+            w.send(&grant_of_pay_1());
+            let opened = dispute_event("dsp_1", "dispute_opened", at);
+            let resolved = dispute_event("dsp_1", outcome, at);
+            let (first, second) = if outcome_first {
+                (resolved, opened)
+            } else {
+                (opened, resolved)
+            };
+            w.send(&first);
+            w.send(&second);
+            let what = format!("{outcome}, outcome first: {outcome_first}");
+            let a = w.access("cus_1", "ent_1", "2026-05-01T13:00:00Z", &policy);
+            assert_eq!(a.allowed, allowed, "{what}: {a:?}");
+            let conn = rusqlite::Connection::open(w._dir.path().join("e.db")).expect("raw");
+            let status: String = conn
+                .query_row(
+                    "SELECT status FROM objects WHERE kind = 'dispute' AND id = 'dsp_1'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("the dispute's state");
+            assert_eq!(status, outcome, "{what}");
+        }
+    }
+}
+
+/// A store written before refunds and disputes had a lifecycle rank (schema version 5:
+/// rank 0 in their version keys) is rebuilt once when it is opened, to keys with the
+/// ranks, and answers as a new store does.
+#[test]
+fn a_version_5_store_is_rebuilt_to_the_dispute_and_refund_ranks() {
+    let mut w = World::new();
+    w.send(&grant_of_pay_1());
+    w.send(&dispute_event(
+        "dsp_1",
+        "dispute_lost",
+        "2026-05-01T12:00:00Z",
+    ));
+    w.send(&dispute_event(
+        "dsp_1",
+        "dispute_opened",
+        "2026-05-01T12:00:00Z",
+    ));
+    w.send(&env(
+        "refund.succeeded",
+        "2026-05-01T12:30:00Z",
+        refund("ref_1", "pay_1", "succeeded", true),
+    ));
+    let path = w._dir.path().join("e.db");
+    let World { _dir, engine, .. } = w;
+    drop(engine);
+    let keys = |conn: &rusqlite::Connection| -> Vec<String> {
+        let mut st = conn
+            .prepare(
+                "SELECT version_key FROM history WHERE kind IN ('dispute', 'refund')
+                 ORDER BY version_key",
+            )
+            .unwrap();
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let conn = rusqlite::Connection::open(&path).expect("open raw");
+    let ranked = keys(&conn);
+    assert_eq!(ranked.len(), 3, "{ranked:?}");
+    // As version 5 wrote them: rank 0 everywhere.
+    for k in &ranked {
+        let old = k.replace("/3/", "/0/");
+        conn.execute(
+            "UPDATE history SET version_key = ?2 WHERE version_key = ?1",
+            [k, &old],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE deliveries SET version_key = ?2 WHERE version_key = ?1",
+            [k, &old],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("PRAGMA user_version = 5;").unwrap();
+    assert_ne!(keys(&conn), ranked, "the downgrade changed the keys");
+    drop(conn);
+    let engine = Engine::open(&path).expect("migrate");
+    let conn = rusqlite::Connection::open(&path).expect("open raw");
+    assert_eq!(keys(&conn), ranked, "the keys carry the ranks again");
+    let pending: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM meta WHERE key = 'needs_rebuild' AND value <> 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pending, 0, "the rebuild ran once");
+    let on_lost = Policy {
+        disputes: DisputePolicy::OnLost,
+        ..Policy::default()
+    };
+    let a = engine
+        .access_with("cus_1", "ent_1", ts("2026-05-01T13:00:00Z"), &on_lost)
+        .expect("access");
+    assert_eq!(
+        (a.allowed, a.reason.as_deref()),
+        (false, Some("dispute")),
+        "{a:?}"
+    );
+}

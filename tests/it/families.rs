@@ -2843,7 +2843,10 @@ fn families_cli_balance() {
         .find(|d| d["delivery_id"] == "msg_too_long")
         .expect("the refused delivery is kept");
     assert_eq!(kept["outcome"], "malformed");
-    assert_eq!(kept["type"], "credit.added", "a known type whose data does not fit keeps it");
+    assert_eq!(
+        kept["type"], "credit.added",
+        "a known type whose data does not fit keeps it"
+    );
     let why = kept["detail"].as_str().unwrap_or_default();
     assert!(why.contains("more than 28 decimal places"), "{kept}");
     let (code, stats) = world.cli_json(&["rebuild", "--json"]);

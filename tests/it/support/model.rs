@@ -128,10 +128,25 @@ impl Family for PaymentSpec {
     }
 }
 
-/// Refunds: the newest snapshot wins.
+/// Refund lifecycle rank (docs/semantics.md, "Ordering"): pending < review < unknown <
+/// succeeded = failed.
+pub fn refund_rank(status: &str) -> u8 {
+    match status {
+        "pending" => 0,
+        "review" => 1,
+        "succeeded" | "failed" => 3,
+        _ => 2,
+    }
+}
+
+/// Refunds: the newest snapshot wins; snapshots of one instant in lifecycle order.
 impl Family for RefundSpec {
     fn key(&self) -> MKey {
-        (self.at, 0, content_hash(&self.data()))
+        (
+            self.at,
+            refund_rank(self.status),
+            content_hash(&self.data()),
+        )
     }
     fn status(&self) -> &'static str {
         self.status
