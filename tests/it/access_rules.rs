@@ -90,16 +90,7 @@ fn a_payment_listing_a_refund_does_not_undo_the_refund_its_own_event_reported() 
     // One-time purchase; the customer asks for a refund at 10:30 (refund created);
     // the grant is delivered at 11:00 (e.g. OAuth consent completed); the refund
     // succeeds at 12:00. Dodo's `refund` revocation of the grant is late.
-    w.send(&env(
-        "entitlement_grant.delivered",
-        "2026-05-01T11:00:00Z",
-        grant(
-            "grt_1",
-            "Delivered",
-            "2026-05-01T11:00:00Z",
-            json!({"payment_id": "pay_1"}),
-        ),
-    ));
+    w.send(&grant_of_pay_1());
     w.send(&env(
         "refund.succeeded",
         "2026-05-01T12:00:00Z",
@@ -162,30 +153,12 @@ fn an_older_lost_dispute_does_not_hide_a_newer_open_one() {
         dispute("dsp_1", "dispute_lost"),
     ));
     // The grant is (re)delivered after that dispute: the later grant wins over it, by design.
-    w.send(&env(
-        "entitlement_grant.delivered",
-        "2026-05-01T11:00:00Z",
-        grant(
-            "grt_1",
-            "Delivered",
-            "2026-05-01T11:00:00Z",
-            json!({"payment_id": "pay_1"}),
-        ),
-    ));
+    w.send(&grant_of_pay_1());
     let a = w.access("cus_1", "ent_1", "2026-05-01T11:30:00Z", &policy);
     assert!(a.allowed, "{a:?}");
     // Control: without dsp_1, a dispute opened at 12:00 denies under on_opened.
     let mut control = World::new();
-    control.send(&env(
-        "entitlement_grant.delivered",
-        "2026-05-01T11:00:00Z",
-        grant(
-            "grt_1",
-            "Delivered",
-            "2026-05-01T11:00:00Z",
-            json!({"payment_id": "pay_1"}),
-        ),
-    ));
+    control.send(&grant_of_pay_1());
     control.send(&env(
         "dispute.opened",
         "2026-05-01T12:00:00Z",
@@ -219,16 +192,7 @@ fn refund(id: &str, payment_id: &str, status: &str, partial: bool) -> Value {
 #[test]
 fn a_refund_moved_to_another_payment_no_longer_denies_the_first() {
     let policy = Policy::default();
-    let g = env(
-        "entitlement_grant.delivered",
-        "2026-05-01T11:00:00Z",
-        grant(
-            "grt_1",
-            "Delivered",
-            "2026-05-01T11:00:00Z",
-            json!({"payment_id": "pay_1"}),
-        ),
-    );
+    let g = grant_of_pay_1();
     let a = env(
         "refund.succeeded",
         "2026-05-01T12:00:00Z",
@@ -359,16 +323,7 @@ fn the_answer_names_a_delivered_grant_before_one_the_grace_keeps() {
 #[test]
 fn an_upgraded_store_records_the_answers_of_the_new_rules() {
     let mut w = World::new();
-    w.send(&env(
-        "entitlement_grant.delivered",
-        "2026-05-01T11:00:00Z",
-        grant(
-            "grt_1",
-            "Delivered",
-            "2026-05-01T11:00:00Z",
-            json!({"payment_id": "pay_1"}),
-        ),
-    ));
+    w.send(&grant_of_pay_1());
     w.send(&env(
         "refund.succeeded",
         "2026-05-01T12:00:00Z",
