@@ -151,6 +151,21 @@ fn pure(c: &mut Criterion) {
     g.bench_function("parse/grant", |b| {
         b.iter(|| black_box(event::parse(&d.body).expect("parse")))
     });
+    // A payment as Dodo's example has it (amounts as strings and integers: read from the
+    // parsed value), then with one amount a fraction (the payload read again from its
+    // text, for exact decimals).
+    let payment = include_bytes!("../tests/data/events/payment.succeeded.json").to_vec();
+    let fraction = String::from_utf8(payment.clone())
+        .expect("utf-8")
+        .replacen("\"total_amount\": \"2999\"", "\"total_amount\": 29.99", 1)
+        .into_bytes();
+    assert_ne!(fraction, payment, "the fixture's total_amount is \"2999\"");
+    g.bench_function("parse/payment", |b| {
+        b.iter(|| black_box(event::parse(&payment).expect("parse")))
+    });
+    g.bench_function("parse/payment_fraction", |b| {
+        b.iter(|| black_box(event::parse(&fraction).expect("parse")))
+    });
     let env = event::parse(&d.body).expect("parse");
     let event::Event::Grant(snap) = env.event else {
         panic!("not a grant")
