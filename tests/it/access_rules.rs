@@ -236,22 +236,32 @@ fn a_refund_moved_to_another_payment_no_longer_denies_the_first() {
     );
 }
 
+/// A grace of 72 hours after a subscription went on_hold, the other knobs the defaults.
+fn grace_of_72_hours() -> Policy {
+    Policy {
+        on_hold_grace: Some(chrono::Duration::hours(72)),
+        ..Policy::default()
+    }
+}
+
+/// `sub_1` goes on_hold at 10:00.
+fn sub_1_on_hold_at_10() -> Value {
+    env(
+        "subscription.on_hold",
+        "2026-05-01T10:00:00Z",
+        subscription("sub_1", "on_hold"),
+    )
+}
+
 /// A grant revoked for `subscription_on_hold` that the grace keeps is held to its license
 /// key as the same grant `delivered` is: expired, it is denied.
 #[test]
 fn a_grant_the_grace_keeps_is_denied_by_an_expired_license_key() {
-    let policy = Policy {
-        on_hold_grace: Some(chrono::Duration::hours(72)),
-        ..Policy::default()
-    };
+    let policy = grace_of_72_hours();
     let key = json!({"key": "K-1", "activations_used": 0, "expires_at": "2026-05-01T11:00:00Z"});
     let run = |status: &str, reason: Value| {
         let mut w = World::new();
-        w.send(&env(
-            "subscription.on_hold",
-            "2026-05-01T10:00:00Z",
-            subscription("sub_1", "on_hold"),
-        ));
+        w.send(&sub_1_on_hold_at_10());
         w.send(&env(
             "entitlement_grant.revoked",
             "2026-05-01T09:00:00Z",
@@ -279,21 +289,14 @@ fn a_grant_the_grace_keeps_is_denied_by_an_expired_license_key() {
 /// newer revoked one that the grace keeps (whose access ends sooner).
 #[test]
 fn the_answer_names_a_delivered_grant_before_one_the_grace_keeps() {
-    let policy = Policy {
-        on_hold_grace: Some(chrono::Duration::hours(72)),
-        ..Policy::default()
-    };
+    let policy = grace_of_72_hours();
     let mut w = World::new();
     w.send(&env(
         "entitlement_grant.delivered",
         "2026-05-01T08:00:00Z",
         grant("grt_old", "Delivered", "2026-05-01T08:00:00Z", json!({})),
     ));
-    w.send(&env(
-        "subscription.on_hold",
-        "2026-05-01T10:00:00Z",
-        subscription("sub_1", "on_hold"),
-    ));
+    w.send(&sub_1_on_hold_at_10());
     w.send(&env(
         "entitlement_grant.revoked",
         "2026-05-01T10:00:01Z",

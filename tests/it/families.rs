@@ -2810,21 +2810,24 @@ fn families_cli_balance() {
     entry["data"]["amount"] = json!("@AMOUNT@");
     entry["data"]["balance_after"] = json!("@AFTER@");
     let text = serde_json::to_string(&entry).expect("json");
+    const EXACT: &str = "123456789012345678.901234567";
+    let long_balance = |world: &World| {
+        world
+            .cli_json(&["balance", "cus_fx", "cent_long", "--json"])
+            .1["balance"]
+            .clone()
+    };
     let long = text
         .replace("\"@AMOUNT@\"", "0.000000000000000000001")
-        .replace("\"@AFTER@\"", "123456789012345678.901234567");
+        .replace("\"@AFTER@\"", EXACT);
     assert_eq!(
         world.send_raw("msg_long", long.into_bytes()),
         Outcome::Applied
     );
-    let (_, b) = world.cli_json(&["balance", "cus_fx", "cent_long", "--json"]);
-    assert_eq!(b["balance"], json!("123456789012345678.901234567"));
+    assert_eq!(long_balance(&world), json!(EXACT));
     let (_, view) = world.cli_json(&["customer", "cus_fx", "--json"]);
     let credits = by_id(&view["credits"], "credit_entitlement_id");
-    assert_eq!(
-        credits["cent_long"]["balance"],
-        json!("123456789012345678.901234567")
-    );
+    assert_eq!(credits["cent_long"]["balance"], json!(EXACT));
     let rounded = text
         .replace("cle_long", "cle_too_long")
         .replace("\"@AMOUNT@\"", "1")
@@ -2833,8 +2836,7 @@ fn families_cli_balance() {
         world.send_raw("msg_too_long", rounded.into_bytes()),
         Outcome::Malformed
     );
-    let (_, b) = world.cli_json(&["balance", "cus_fx", "cent_long", "--json"]);
-    assert_eq!(b["balance"], json!("123456789012345678.901234567"));
+    assert_eq!(long_balance(&world), json!(EXACT));
     let (_, listed) = world.cli_json(&["deliveries", "--json"]);
     let kept = listed
         .as_array()
@@ -2852,8 +2854,7 @@ fn families_cli_balance() {
     let (code, stats) = world.cli_json(&["rebuild", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(stats["malformed"], json!(1), "{stats}");
-    let (_, b) = world.cli_json(&["balance", "cus_fx", "cent_long", "--json"]);
-    assert_eq!(b["balance"], json!("123456789012345678.901234567"));
+    assert_eq!(long_balance(&world), json!(EXACT));
 
     // No ledger entry yet: zero, same shape.
     let (code, none) = world.cli_json(&["balance", "cus_fx", "cent_nothing", "--json"]);
