@@ -122,7 +122,7 @@ pub fn dispute_rank(status: &DisputeStatus) -> u8 {
 /// the envelope `timestamp` (they carry no `updated_at`); snapshots of one instant fold
 /// in lifecycle order where the family has one.
 macro_rules! newest_wins {
-    ($($ty:ty: id $id:ident, status |$s:ident| $status:expr, rank $rank:expr;)+) => {$(
+    ($($ty:ty: id $id:ident, status |$s:ident| $status:expr, rank |$r:ident| $rank:expr;)+) => {$(
         impl Machine for $ty {
             fn object_id(&self) -> &str {
                 &self.$id
@@ -131,8 +131,8 @@ macro_rules! newest_wins {
                 envelope_ts
             }
             fn rank(&self) -> u8 {
-                let rank: fn(&Self) -> u8 = $rank;
-                rank(self)
+                let $r = self;
+                $rank
             }
             fn status_name(&self) -> &str {
                 let $s = self;

@@ -288,7 +288,7 @@ fn decimal_from_json(raw: &str) -> Result<Option<Decimal>, String> {
 /// Whether `v` holds a number that serde_json keeps as an `f64` (a fraction, an
 /// exponent, or an integer outside `i64`/`u64`): the amounts of such a payload must be
 /// read from its text to be exact.
-pub fn has_float(v: &serde_json::Value) -> bool {
+pub(crate) fn has_float(v: &serde_json::Value) -> bool {
     match v {
         serde_json::Value::Number(n) => n.is_f64(),
         serde_json::Value::Array(a) => a.iter().any(has_float),

@@ -39,6 +39,16 @@ impl World {
             ))
             .expect("ingest")
     }
+    /// The store's file.
+    fn path(&self) -> std::path::PathBuf {
+        self._dir.path().join("e.db")
+    }
+    /// Closes the engine: the store's file, and the directory that keeps it.
+    fn close(self) -> (tempfile::TempDir, std::path::PathBuf) {
+        let path = self.path();
+        drop(self.engine);
+        (self._dir, path)
+    }
     fn access(&self, c: &str, e: &str, at: &str, policy: &Policy) -> Access {
         self.engine
             .access_with(c, e, ts(at), policy)
@@ -332,9 +342,7 @@ fn an_upgraded_store_records_the_answers_of_the_new_rules() {
         "2026-05-01T12:00:00Z",
         refund("ref_1", "pay_1", "succeeded", false),
     ));
-    let path = w._dir.path().join("e.db");
-    let World { _dir, engine, .. } = w;
-    drop(engine);
+    let (_dir, path) = w.close();
     // As a version 4 store whose feed recorded the old rules' answer for the pair.
     let conn = rusqlite::Connection::open(&path).expect("open raw");
     conn.execute_batch(
@@ -433,7 +441,7 @@ fn a_dispute_opened_and_resolved_in_one_instant_ends_at_its_outcome() {
             let what = format!("{outcome}, outcome first: {outcome_first}");
             let a = w.access("cus_1", "ent_1", "2026-05-01T13:00:00Z", &policy);
             assert_eq!(a.allowed, allowed, "{what}: {a:?}");
-            let conn = rusqlite::Connection::open(w._dir.path().join("e.db")).expect("raw");
+            let conn = rusqlite::Connection::open(w.path()).expect("raw");
             let status: String = conn
                 .query_row(
                     "SELECT status FROM objects WHERE kind = 'dispute' AND id = 'dsp_1'",
@@ -468,9 +476,7 @@ fn a_version_5_store_is_rebuilt_to_the_dispute_and_refund_ranks() {
         "2026-05-01T12:30:00Z",
         refund("ref_1", "pay_1", "succeeded", true),
     ));
-    let path = w._dir.path().join("e.db");
-    let World { _dir, engine, .. } = w;
-    drop(engine);
+    let (_dir, path) = w.close();
     let keys = |conn: &rusqlite::Connection| -> Vec<String> {
         let mut st = conn
             .prepare(
