@@ -46,6 +46,9 @@ struct Read {
     body: Vec<u8>,
     /// Stored as malformed.
     malformed: bool,
+    /// Stored without an event type (stores written before `eb78430` kept none for a
+    /// malformed delivery of a known type).
+    untyped: bool,
     /// An override accepted this delivery's body.
     forced: bool,
 }
@@ -53,6 +56,7 @@ struct Read {
 /// The columns of a [`Read`]; an override names a delivery id and the body it accepted.
 const READ: &str = "SELECT d.seq, d.delivery_id, d.body,
         CASE WHEN d.outcome = 'malformed' THEN 1 ELSE 0 END,
+        CASE WHEN d.event_type IS NULL THEN 1 ELSE 0 END,
         CASE WHEN EXISTS (SELECT 1 FROM overrides o
                            WHERE o.delivery_id = d.delivery_id
                              AND o.body_sha256 = d.body_sha256)
@@ -66,7 +70,8 @@ impl Read {
             delivery_id: r.string(1)?,
             body: r.blob(2)?,
             malformed: r.bool(3)?,
-            forced: r.bool(4)?,
+            untyped: r.bool(4)?,
+            forced: r.bool(5)?,
         })
     }
 
@@ -225,7 +230,9 @@ pub(super) fn rebuild(tx: &dyn Db, seq: i64, memory: usize) -> Result<(RebuildSt
                 let env = match parsed {
                     Err(e) => {
                         stats.malformed += 1;
-                        if !read.malformed {
+                        // Recorded anew when it parsed before, or when its type is
+                        // known now and the row has none.
+                        if !read.malformed || (read.untyped && e.event_type().is_some()) {
                             reparsed.push(Reparsed {
                                 seq: read.seq,
                                 object: None,

@@ -2851,10 +2851,32 @@ fn families_cli_balance() {
     );
     let why = kept["detail"].as_str().unwrap_or_default();
     assert!(why.contains("more than 28 decimal places"), "{kept}");
+    // A store written before malformed deliveries kept their type: a rebuild gives it
+    // back, and the detail of today's parse.
+    rusqlite::Connection::open(&world.db)
+        .expect("open raw")
+        .execute(
+            "UPDATE deliveries SET event_type = NULL, detail = 'old' \
+             WHERE delivery_id = 'msg_too_long'",
+            [],
+        )
+        .expect("forget the type");
     let (code, stats) = world.cli_json(&["rebuild", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(stats["malformed"], json!(1), "{stats}");
     assert_eq!(long_balance(&world), json!(EXACT));
+    let (_, listed) = world.cli_json(&["deliveries", "--json"]);
+    let kept = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|d| d["delivery_id"] == "msg_too_long")
+        .expect("still kept");
+    assert_eq!(
+        (&kept["outcome"], &kept["type"], &kept["detail"]),
+        (&json!("malformed"), &json!("credit.added"), &json!(why)),
+        "{kept}"
+    );
 
     // No ledger entry yet: zero, same shape.
     let (code, none) = world.cli_json(&["balance", "cus_fx", "cent_nothing", "--json"]);
