@@ -20,7 +20,7 @@
 use entitlement_sync::change::Change;
 use entitlement_sync::http::ForwardStats;
 use entitlement_sync::verify::{sign, Secret};
-use entitlement_sync::Engine;
+use entitlement_sync::{Engine, Lease};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,12 +108,7 @@ pub async fn run(
     let mut saved_at = Instant::now();
     loop {
         if !leading || checked.elapsed() >= Duration::from_secs(1) {
-            let lease = Arc::clone(&lease);
-            let held = tokio::task::spawn_blocking(move || {
-                lease.lock().unwrap_or_else(|p| p.into_inner()).held()
-            })
-            .await
-            .unwrap_or(false);
+            let held = held(&lease).await;
             checked = Instant::now();
             if !held {
                 if leading {
@@ -154,7 +149,21 @@ pub async fn run(
             continue;
         }
         for change in &page {
-            deliver(&client, &forward, change, &stats).await;
+            // The lease is checked between changes as between pages, and between the
+            // attempts of one change: an instance that lost it stops posting within
+            // about a second, so that two instances never forward side by side.
+            if checked.elapsed() >= Duration::from_secs(1) {
+                checked = Instant::now();
+                if !held(&lease).await {
+                    tracing::warn!("lost the forward lease; another instance forwards");
+                    leading = false;
+                    break;
+                }
+            }
+            if !deliver(&client, &forward, change, &stats, &lease).await {
+                leading = false;
+                break;
+            }
             cursor = change.seq;
             stats.cursor.store(cursor, Ordering::Relaxed);
             stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -166,20 +175,30 @@ pub async fn run(
     }
 }
 
-/// Posts one change until a 2xx.
+/// Whether this process holds the lease now (checked on the store's connection).
+async fn held(lease: &Arc<std::sync::Mutex<Lease>>) -> bool {
+    let lease = Arc::clone(lease);
+    tokio::task::spawn_blocking(move || lease.lock().unwrap_or_else(|p| p.into_inner()).held())
+        .await
+        .unwrap_or(false)
+}
+
+/// Posts one change until a 2xx (`true`), or until the lease is lost between two
+/// attempts (`false`: another instance forwards from the stored cursor).
 async fn deliver(
     client: &reqwest::Client,
     forward: &Forward,
     change: &Change,
     stats: &ForwardStats,
-) {
+    lease: &Arc<std::sync::Mutex<Lease>>,
+) -> bool {
     let id = format!("chg_{}", change.seq);
     let body = match body(change) {
         Ok(body) => body,
         Err(e) => {
             // Cannot happen for these types; skipping would break "every seq arrives".
             tracing::error!(error = %e, seq = change.seq, "cannot encode a change");
-            return;
+            return true;
         }
     };
     let first_seen = chrono::Utc::now().timestamp_micros();
@@ -205,7 +224,7 @@ async fn deliver(
         let failure = match attempt {
             Ok(resp) if resp.status().is_success() => {
                 stats.pending_since_micros.store(0, Ordering::Relaxed);
-                return;
+                return true;
             }
             Ok(resp) => format!("answered {}", resp.status()),
             Err(e) => e.to_string(),
@@ -222,6 +241,13 @@ async fn deliver(
             "forwarding a change failed; retrying"
         );
         tokio::time::sleep(delay).await;
+        if !held(lease).await {
+            tracing::warn!(
+                seq = change.seq,
+                "lost the forward lease while retrying a change"
+            );
+            return false;
+        }
     }
 }
 

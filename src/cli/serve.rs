@@ -251,21 +251,30 @@ async fn report_warm(engine: Engine, started: std::time::Instant) {
 
 /// Records the access changes time alone makes (license keys expiring, on-hold graces
 /// ending) when they are due: sleeps until the store's next due instant, woken early by
-/// commits (which may bring an earlier one), and looks again at least every 30 s for
+/// commits (which may bring an earlier one), and looks again at least every second for
 /// other processes' commits. Never a scan: one indexed `MIN` per wake-up.
+///
+/// Its first pass writes whatever the store's state asks, at once: serve's policy if it
+/// differs from the recorded one (every pair re-evaluated), a store a rebuild or a
+/// migration flagged for evaluation, and what time changed while no instance ran, so
+/// that the feed agrees with the answers from the start, not from the next delivery.
 async fn advance_time(engine: Engine, commits: Arc<tokio::sync::Notify>) {
-    const LOOK_AGAIN: Duration = Duration::from_secs(30);
+    const LOOK_AGAIN: Duration = Duration::from_secs(1);
+    let mut first = true;
     loop {
         let woken = commits.notified();
         let e = engine.clone();
+        let settle = first;
         let next = tokio::task::spawn_blocking(move || {
             let now = chrono::Utc::now();
-            if e.next_due()?.is_some_and(|due| due <= now) {
+            if settle || e.next_due()?.is_some_and(|due| due <= now) {
                 e.advance(now)?;
             }
             e.next_due()
         })
         .await;
+        // A first pass that failed is tried again on the next.
+        first &= !matches!(next, Ok(Ok(_)));
         let sleep = match next {
             Ok(Ok(Some(due))) => (due - chrono::Utc::now())
                 .to_std()

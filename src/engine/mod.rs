@@ -188,7 +188,11 @@ impl Engine {
 
     /// Like [`Engine::open`], with an access policy. The access-change feed is computed
     /// under it too: when it differs from the stored one, the first write re-evaluates
-    /// every pair (cause `operator`, detail `policy_changed`) and stores it.
+    /// every pair (cause `operator`, detail `policy_changed`) and stores it. Call
+    /// [`Engine::advance`] right after opening to make that write at once (as
+    /// `entsync serve` does), rather than at the first delivery. From then on the feed
+    /// follows the policy stored last: another engine opened later with another policy
+    /// (a rolling restart) takes the feed over, and this one's writes follow it.
     ///
     /// # Errors
     ///

@@ -87,7 +87,7 @@ pub enum StoreError {
     /// The database was written by a newer version of entitlement-sync.
     #[error("database schema version {found} is newer than this build supports ({supported}); upgrade entsync")]
     SchemaTooNew {
-        /// `PRAGMA user_version` of the file.
+        /// `PRAGMA user_version` of the file, or the PostgreSQL schema's newest migration.
         found: i64,
         /// The newest version this build knows.
         supported: i64,
@@ -130,6 +130,9 @@ impl StoreError {
             StoreError::Commit { retryable, .. } => return *retryable,
             // Dodo retries; a restarted process takes the delivery again.
             StoreError::Sync(_) => return true,
+            // A newer build migrated the store while this one runs (a rolling upgrade):
+            // the retry reaches an upgraded instance.
+            StoreError::SchemaTooNew { .. } => return true,
             _ => return false,
         };
         match sqlite {

@@ -35,7 +35,7 @@ use postgres::{Client, Config, Statement};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The PostgreSQL migrations, in order. Never edit one that has shipped: append.
 const MIGRATIONS: &[&str] = &[
@@ -122,9 +122,12 @@ fn translate(sql: &str) -> String {
     sql
 }
 
-/// The connection settings of `url`, with a connect timeout (unless the URL sets one)
-/// and an application name that tells the connection apart in `pg_stat_activity`
-/// (unless the URL sets one).
+/// The connection settings of `url`, each of these unless the URL sets it: a connect
+/// timeout; an application name that tells the connection apart in `pg_stat_activity`;
+/// TCP keepalives every few seconds and a 30 s limit on unacknowledged data, so that a
+/// path that silently stops carrying packets (a partition, a failover that leaves the
+/// old address dark) is noticed in about half a minute, like a refused connection,
+/// rather than after the kernel's 15 minutes of retransmissions.
 fn config(url: &str, application: &str, timeout: Duration) -> Result<Config> {
     let mut config: Config = url
         .parse()
@@ -135,8 +138,33 @@ fn config(url: &str, application: &str, timeout: Duration) -> Result<Config> {
     if config.get_application_name().is_none() {
         config.application_name(application);
     }
+    // The library's default idle time is libpq's, two hours.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(10));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(5));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(30));
+    }
     Ok(config)
 }
+
+/// Server settings a role or database may set that would turn a wait into a failure:
+/// a writer waits for the change counter's lock as long as another instance holds it
+/// (a rebuild holds it for its whole transaction), and a rebuild's transaction is idle
+/// between statements while it folds. Each is turned off for entsync's sessions unless
+/// the URL's `options` set it.
+const SESSION_LIMITS: [&str; 4] = [
+    "lock_timeout",
+    "statement_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+];
 
 /// A schema name entsync accepts: a plain lower-case identifier, so that it never needs
 /// quoting.
@@ -182,10 +210,33 @@ fn connect(config: &Config) -> Result<Client> {
             .map_err(|e| StoreError::Config(format!("TLS: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?)
+        let mut client = config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?;
+        lift_session_limits(config, &mut client)?;
+        Ok(client)
     }
     #[cfg(not(feature = "postgres-tls"))]
-    Ok(config.connect(NoTls)?)
+    {
+        let mut client = config.connect(NoTls)?;
+        lift_session_limits(config, &mut client)?;
+        Ok(client)
+    }
+}
+
+/// Turns off the [`SESSION_LIMITS`] the URL does not set.
+fn lift_session_limits(config: &Config, client: &mut Client) -> Result<()> {
+    let options = config.get_options().unwrap_or_default();
+    let limits: Vec<&str> = SESSION_LIMITS
+        .into_iter()
+        .filter(|name| !options.contains(name))
+        .collect();
+    if !limits.is_empty() {
+        // Only those this server knows (`idle_session_timeout` is PostgreSQL 14's).
+        client.execute(
+            "SELECT set_config(name, '0', false) FROM pg_settings WHERE name = ANY($1)",
+            &[&limits],
+        )?;
+    }
+    Ok(())
 }
 
 fn open_client(config: &Config, schema: &str) -> Result<Client> {
@@ -459,14 +510,22 @@ fn listen(config: &Config, schema: &str, wake: &dyn Fn() -> bool) {
         if !wake() {
             return;
         }
+        let mut last_wake = Instant::now();
         loop {
+            // Wait for a commit to this schema, until a second after the last wake: the
+            // channel is shared by every schema of the database, and other schemas'
+            // notifications must not put the poll off (a busy neighbour would otherwise
+            // keep a failed refresh from being retried for as long as it stays busy).
             let mut woke = false;
             let mut failed = false;
             {
                 let mut notifications = client.notifications();
-                let mut iter = notifications.timeout_iter(POLL);
                 loop {
-                    match iter.next() {
+                    let left = POLL.saturating_sub(last_wake.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match notifications.timeout_iter(left).next() {
                         Ok(Some(n)) => {
                             if n.channel() == CHANNEL && n.payload() == schema {
                                 woke = true;
@@ -492,13 +551,16 @@ fn listen(config: &Config, schema: &str, wake: &dyn Fn() -> bool) {
                 if !wake() {
                     return;
                 }
+                last_wake = Instant::now();
                 continue;
             }
-            // A quiet second: poll, and check that the connection still lives (a
-            // terminated backend is noticed here at the latest).
+            // A second without a wake: poll (which also retries a refresh that failed),
+            // and check that the connection still lives (a terminated backend is
+            // noticed here at the latest).
             if !wake() {
                 return;
             }
+            last_wake = Instant::now();
             if client.batch_execute("SELECT 1").is_err() {
                 break;
             }

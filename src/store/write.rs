@@ -132,7 +132,10 @@ impl Writer {
 
     /// Begins a write transaction and the feed's part of it at `now`: the policy
     /// recorded (re-evaluating every pair if it changed), a store that has never been
-    /// evaluated evaluated (after a rebuild or the migration that added the feed).
+    /// evaluated evaluated (after a rebuild or the migration that added the feed). The
+    /// access changes time alone made before `now` are recorded first, at their own
+    /// instants and under the policy then in force, so that a re-evaluation does not
+    /// take them for its own.
     fn begin(&self, now: Timestamp) -> Result<(Tx<'_>, Feed, i64)> {
         self.refuse_after_failed_sync()?;
         let tx = Tx::begin(&*self.db, Mode::Write).context("begin a write transaction")?;
@@ -141,17 +144,26 @@ impl Writer {
         // write; SQLite's write lock already does), so that whatever this transaction
         // reads next is what every earlier writer committed, and seqs are commit-ordered.
         let seq = next_seq(&*tx)?;
-        // Opened with a policy: it is the feed's; compared with the stored one until a
-        // transaction that checked it committed. Opened without: the stored one, read
-        // in every transaction (`serve` may change it), the default stored if none is.
-        let (policy, stored) = match &self.wanted {
-            Some(p) if self.policy_synced => (p.clone(), Some(p.clone())),
-            Some(p) => (p.clone(), feed::stored_policy(&*tx)?),
-            None => {
-                let stored = feed::stored_policy(&*tx)?;
-                (stored.clone().unwrap_or_default(), stored)
-            }
+        // A newer build may have migrated the store since this one opened it (a
+        // rolling upgrade): this build's writes would not follow its rules.
+        check_schema_version(&*tx)?;
+        // Opened with a policy: it becomes the stored one at this writer's first
+        // transaction. After that, and when opened without one: the stored one, read in
+        // every transaction, so that when another instance starts with another policy
+        // (a rolling restart), the feed follows the newest and never flips between the
+        // two with each instance's writes.
+        let stored = feed::stored_policy(&*tx)?;
+        let policy = match &self.wanted {
+            Some(p) if !self.policy_synced => p.clone(),
+            _ => stored.clone().unwrap_or_default(),
         };
+        let replaced = stored.as_ref().filter(|s| **s != policy);
+        let evaluate = feed::needs_evaluation(&*tx)?;
+        if replaced.is_some() || evaluate {
+            let mut then = Feed::start(&*tx, replaced.unwrap_or(&policy).clone(), now)?;
+            let at = then.tick(now);
+            feed::advance(&*tx, &then, at)?;
+        }
         let mut feed = Feed::start(&*tx, policy, now)?;
         let at = feed.tick(now);
         if stored.as_ref() != Some(&feed.policy) {
@@ -164,7 +176,7 @@ impl Writer {
                 feed::evaluate_all(&*tx, &feed, at, &cause)?;
             }
         }
-        if feed::needs_evaluation(&*tx)? {
+        if evaluate {
             feed::evaluate_all(&*tx, &feed, at, &Cause::Rebuild)?;
             feed::clear_needs_evaluation(&*tx)?;
         }
@@ -342,6 +354,9 @@ impl WriteStore for Writer {
         // recorded with cause `rebuild`.
         let (tx, mut feed, seq) = self.begin(now)?;
         let at = feed.tick(now);
+        // What time alone changed before now, at its own instants, before the rebuild
+        // re-evaluates every pair.
+        feed::advance(&*tx, &feed, at)?;
         let (stats, index) = super::rebuild::rebuild(&*tx, seq, memory)?;
         feed::evaluate_index(&*tx, &feed, &index, at, &Cause::Rebuild)?;
         drop(index);
@@ -380,6 +395,33 @@ impl Seqs {
 
 /// Bumps the change counter and returns its new value: the first statement of every
 /// write transaction.
+/// Refuses to write to a store whose schema is newer than this build's: the error is
+/// retryable, so that a webhook is answered 503 and Dodo's retry finds an upgraded
+/// instance.
+fn check_schema_version(tx: &dyn Db) -> Result<()> {
+    let (sql, supported) = match tx.backend() {
+        Backend::Sqlite => (
+            "SELECT user_version FROM pragma_user_version",
+            super::sqlite::VERSION,
+        ),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => (
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            super::postgres::VERSION,
+        ),
+        #[cfg(not(feature = "postgres"))]
+        Backend::Postgres => return Ok(()),
+    };
+    let found = tx
+        .one(sql, args![])
+        .context("read the schema version")?
+        .i64(0)?;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    Ok(())
+}
+
 pub(super) fn next_seq(tx: &dyn Db) -> Result<i64> {
     tx.one(
         "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value",

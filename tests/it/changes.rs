@@ -290,6 +290,170 @@ fn a_new_policy_re_evaluates_every_pair_as_an_operator_change() -> TestResult {
     Ok(())
 }
 
+/// The pair of `grant_s` (`cus_a`, `ent_sub`), held by `sub_1`, which goes on_hold at
+/// `t + 1 s`: denied by the default policy's backstop.
+fn held_grant_on_hold(engine: &Engine, t: chrono::DateTime<chrono::Utc>) -> TestResult {
+    let mut held = grant("grant_s", St::Delivered, t).entitlement("ent_sub");
+    held.subscription_id = Some("sub_1".into());
+    engine.ingest(Delivery::new("msg_s", held.body(), t))?;
+    engine.ingest(Delivery::new(
+        "msg_hold",
+        subscription("sub_1", "on_hold", t + ms(1000)).body(),
+        t + ms(1000),
+    ))?;
+    Ok(())
+}
+
+fn last_of(engine: &Engine, entitlement: &str) -> Change {
+    engine
+        .changes(0, usize::MAX)
+        .expect("changes")
+        .into_iter()
+        .rfind(|c| c.entitlement_id == entitlement)
+        .expect("a change of the pair")
+}
+
+#[test]
+fn a_policy_change_and_a_rebuild_leave_to_time_what_time_changed_before_them() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("entitlements.db");
+    let engine = Engine::open(&db)?;
+    let t = at("2026-06-15T08:00:00Z");
+    let expires = t + Duration::hours(1);
+    let keyed = grant("grant_k", St::Delivered, t)
+        .entitlement("ent_key")
+        .license_until(Some(expires));
+    engine.ingest(Delivery::new("msg_k", keyed.body(), t))?;
+    held_grant_on_hold(&engine, t)?;
+    drop(engine);
+
+    // Nothing ran while the key expired; then serve starts with another policy. The
+    // expiry is time's, at its instant, under the policy then in force; the policy
+    // change is the operator's, now.
+    let off = Policy {
+        subscription_backstop: false,
+        ..Policy::default()
+    };
+    let engine = Engine::open_with(&db, off)?;
+    let now = t + Duration::hours(3);
+    engine.advance(now)?;
+    let key = last_of(&engine, "ent_key");
+    assert_eq!(
+        (key.at, &key.cause, triple(&key)),
+        (
+            expires,
+            &Cause::Time {
+                detail: "license_key_expired".into()
+            },
+            (false, "delivered", Some("license_key_expired"))
+        ),
+        "{key:?}"
+    );
+    let sub = last_of(&engine, "ent_sub");
+    assert_eq!((sub.at, sub.allowed), (now, true), "{sub:?}");
+    assert_eq!(
+        sub.cause,
+        Cause::Operator {
+            delivery_id: None,
+            detail: "policy_changed".into()
+        }
+    );
+    folded_feed(&engine);
+
+    // A rebuild after a second key expired: the expiry is time's too.
+    let expires2 = now + Duration::hours(1);
+    let keyed2 = grant("grant_k2", St::Delivered, now)
+        .entitlement("ent_key2")
+        .license_until(Some(expires2));
+    engine.ingest(Delivery::new("msg_k2", keyed2.body(), now))?;
+    engine.rebuild(expires2 + Duration::hours(1))?;
+    let key2 = last_of(&engine, "ent_key2");
+    assert_eq!(
+        (key2.at, &key2.cause),
+        (
+            expires2,
+            &Cause::Time {
+                detail: "license_key_expired".into()
+            }
+        ),
+        "{key2:?}"
+    );
+    folded_feed(&engine);
+    Ok(())
+}
+
+#[test]
+fn writers_with_different_policies_follow_the_one_stored_last() -> TestResult {
+    // A rolling restart: A runs with the defaults, B starts with a 72-hour grace; A's
+    // later writes are evaluated under B's policy, so the feed never flips between
+    // the two, and once A restarts with B's policy the last change is the answer.
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("entitlements.db");
+    let grace = Policy {
+        on_hold_grace: Some(Duration::hours(72)),
+        ..Policy::default()
+    };
+    let a = Engine::open_with(&db, Policy::default())?;
+    let t = at("2026-06-15T08:00:00Z");
+    let mut held = grant("grant_s", St::Delivered, t).entitlement("ent_sub");
+    held.subscription_id = Some("sub_1".into());
+    a.ingest(Delivery::new("msg_s", held.body(), t))?;
+    let b = Engine::open_with(&db, grace.clone())?;
+    b.advance(t + ms(500))?;
+    a.ingest(Delivery::new(
+        "msg_hold",
+        subscription("sub_1", "on_hold", t + ms(1000)).body(),
+        t + ms(1000),
+    ))?;
+    let last = last_of(&b, "ent_sub");
+    assert!(last.allowed, "evaluated under the grace B stored: {last:?}");
+    drop(a);
+    let a = Engine::open_with(&db, grace)?;
+    let now = t + ms(2000);
+    a.advance(now)?;
+    let answer = a.access("cus_a", "ent_sub", now)?;
+    let last = last_of(&a, "ent_sub");
+    assert_eq!(
+        (last.allowed, last.status.as_str(), last.reason.as_deref()),
+        (
+            answer.allowed,
+            answer.status.as_str(),
+            answer.reason.as_deref()
+        ),
+        "{last:?} against {answer:?}"
+    );
+    folded_feed(&a);
+    Ok(())
+}
+
+#[test]
+fn serve_records_a_new_policy_as_it_starts_not_at_the_next_delivery() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("entitlements.db");
+    let engine = Engine::open(&db)?;
+    let t = chrono::Utc::now() - Duration::minutes(5);
+    held_grant_on_hold(&engine, t)?;
+    let before = engine.last_change_seq()?;
+    assert!(!last_of(&engine, "ent_sub").allowed);
+    drop(engine);
+    let server = Server::start(&db, &[], &["--no-subscription-backstop"]);
+    let page = server
+        .get(&format!("/v1/changes?after={before}&wait=10"))
+        .json();
+    let change = &page["changes"][0];
+    assert_eq!(
+        (&change["allowed"], &change["cause"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!({"kind": "operator", "detail": "policy_changed"})
+        ),
+        "{page}"
+    );
+    let answer = server.get("/v1/access/cus_a/ent_sub").json();
+    assert_eq!(answer["allowed"], true, "{answer}");
+    Ok(())
+}
+
 #[test]
 fn accept_and_rebuild_record_their_changes() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -552,7 +716,7 @@ pub(crate) const FORWARD_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 #[derive(Default)]
 pub(crate) struct Seen {
     pub(crate) acked: Vec<(String, Value)>,
-    refused: usize,
+    pub(crate) refused: usize,
     bad_signatures: usize,
 }
 

@@ -1431,6 +1431,37 @@ fn max_connections_holds_further_connections_until_one_closes() -> TestResult {
     Ok(())
 }
 
+/// A newer build migrates the store while this one serves (a rolling upgrade): this one
+/// stops writing, answers 503 so that the retry reaches an upgraded instance, and
+/// stores the same delivery once the store is one it knows again.
+#[test]
+fn a_store_migrated_by_a_newer_build_while_serving_gets_503_not_written() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("e.db");
+    let server = Server::start(&db, &[], &[]);
+    let body = |id: &str| {
+        crate::support::grant(id, crate::support::St::Delivered, chrono::Utc::now()).body()
+    };
+    assert_eq!(server.post("msg_1", &body("grant_1")).status, 200);
+    let raw = rusqlite::Connection::open(&db)?;
+    let version: i64 = raw.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    raw.pragma_update(None, "user_version", version + 1)?;
+    let refused = server.post("msg_2", &body("grant_2"));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let count = |raw: &rusqlite::Connection| -> rusqlite::Result<i64> {
+        raw.query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE delivery_id = 'msg_2'",
+            [],
+            |r| r.get(0),
+        )
+    };
+    assert_eq!(count(&raw)?, 0, "nothing of a refused delivery is stored");
+    raw.pragma_update(None, "user_version", version)?;
+    assert_eq!(server.post("msg_2", &body("grant_2")).status, 200);
+    assert_eq!(count(&raw)?, 1);
+    Ok(())
+}
+
 /// --max-pending 2 under 64 concurrent signed deliveries: some get 503 with
 /// Retry-After and are not stored; every 2xx is stored; re-sending the refused ones
 /// converges to all stored.

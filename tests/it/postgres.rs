@@ -888,3 +888,262 @@ fn a_rebuild_on_postgres_repairs_the_rows_that_differ() {
     drop(damaged);
     assert_eq!(answers(&engine), live);
 }
+
+/// One delivered grant of `cus_0` / `ent_{n}`, received at [`now`].
+fn delivered(n: usize) -> Delivery {
+    let spec = grant(&format!("grant_p{n}"), St::Delivered, t0() + ms(n as i64))
+        .customer("cus_0")
+        .entitlement(&format!("ent_{n}"));
+    Delivery::new(format!("msg_p{n}"), spec.body(), now())
+}
+
+/// Ingests until the store takes it (connections that were terminated are opened
+/// again by the next transaction).
+fn ingest_until_stored(engine: &Engine, delivery: &Delivery) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match engine.ingest(delivery.clone()) {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(Instant::now() < deadline, "not stored: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_schema_a_newer_build_migrated_is_not_written_by_an_older_one() {
+    let Some(schema) = Schema::new("newer") else {
+        return;
+    };
+    let engine = schema.engine();
+    engine.ingest(delivered(0)).expect("ingest");
+    let mut admin = schema.client();
+    let newer = entitlement_sync::store::POSTGRES_VERSION + 1;
+    let migrations = format!("{}.schema_migrations", schema.name);
+    admin
+        .execute(
+            &format!("INSERT INTO {migrations} (version) VALUES ($1)"),
+            &[&newer],
+        )
+        .expect("a newer build's migration");
+    let err = engine.ingest(delivered(1)).expect_err("refused");
+    assert!(
+        err.is_retryable() && err.to_string().contains("newer"),
+        "retryable (503), so that Dodo's retry reaches an upgraded instance: {err}"
+    );
+    assert!(
+        !engine.has_access("cus_0", "ent_1", now()),
+        "nothing stored"
+    );
+    admin
+        .execute(
+            &format!("DELETE FROM {migrations} WHERE version = $1"),
+            &[&newer],
+        )
+        .expect("forget it");
+    assert_eq!(
+        engine.ingest(delivered(1)).expect("ingest"),
+        Outcome::Applied
+    );
+}
+
+/// A database of the test server for one test, dropped (its sessions ended) when this
+/// is.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn new(server: &str, tag: &str) -> Database {
+        let name = format!("entsync_t{}_{tag}", std::process::id());
+        let mut admin = postgres::Client::connect(server, postgres::NoTls).expect("connect");
+        // One statement each: neither runs in a transaction block.
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .expect("drop an old database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a database");
+        let config: postgres::Config = server.parse().expect("test server URL");
+        let user = config.get_user().unwrap_or("postgres");
+        let password = config
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        let url = format!("postgres://{user}{password}@{}/{name}", server_addr(server));
+        Database {
+            admin: server.to_string(),
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+#[test]
+fn a_writer_waits_for_the_lock_whatever_timeouts_the_database_sets() {
+    let Some(server) = crate::pg::url() else {
+        return;
+    };
+    let db = Database::new(&server, "limits");
+    {
+        let mut admin = postgres::Client::connect(&db.admin, postgres::NoTls).expect("connect");
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {0} SET lock_timeout = '100ms';
+                 ALTER DATABASE {0} SET statement_timeout = '200ms';
+                 ALTER DATABASE {0} SET idle_in_transaction_session_timeout = '200ms';",
+                db.name
+            ))
+            .expect("set the limits");
+    }
+    let location = entitlement_sync::store::Location::Postgres {
+        url: db.url.clone(),
+        schema: "entsync".into(),
+    };
+    let engine = Engine::open_at(location, None).expect("open");
+    engine.ingest(delivered(0)).expect("ingest");
+    // Another writer (a rebuild, say) holds the change counter for a second.
+    let mut holder = postgres::Client::connect(&db.url, postgres::NoTls).expect("connect");
+    holder
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 0;
+             BEGIN; SELECT value FROM entsync.meta WHERE key = 'seq' FOR UPDATE;",
+        )
+        .expect("take the counter");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        holder.batch_execute("COMMIT").expect("release");
+    });
+    let started = Instant::now();
+    let outcome = engine.ingest(delivered(1));
+    let waited = started.elapsed();
+    release.join().expect("holder");
+    assert_eq!(
+        outcome.expect("waits for the lock instead of failing"),
+        Outcome::Applied
+    );
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    assert!(engine.has_access("cus_0", "ent_1", now()));
+}
+
+#[test]
+fn other_schemas_notifications_do_not_keep_a_failed_refresh_from_being_retried() {
+    let Some(schema) = Schema::new("noisy") else {
+        return;
+    };
+    let writer = schema.engine();
+    let reader = schema.engine();
+    reader.set_external_check_interval(Duration::from_secs(3600));
+    assert!(
+        !reader.has_access("cus_0", "ent_0", now()),
+        "loads the index"
+    );
+    // Another schema of the database commits several times a second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise = {
+        let stop = Arc::clone(&stop);
+        let mut client = schema.client();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = client.batch_execute("SELECT pg_notify('entsync', 'another_schema')");
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // Every store connection of the schema ends (a failover, an idle timeout); the
+    // listeners stay. The reader's next refresh fails on its dead connection.
+    let mut admin = schema.client();
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("entsync {}", schema.name)],
+        )
+        .expect("terminate");
+    assert!(!ended.is_empty());
+    ingest_until_stored(&writer, &delivered(1));
+    let started = Instant::now();
+    while !reader.has_access("cus_0", "ent_1", now()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the reader's index stayed stale"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    noise.join().expect("noise");
+    eprintln!(
+        "seen by the other engine {} ms after its refresh failed",
+        started.elapsed().as_millis()
+    );
+}
+
+#[test]
+fn a_forwarder_that_lost_its_lease_stops_posting_even_while_it_retries() {
+    use crate::changes::{receiver, wait_for, FORWARD_SECRET};
+    let Some(schema) = Schema::new("lease_lost") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A receiver that refuses everything: the forwarder retries 1 s, 2 s, 4 s, ... apart.
+    let (url, seen) = receiver(usize::MAX);
+    let env = [
+        ("ENTSYNC_PG_SCHEMA", schema.name.as_str()),
+        ("ENTSYNC_FORWARD_SECRET", FORWARD_SECRET),
+    ];
+    let server = Server::start_logged(
+        &schema.url,
+        dir.path().join("serve.log"),
+        &env,
+        &["--forward-url", url.as_str()],
+    );
+    let body = grant("grant_f", St::Delivered, t0()).body();
+    let ts = crate::http::now();
+    assert_eq!(
+        post_webhook(server.addr, SECRET, "msg_f", ts, &body).status,
+        200
+    );
+    let refused = || seen.lock().unwrap().refused;
+    wait_for("the first attempt", Duration::from_secs(10), || {
+        refused() >= 1
+    });
+    // The lease's connection ends and another holder takes the lock at once.
+    let mut admin = schema.client();
+    let held = admin
+        .query_one(
+            "SELECT (l.classid::bigint << 32) | l.objid::bigint, a.pid
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND a.application_name = $1",
+            &[&format!("entsync lock forward {}", schema.name)],
+        )
+        .expect("the forwarder holds its lease");
+    let (key, pid): (i64, i32) = (held.get(0), held.get(1));
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .expect("terminate");
+    admin
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .expect("take the lease");
+    std::thread::sleep(Duration::from_millis(500));
+    let at_loss = refused();
+    // Without the check between attempts, the retries at about 3 s and 7 s come.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(refused(), at_loss, "posted after it lost the lease");
+    server.kill();
+}
