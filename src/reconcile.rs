@@ -427,15 +427,17 @@ pub fn retry_wait(
     now: Timestamp,
 ) -> Option<Duration> {
     let until = |t: Timestamp| (t - now).to_std().unwrap_or(Duration::ZERO);
+    // A wait longer than a `Duration` holds is as long as one holds: the caller caps it.
+    let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
     if let Some(ms) = retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok()) {
         if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+            return Some(secs(ms / 1000.0));
         }
     }
     if let Some(v) = retry_after.map(str::trim) {
-        if let Ok(secs) = v.parse::<f64>() {
-            if secs.is_finite() && secs >= 0.0 {
-                return Some(Duration::from_secs_f64(secs));
+        if let Ok(secs_f) = v.parse::<f64>() {
+            if secs_f.is_finite() && secs_f >= 0.0 {
+                return Some(secs(secs_f));
             }
         }
         if let Ok(t) = chrono::DateTime::parse_from_rfc2822(v) {
@@ -450,7 +452,7 @@ pub fn retry_wait(
         let t = chrono::DateTime::from_timestamp(reset as i64, 0)?;
         return Some(until(t));
     }
-    Some(Duration::from_secs_f64(reset))
+    Some(secs(reset))
 }
 
 /// The wait before retry number `attempt` (0-based) of a 5xx, a timeout or a 429
@@ -772,6 +774,17 @@ mod tests {
             (None, None, Some("1796157731"), Some(s(20))),
             (None, None, Some("-1"), None),
             (None, None, None, None),
+            // Beyond what a `Duration` holds: the longest one (the caller caps it), not
+            // a panic.
+            (None, Some("1e20"), None, Some(Duration::MAX)),
+            (
+                None,
+                Some("99999999999999999999"),
+                None,
+                Some(Duration::MAX),
+            ),
+            (Some("1e30"), None, None, Some(Duration::MAX)),
+            (None, None, Some("5e8"), Some(s(500_000_000))),
         ] {
             assert_eq!(
                 retry_wait(ms, after, reset, now),

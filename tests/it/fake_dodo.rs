@@ -48,6 +48,10 @@ pub struct Data {
     pub broken_path: Option<String>,
     /// The `Date` of every response (an IMF-fixdate); `None`: the server's clock.
     pub date: Option<String>,
+    /// Lists answer their first page whatever `page_number` asks.
+    pub ignore_page_number: bool,
+    /// Lists whose path starts with this answer `{}` (no `items`).
+    pub no_items_path: Option<String>,
     /// Every request: `path?query` (sorted query).
     pub log: Vec<String>,
 }
@@ -337,9 +341,16 @@ fn respond(d: &mut Data, req: &Request) -> Response {
         }
         _ => return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
     };
+    if d.no_items_path
+        .as_ref()
+        .is_some_and(|p| path.starts_with(p))
+    {
+        return axum::Json(json!({})).into_response();
+    }
     let page: usize = query
         .get("page_number")
         .and_then(|v| v.parse().ok())
+        .filter(|_| !d.ignore_page_number)
         .unwrap_or(0);
     let size: usize = query
         .get("page_size")

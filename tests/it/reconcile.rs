@@ -656,6 +656,50 @@ fn failed_requests_are_counted_and_exit_1_the_rest_applies() {
 }
 
 #[test]
+fn a_listing_without_items_or_one_that_repeats_itself_is_a_failed_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    // Not the list shape: a failed request, not an empty list.
+    let mut data = small();
+    data.no_items_path = Some("/subscriptions".into());
+    let fake = FakeDodo::start(data);
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    assert_eq!(counts(&out.summary())[5], 1, "{}", out.stdout);
+    assert!(out.stderr.contains("no items"), "{}", out.stderr);
+
+    // A server that answers page 0 whatever page is asked: the sweep stops there, and
+    // says the rest was not read, instead of reporting a complete listing.
+    let db = dir.path().join("store2.db");
+    let mut data = small();
+    data.grants = (0..3)
+        .map(|n| {
+            dodo::grant(
+                &format!("entg_{n}"),
+                &format!("cus_{n}"),
+                "ent_pro",
+                "Delivered",
+                "2026-03-01T09:05:00Z",
+            )
+        })
+        .collect();
+    data.ignore_page_number = true;
+    let fake = FakeDodo::start(data);
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    assert!(counts(&out.summary())[5] >= 1, "{}", out.stdout);
+    assert!(out.stderr.contains("repeats only items"), "{}", out.stderr);
+    let log = fake.take_log();
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.starts_with("/entitlements/ent_pro/grants"))
+            .count(),
+        2,
+        "page 0, then page 1 (the same items), then no more: {log:#?}"
+    );
+}
+
+#[test]
 fn an_unreachable_api_stops_the_sweep_with_exit_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("store.db");

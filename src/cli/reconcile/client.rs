@@ -114,8 +114,9 @@ pub enum ApiError {
 pub struct Response {
     /// The body.
     pub body: Value,
-    /// The `Date` header, when it parses.
-    pub date: Option<Timestamp>,
+    /// The `Date` header, or, when it is missing or does not parse, the local clock at
+    /// the response.
+    pub date: Timestamp,
 }
 
 /// The client. Share it by reference; the rate limit covers every request it makes.
@@ -234,7 +235,9 @@ impl Client {
             };
             let status = resp.status();
             let headers = resp.headers().clone();
-            let date = header(&headers, DATE.as_str()).and_then(http_date);
+            let date = header(&headers, DATE.as_str())
+                .and_then(http_date)
+                .unwrap_or_else(chrono::Utc::now);
             if status.is_success() {
                 let bytes = match resp.bytes().await {
                     Ok(b) => b,
@@ -355,7 +358,8 @@ impl Client {
 /// One list endpoint, page by page: `page_number` counts up from 0 (never the SDKs'
 /// `(page_number or 1) + 1`, which skips page 1); an empty page or one shorter than the
 /// `page_size` asked for is the last. A full page with nothing new on it (a server that
-/// ignores `page_number`) ends the listing too.
+/// ignores `page_number`) ends the listing as a failed request, and so does a body
+/// without `items`: the run reports the rest as not read.
 pub struct Pager<'a> {
     client: &'a Client,
     segments: Vec<String>,
@@ -371,8 +375,8 @@ pub struct Pager<'a> {
 pub struct Page {
     /// The items, as the API sent them.
     pub items: Vec<Value>,
-    /// The response's `Date`.
-    pub date: Option<Timestamp>,
+    /// The response's `Date` (or the local clock at the response).
+    pub date: Timestamp,
 }
 
 impl Pager<'_> {
@@ -400,7 +404,14 @@ impl Pager<'_> {
         let items = match resp.body {
             Value::Object(mut map) => match map.remove("items") {
                 Some(Value::Array(items)) => items,
-                Some(Value::Null) | None => Vec::new(),
+                Some(Value::Null) => Vec::new(),
+                None => {
+                    self.done = true;
+                    return Err(ApiError::Body {
+                        path: self.segments.join("/"),
+                        message: "no items in the page".into(),
+                    });
+                }
                 Some(_) => {
                     self.done = true;
                     return Err(ApiError::Body {
@@ -427,8 +438,20 @@ impl Pager<'_> {
                 fresh += 1;
             }
         }
-        if items.len() < size as usize || fresh == 0 {
+        if items.len() < size as usize {
             self.done = true;
+        } else if fresh == 0 {
+            // A full page of items already listed: the server ignores `page_number`, or
+            // a page's worth was inserted ahead of the cursor. Going on could loop, and
+            // stopping quietly would report a partial listing as complete.
+            self.done = true;
+            return Err(ApiError::Body {
+                path: self.segments.join("/"),
+                message: format!(
+                    "page {} repeats only items already listed; the rest of the list was not read",
+                    self.page
+                ),
+            });
         }
         self.page += 1;
         if items.is_empty() {

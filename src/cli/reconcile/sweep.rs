@@ -146,7 +146,7 @@ pub async fn run(
 impl Run<'_> {
     async fn sweep(&mut self, plan: &Plan, now: Timestamp) -> Result<(), Stop> {
         let before = answers(self.engine, plan.customer.clone(), now).await?;
-        let result = self.fetch_all(plan, now, &before).await;
+        let result = self.fetch_all(plan, &before).await;
         // Count what changed even when the run stopped early.
         let after = answers(self.engine, plan.customer.clone(), now).await?;
         let none: Answer = (false, "none".into(), Some("no_grant".into()));
@@ -161,7 +161,6 @@ impl Run<'_> {
     async fn fetch_all(
         &mut self,
         plan: &Plan,
-        now: Timestamp,
         before: &BTreeMap<(String, String), Answer>,
     ) -> Result<(), Stop> {
         let by_customer = |c: &Option<String>| -> Vec<(&'static str, String)> {
@@ -213,14 +212,13 @@ impl Run<'_> {
                 for e in ids {
                     let soft_deleted = !listed.contains(&e);
                     let segments = vec!["entitlements".into(), e.clone(), "grants".into()];
-                    self.list(Kind::Grant, segments, Vec::new(), now, soft_deleted)
+                    self.list(Kind::Grant, segments, Vec::new(), soft_deleted)
                         .await?;
                 }
             }
             Some(c) => {
                 let segments = vec!["customers".into(), c.clone(), "entitlement-grants".into()];
-                self.list(Kind::Grant, segments, Vec::new(), now, false)
-                    .await?;
+                self.list(Kind::Grant, segments, Vec::new(), false).await?;
                 // Grants of entitlements the per-customer list may leave out (soft-deleted).
                 let seen = self.seen.get(&Kind::Grant).cloned().unwrap_or_default();
                 let (engine, customer) = (self.engine.clone(), c.clone());
@@ -235,14 +233,8 @@ impl Run<'_> {
                 .await?;
                 for e in missing {
                     let segments = vec!["entitlements".into(), e, "grants".into()];
-                    self.list(
-                        Kind::Grant,
-                        segments,
-                        by_customer(&plan.customer),
-                        now,
-                        true,
-                    )
-                    .await?;
+                    self.list(Kind::Grant, segments, by_customer(&plan.customer), true)
+                        .await?;
                 }
             }
         }
@@ -251,7 +243,6 @@ impl Run<'_> {
             Kind::Subscription,
             vec!["subscriptions".into()],
             filter.clone(),
-            now,
             false,
         )
         .await?;
@@ -259,7 +250,6 @@ impl Run<'_> {
             Kind::LicenseKey,
             vec!["license_keys".into()],
             filter.clone(),
-            now,
             false,
         )
         .await?;
@@ -269,23 +259,16 @@ impl Run<'_> {
                 Kind::Payment,
                 vec!["payments".into()],
                 filter.clone(),
-                now,
                 false,
             )
             .await?;
         }
         if plan.policy.refund_denies {
-            self.list(
-                Kind::Refund,
-                vec!["refunds".into()],
-                filter.clone(),
-                now,
-                false,
-            )
-            .await?;
+            self.list(Kind::Refund, vec!["refunds".into()], filter.clone(), false)
+                .await?;
         }
         if disputes {
-            self.list(Kind::Dispute, vec!["disputes".into()], filter, now, false)
+            self.list(Kind::Dispute, vec!["disputes".into()], filter, false)
                 .await?;
         }
         Ok(())
@@ -314,7 +297,6 @@ impl Run<'_> {
         kind: Kind,
         segments: Vec<String>,
         query: Vec<(&'static str, String)>,
-        now: Timestamp,
         may_be_gone: bool,
     ) -> Result<(), Stop> {
         let id_field = reconcile::id_field(kind).unwrap_or("id");
@@ -325,7 +307,7 @@ impl Run<'_> {
         loop {
             match pager.next().await {
                 Ok(Some(page)) => {
-                    self.page(kind, page, now).await?;
+                    self.page(kind, page).await?;
                     self.progress
                         .update(&what, &self.summary, self.client.requests());
                 }
@@ -341,8 +323,8 @@ impl Run<'_> {
 
     /// Folds one page: compare each item with its stored state, fetch the full object
     /// of a changed light list item, ingest the rest in one batch.
-    async fn page(&mut self, kind: Kind, page: Page, now: Timestamp) -> Result<(), Stop> {
-        let response_at = page.date.unwrap_or(now);
+    async fn page(&mut self, kind: Kind, page: Page) -> Result<(), Stop> {
+        let response_at = page.date;
         let seen = self.seen.entry(kind).or_default();
         let mut items = Vec::with_capacity(page.items.len());
         for item in page.items {
@@ -373,7 +355,6 @@ impl Run<'_> {
             let (obj, at) = if reconcile::listed_light(kind) {
                 match self.full(kind, &id).await? {
                     Some((obj, at)) => {
-                        let at = at.unwrap_or_else(chrono::Utc::now);
                         let v = reconcile::version(kind, &obj, at);
                         if reconcile::compare(kind, &obj, current.as_ref(), v) != Decision::Ingest {
                             self.summary.unchanged();
@@ -431,11 +412,7 @@ impl Run<'_> {
 
     /// The full object of a light list item (`GET /subscriptions/{id}`, ...), with the
     /// response's `Date`; `None` when it could not be fetched (counted as an error).
-    async fn full(
-        &mut self,
-        kind: Kind,
-        id: &str,
-    ) -> Result<Option<(Value, Option<Timestamp>)>, Stop> {
+    async fn full(&mut self, kind: Kind, id: &str) -> Result<Option<(Value, Timestamp)>, Stop> {
         let collection = match kind {
             Kind::Subscription => "subscriptions",
             Kind::Payment => "payments",
