@@ -48,6 +48,9 @@ pub struct Data {
     pub broken_path: Option<String>,
     /// The `Date` of every response (an IMF-fixdate); `None`: the server's clock.
     pub date: Option<String>,
+    /// Requests whose path starts with this answer 403 (a key whose access was cut
+    /// mid-run).
+    pub forbidden_path: Option<String>,
     /// Lists answer their first page whatever `page_number` asks.
     pub ignore_page_number: bool,
     /// Lists whose path starts with this answer `{}` (no `items`).
@@ -248,6 +251,16 @@ fn respond(d: &mut Data, req: &Request) -> Response {
     if d.unavailable > 0 {
         d.unavailable -= 1;
         return error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "try again");
+    }
+    if d.forbidden_path
+        .as_deref()
+        .is_some_and(|p| path.starts_with(p))
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "insufficient permissions",
+        );
     }
     if d.broken_path
         .as_deref()

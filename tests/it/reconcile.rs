@@ -700,6 +700,31 @@ fn a_listing_without_items_or_one_that_repeats_itself_is_a_failed_request() {
 }
 
 #[test]
+fn what_a_page_fetched_before_the_api_refused_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let mut data = small();
+    data.subscriptions = vec![
+        dodo::subscription("sub_a", "cus_1", "active"),
+        dodo::subscription("sub_b", "cus_1", "active"),
+    ];
+    // The key loses its access between the page's two by-id fetches.
+    data.forbidden_path = Some("/subscriptions/sub_b".into());
+    let fake = FakeDodo::start(data);
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(2), "stderr: {}", out.stderr);
+    let engine = Engine::open(&db).expect("open");
+    let stored = |id: &str| {
+        engine
+            .object(entitlement_sync::event::Kind::Subscription, id)
+            .expect("read")
+            .is_some()
+    };
+    assert!(stored("sub_a"), "fetched before the refusal, so stored");
+    assert!(!stored("sub_b"));
+}
+
+#[test]
 fn an_unreachable_api_stops_the_sweep_with_exit_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("store.db");

@@ -12,7 +12,7 @@ use super::client::{ApiError, Client, Page};
 use entitlement_sync::event::Kind;
 use entitlement_sync::reconcile::{self, Decision, Summary};
 use entitlement_sync::wire::Timestamp;
-use entitlement_sync::{DisputePolicy, Engine, Policy};
+use entitlement_sync::{Delivery, DisputePolicy, Engine, Policy};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -55,7 +55,10 @@ type Answer = (bool, String, Option<String>);
 /// Why the run stops early.
 enum Stop {
     Refused(String),
+    /// The store failed (not yet counted).
     Engine(String),
+    /// A batch of this many snapshots was not stored (each counted as an error).
+    NotStored(String),
     /// The API could not be reached even after retries: the rest of the sweep would
     /// only wait for the same timeouts (the failure is already counted).
     Unreachable(String),
@@ -129,6 +132,10 @@ pub async fn run(
         Err(Stop::Engine(m)) => {
             tracing::error!(error = %m, "the store failed; the sweep stopped");
             run.summary.error();
+            None
+        }
+        Err(Stop::NotStored(m)) => {
+            tracing::error!(error = %m, "the store failed; the sweep stopped");
             None
         }
         Err(Stop::Unreachable(m)) => {
@@ -353,7 +360,15 @@ impl Run<'_> {
                 continue;
             }
             let (obj, at) = if reconcile::listed_light(kind) {
-                match self.full(kind, &id).await? {
+                let full = match self.full(kind, &id).await {
+                    Ok(full) => full,
+                    Err(stop) => {
+                        // The API went away mid-page: what was fetched is stored first.
+                        self.store(batch).await?;
+                        return Err(stop);
+                    }
+                };
+                match full {
                     Some((obj, at)) => {
                         let v = reconcile::version(kind, &obj, at);
                         if reconcile::compare(kind, &obj, current.as_ref(), v) != Decision::Ingest {
@@ -381,6 +396,11 @@ impl Run<'_> {
                 }
             }
         }
+        self.store(batch).await
+    }
+
+    /// Stores a page's snapshots in one batch and counts their outcomes.
+    async fn store(&mut self, batch: Vec<Delivery>) -> Result<(), Stop> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -401,11 +421,11 @@ impl Run<'_> {
             }
             Ok(Err(e)) => {
                 self.summary.errors += n;
-                Err(Stop::Engine(format!("a batch was not stored: {e}")))
+                Err(Stop::NotStored(format!("a batch was not stored: {e}")))
             }
             Err(e) => {
                 self.summary.errors += n;
-                Err(Stop::Engine(format!("engine task failed: {e}")))
+                Err(Stop::NotStored(format!("engine task failed: {e}")))
             }
         }
     }
