@@ -182,6 +182,8 @@ pub fn run(db: &Location, args: ServeArgs) -> Result<ExitCode, CliError> {
         body_timeout: args.body_timeout,
         max_pending: args.max_pending as usize,
         forward: forward_stats.clone(),
+        // Streams and long polls hold their connections: never all of them.
+        max_waiting: (args.max_connections as usize / 2).max(1),
     };
     let limits = Limits {
         header_timeout: args.header_timeout,

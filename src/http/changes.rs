@@ -6,7 +6,9 @@
 //! that the engine's writer thread wakes after every commit ([`crate::Engine::on_commit`]);
 //! every second they also look again, for commits made by other processes.
 
-use super::{error_message, json, store_unavailable, ErrorBody, ErrorMessage, Shared};
+use super::{
+    error_message, json, store_unavailable, too_many_waiting, ErrorBody, ErrorMessage, Shared,
+};
 use crate::change::Change;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -118,7 +120,9 @@ pub struct ChangesPage {
         (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
             `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"entsync\"`"))),
-        (status = 503, description = "The store could not be read (`store_unavailable`).", body = ErrorBody,
+        (status = 503, description = "The store could not be read (`store_unavailable`), or, \
+            with `wait`, as many streams and long polls as the server allows are already \
+            waiting (`too_many_waiting`).", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait before retrying."))),
     ),
     security(("api_token" = [])),
@@ -134,6 +138,15 @@ pub(super) async fn page(
     let page = match query.map_err(|e| e.body_text()).and_then(|q| q.parse()) {
         Ok(page) => page,
         Err(message) => return error_message(StatusCode::BAD_REQUEST, "bad_request", &message),
+    };
+    // A long poll holds a waiting permit until it answers; a plain page needs none.
+    let _waiting = if page.wait.is_zero() {
+        None
+    } else {
+        match Arc::clone(&s.waiting).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return too_many_waiting(),
+        }
     };
     let deadline = tokio::time::Instant::now() + page.wait;
     loop {
@@ -216,6 +229,9 @@ fn stream_start(headers: &HeaderMap, query: &StreamQuery) -> Result<i64, String>
         (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
             `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"entsync\"`"))),
+        (status = 503, description = "As many streams and long polls as the server allows are \
+            already waiting (`too_many_waiting`).", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying."))),
     ),
     security(("api_token" = [])),
 )]
@@ -234,34 +250,39 @@ pub(super) async fn stream(
         Ok(after) => after,
         Err(message) => return error_message(StatusCode::BAD_REQUEST, "bad_request", &message),
     };
-    let state = (s, after, VecDeque::<Change>::new());
-    let events = futures_util::stream::unfold(state, |(s, mut after, mut buffered)| async move {
-        loop {
-            if let Some(change) = buffered.pop_front() {
-                let event = match serde_json::to_string(&change) {
-                    Ok(data) => Event::default()
-                        .event("access.changed")
-                        .id(change.seq.to_string())
-                        .data(data),
-                    Err(e) => Event::default().comment(format!("unencodable change: {e}")),
-                };
-                return Some((Ok::<_, Infallible>(event), (s, after, buffered)));
-            }
-            let woken = s.feed.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            match s.read(move |e| e.changes(after, DEFAULT_LIMIT)).await {
-                Some(changes) if !changes.is_empty() => {
-                    after = changes.last().map_or(after, |c| c.seq);
-                    buffered.extend(changes);
+    // The stream holds a waiting permit for as long as it is open.
+    let Ok(waiting) = Arc::clone(&s.waiting).try_acquire_owned() else {
+        return too_many_waiting();
+    };
+    let state = (s, after, VecDeque::<Change>::new(), waiting);
+    let events =
+        futures_util::stream::unfold(state, |(s, mut after, mut buffered, waiting)| async move {
+            loop {
+                if let Some(change) = buffered.pop_front() {
+                    let event = match serde_json::to_string(&change) {
+                        Ok(data) => Event::default()
+                            .event("access.changed")
+                            .id(change.seq.to_string())
+                            .data(data),
+                        Err(e) => Event::default().comment(format!("unencodable change: {e}")),
+                    };
+                    return Some((Ok::<_, Infallible>(event), (s, after, buffered, waiting)));
                 }
-                // Nothing yet, or the store failed (logged): look again soon.
-                _ => {
-                    let _ = tokio::time::timeout(RECHECK, woken).await;
+                let woken = s.feed.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                match s.read(move |e| e.changes(after, DEFAULT_LIMIT)).await {
+                    Some(changes) if !changes.is_empty() => {
+                        after = changes.last().map_or(after, |c| c.seq);
+                        buffered.extend(changes);
+                    }
+                    // Nothing yet, or the store failed (logged): look again soon.
+                    _ => {
+                        let _ = tokio::time::timeout(RECHECK, woken).await;
+                    }
                 }
             }
-        }
-    });
+        });
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

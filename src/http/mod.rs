@@ -114,6 +114,11 @@ pub struct Options {
     pub max_pending: usize,
     /// The counters of a change forwarder, shown by `/metrics` (forward lag, failures).
     pub forward: Option<Arc<ForwardStats>>,
+    /// Requests that may wait at once for the change feed: streams and long polls
+    /// (`wait` above 0). Past it they get 503 with `Retry-After`, so that waiting
+    /// readers, who hold their connections, can never take every connection slot from
+    /// the webhooks. `entsync serve` allows half its `--max-connections`. At least 1.
+    pub max_waiting: usize,
 }
 
 /// The default [`Options::body_timeout`]: 30 s (Dodo gives up after 15 s).
@@ -122,6 +127,8 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
 /// The `Retry-After` (seconds) of a 503 for a full writer queue.
 pub const QUEUE_FULL_RETRY_AFTER: &str = "1";
+/// The default [`Options::max_waiting`]: 256 requests.
+pub const DEFAULT_MAX_WAITING: usize = 256;
 
 impl Default for Options {
     fn default() -> Self {
@@ -131,6 +138,7 @@ impl Default for Options {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING,
             forward: None,
+            max_waiting: DEFAULT_MAX_WAITING,
         }
     }
 }
@@ -142,6 +150,7 @@ impl std::fmt::Debug for Options {
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("body_timeout", &self.body_timeout)
             .field("max_pending", &self.max_pending)
+            .field("max_waiting", &self.max_waiting)
             .finish()
     }
 }
@@ -166,6 +175,9 @@ struct Shared {
     /// One permit per delivery waiting for its commit (see [`Options::max_pending`]).
     pending: Arc<tokio::sync::Semaphore>,
     max_pending: usize,
+    /// One permit per stream or long poll of the change feed (see
+    /// [`Options::max_waiting`]).
+    waiting: Arc<tokio::sync::Semaphore>,
     /// SHA-256 of the API token: compared in constant time, whatever its length.
     token: Option<[u8; 32]>,
     metrics: Metrics,
@@ -249,6 +261,11 @@ impl Receiver {
                 body_timeout: options.body_timeout,
                 pending: Arc::new(tokio::sync::Semaphore::new(max_pending)),
                 max_pending,
+                waiting: Arc::new(tokio::sync::Semaphore::new(
+                    options
+                        .max_waiting
+                        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+                )),
                 token,
                 metrics,
                 forward: options.forward,
@@ -442,6 +459,14 @@ fn bad_path(rejection: &PathRejection) -> Response {
         "bad_request",
         &rejection.body_text(),
     )
+}
+
+/// 503 for a stream or long poll past [`Options::max_waiting`].
+fn too_many_waiting() -> Response {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "too_many_waiting");
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 fn store_unavailable() -> Response {

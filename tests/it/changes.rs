@@ -688,6 +688,51 @@ fn a_long_poll_wakes_as_soon_as_a_change_commits() -> TestResult {
 }
 
 #[test]
+fn streams_and_long_polls_never_take_every_connection_from_the_webhooks() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Four connections: at most two may wait on the feed.
+    let server = Server::start(
+        &dir.path().join("entitlements.db"),
+        &[],
+        &["--max-connections", "4"],
+    );
+    let first = open_stream(&server, "/v1/changes/stream", None);
+    let second = open_stream(&server, "/v1/changes/stream", None);
+    // Only the status line first: a stream that is served never ends.
+    let status_line = |path: &str| {
+        let mut conn = TcpStream::connect(server.addr).expect("connect");
+        conn.set_read_timeout(Some(StdDuration::from_secs(5)))
+            .expect("timeout");
+        let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        conn.write_all(head.as_bytes()).expect("send");
+        let mut line = String::new();
+        BufReader::new(conn)
+            .read_line(&mut line)
+            .expect("status line");
+        line
+    };
+    let line = status_line("/v1/changes/stream");
+    assert!(line.contains(" 503 "), "a third stream: {line}");
+    let refused = server.get("/v1/changes/stream");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "too_many_waiting");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let poll = server.get("/v1/changes?wait=5");
+    assert_eq!(poll.status, 503, "a long poll waits too: {}", poll.text());
+    // A plain page, and the webhooks, are served.
+    assert_eq!(server.get("/v1/changes").status, 200);
+    post_grant(&server, "msg_1", "grant_1", "ent_pro", St::Delivered);
+    // A stream that closes gives its place back (noticed when the change is written).
+    drop(first);
+    post_grant(&server, "msg_2", "grant_2", "ent_two", St::Delivered);
+    wait_for("a freed place", StdDuration::from_secs(10), || {
+        server.get("/v1/changes?wait=0.1").status == 200
+    });
+    drop(second);
+    Ok(())
+}
+
+#[test]
 fn the_feed_needs_the_token_when_one_is_set() -> TestResult {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("entitlements.db");
