@@ -259,14 +259,7 @@ fn a_new_policy_re_evaluates_every_pair_as_an_operator_change() -> TestResult {
     let db = dir.path().join("entitlements.db");
     let engine = Engine::open(&db)?;
     let t = at("2026-06-15T08:00:00Z");
-    let mut held = grant("grant_s", St::Delivered, t);
-    held.subscription_id = Some("sub_1".into());
-    engine.ingest(Delivery::new("msg_s", held.body(), t))?;
-    engine.ingest(Delivery::new(
-        "msg_hold",
-        subscription("sub_1", "on_hold", t + ms(1000)).body(),
-        t + ms(1000),
-    ))?;
+    held_grant_on_hold(&engine, t)?;
     assert!(!engine.changes(0, 100)?.last().expect("a change").allowed);
     drop(engine);
     let engine = Engine::open_with(

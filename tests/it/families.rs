@@ -2837,13 +2837,17 @@ fn families_cli_balance() {
         Outcome::Malformed
     );
     assert_eq!(long_balance(&world), json!(EXACT));
-    let (_, listed) = world.cli_json(&["deliveries", "--json"]);
-    let kept = listed
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|d| d["delivery_id"] == "msg_too_long")
-        .expect("the refused delivery is kept");
+    let too_long = |world: &World| {
+        let (_, listed) = world.cli_json(&["deliveries", "--json"]);
+        listed
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|d| d["delivery_id"] == "msg_too_long")
+            .cloned()
+            .expect("the refused delivery is kept")
+    };
+    let kept = too_long(&world);
     assert_eq!(kept["outcome"], "malformed");
     assert_eq!(
         kept["type"], "credit.added",
@@ -2865,13 +2869,7 @@ fn families_cli_balance() {
     assert_eq!(code, 0);
     assert_eq!(stats["malformed"], json!(1), "{stats}");
     assert_eq!(long_balance(&world), json!(EXACT));
-    let (_, listed) = world.cli_json(&["deliveries", "--json"]);
-    let kept = listed
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|d| d["delivery_id"] == "msg_too_long")
-        .expect("still kept");
+    let kept = too_long(&world);
     assert_eq!(
         (&kept["outcome"], &kept["type"], &kept["detail"]),
         (&json!("malformed"), &json!("credit.added"), &json!(why)),

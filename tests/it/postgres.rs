@@ -216,24 +216,24 @@ fn engines_sharing_a_schema_agree_with_a_serial_run_under_any_interleaving() {
     }
 }
 
-#[test]
-fn a_terminated_listener_reconnects_and_its_index_catches_up() {
-    let Some(schema) = Schema::new("listener") else {
-        return;
-    };
+/// A schema with two engines: a writer, and a reader whose index is loaded and is kept
+/// current by its listener only (it never asks the server on its own).
+fn writer_and_listening_reader(tag: &str) -> Option<(Schema, Engine, Engine)> {
+    let schema = Schema::new(tag)?;
     let writer = schema.engine();
     let reader = schema.engine();
-    // The reader never asks the server on its own: only its listener refreshes it.
     reader.set_external_check_interval(Duration::from_secs(3600));
     assert!(
         !reader.has_access("cus_0", "ent_0", now()),
         "loads the index"
     );
-    let delivered = |n: usize| {
-        let spec = grant(&format!("grant_l{n}"), St::Delivered, t0() + ms(n as i64))
-            .customer("cus_0")
-            .entitlement(&format!("ent_{n}"));
-        Delivery::new(format!("msg_l{n}"), spec.body(), now())
+    Some((schema, writer, reader))
+}
+
+#[test]
+fn a_terminated_listener_reconnects_and_its_index_catches_up() {
+    let Some((schema, writer, reader)) = writer_and_listening_reader("listener") else {
+        return;
     };
     let seen_within = |n: usize, limit: Duration| -> Duration {
         let started = Instant::now();
@@ -1044,16 +1044,9 @@ fn a_writer_waits_for_the_lock_whatever_timeouts_the_database_sets() {
 
 #[test]
 fn other_schemas_notifications_do_not_keep_a_failed_refresh_from_being_retried() {
-    let Some(schema) = Schema::new("noisy") else {
+    let Some((schema, writer, reader)) = writer_and_listening_reader("noisy") else {
         return;
     };
-    let writer = schema.engine();
-    let reader = schema.engine();
-    reader.set_external_check_interval(Duration::from_secs(3600));
-    assert!(
-        !reader.has_access("cus_0", "ent_0", now()),
-        "loads the index"
-    );
     // Another schema of the database commits several times a second.
     let stop = Arc::new(AtomicBool::new(false));
     let noise = {
