@@ -25,7 +25,8 @@ pub struct Writer {
     wanted: Option<Policy>,
     /// `wanted` is the stored policy (checked in a committed transaction).
     policy_synced: bool,
-    /// The policy the feed is computed under.
+    /// The policy opened with, else the one stored at open: what the engine's answers
+    /// use. The feed follows the stored one after the first transaction ([`Writer::begin`]).
     policy: Policy,
     /// Set once [`WriteStore::defer_sync`] was taken: the connection commits at
     /// `synchronous=NORMAL`, and every write but a batch syncs this before it returns.
@@ -64,7 +65,8 @@ impl Writer {
     /// Like [`Writer::open`]; the access-change feed is computed under `policy`, or,
     /// for `None`, under the policy it was last computed under (the default if none).
     /// A policy other than the stored one re-evaluates every pair at the first write
-    /// (cause `operator`, `policy_changed`) and becomes the stored one.
+    /// (cause `operator`, `policy_changed`) and becomes the stored one; after that
+    /// write the feed follows whichever policy is stored (another writer's, later).
     ///
     /// # Errors
     ///
@@ -109,7 +111,8 @@ impl Writer {
         Ok(writer)
     }
 
-    /// The policy the feed is computed under.
+    /// The policy opened with, else the one stored at open (the engine answers under
+    /// it; the feed follows the policy stored last).
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -133,15 +133,9 @@ fn time_alone_records_license_expiry_and_the_end_of_a_grace() -> TestResult {
         .entitlement("ent_key")
         .license_until(Some(expires));
     engine.ingest(Delivery::new("msg_k", keyed.body(), t))?;
-    let mut held = grant("grant_s", St::Delivered, t).entitlement("ent_sub");
-    held.subscription_id = Some("sub_1".into());
-    engine.ingest(Delivery::new("msg_s", held.body(), t))?;
+    deliver_held_grant(&engine, t)?;
     let hold_at = t + Duration::minutes(30);
-    engine.ingest(Delivery::new(
-        "msg_hold",
-        subscription("sub_1", "on_hold", hold_at).body(),
-        hold_at,
-    ))?;
+    hold_sub_1(&engine, "msg_hold", hold_at)?;
     // In grace: still allowed, so the hold itself changed nothing.
     assert!(engine.access("cus_a", "ent_sub", hold_at)?.allowed);
     let before = engine.last_change_seq()?;
@@ -217,19 +211,13 @@ fn a_rebuild_keeps_a_grace_that_began_before_the_newest_snapshot() -> TestResult
     };
     let engine = Engine::open_with(dir.path().join("entitlements.db"), grace)?;
     let t = at("2026-06-15T08:00:00Z");
-    let mut held = grant("grant_s", St::Delivered, t).entitlement("ent_sub");
-    held.subscription_id = Some("sub_1".into());
-    engine.ingest(Delivery::new("msg_s", held.body(), t))?;
+    deliver_held_grant(&engine, t)?;
     let hold_at = t + Duration::minutes(30);
     for (id, when) in [
         ("msg_hold", hold_at),
         ("msg_hold_2", hold_at + Duration::minutes(90)),
     ] {
-        engine.ingest(Delivery::new(
-            id,
-            subscription("sub_1", "on_hold", when).body(),
-            when,
-        ))?;
+        hold_sub_1(&engine, id, when)?;
     }
     let ends = hold_at + Duration::hours(2);
     assert_eq!(engine.next_due()?, Some(ends));
@@ -283,18 +271,26 @@ fn a_new_policy_re_evaluates_every_pair_as_an_operator_change() -> TestResult {
     Ok(())
 }
 
-/// The pair of `grant_s` (`cus_a`, `ent_sub`), held by `sub_1`, which goes on_hold at
-/// `t + 1 s`: denied by the default policy's backstop.
-fn held_grant_on_hold(engine: &Engine, t: chrono::DateTime<chrono::Utc>) -> TestResult {
+/// `grant_s` of (`cus_a`, `ent_sub`), delivered at `t`, held by `sub_1`.
+fn deliver_held_grant(engine: &Engine, t: chrono::DateTime<chrono::Utc>) -> TestResult {
     let mut held = grant("grant_s", St::Delivered, t).entitlement("ent_sub");
     held.subscription_id = Some("sub_1".into());
     engine.ingest(Delivery::new("msg_s", held.body(), t))?;
-    engine.ingest(Delivery::new(
-        "msg_hold",
-        subscription("sub_1", "on_hold", t + ms(1000)).body(),
-        t + ms(1000),
-    ))?;
     Ok(())
+}
+
+/// `sub_1` goes on_hold at `at`, delivered as `id`.
+fn hold_sub_1(engine: &Engine, id: &str, at: chrono::DateTime<chrono::Utc>) -> TestResult {
+    let body = subscription("sub_1", "on_hold", at).body();
+    engine.ingest(Delivery::new(id, body, at))?;
+    Ok(())
+}
+
+/// The pair of `grant_s` (`cus_a`, `ent_sub`), held by `sub_1`, which goes on_hold at
+/// `t + 1 s`: denied by the default policy's backstop.
+fn held_grant_on_hold(engine: &Engine, t: chrono::DateTime<chrono::Utc>) -> TestResult {
+    deliver_held_grant(engine, t)?;
+    hold_sub_1(engine, "msg_hold", t + ms(1000))
 }
 
 fn last_of(engine: &Engine, entitlement: &str) -> Change {
@@ -388,16 +384,10 @@ fn writers_with_different_policies_follow_the_one_stored_last() -> TestResult {
     };
     let a = Engine::open_with(&db, Policy::default())?;
     let t = at("2026-06-15T08:00:00Z");
-    let mut held = grant("grant_s", St::Delivered, t).entitlement("ent_sub");
-    held.subscription_id = Some("sub_1".into());
-    a.ingest(Delivery::new("msg_s", held.body(), t))?;
+    deliver_held_grant(&a, t)?;
     let b = Engine::open_with(&db, grace.clone())?;
     b.advance(t + ms(500))?;
-    a.ingest(Delivery::new(
-        "msg_hold",
-        subscription("sub_1", "on_hold", t + ms(1000)).body(),
-        t + ms(1000),
-    ))?;
+    hold_sub_1(&a, "msg_hold", t + ms(1000))?;
     let last = last_of(&b, "ent_sub");
     assert!(last.allowed, "evaluated under the grace B stored: {last:?}");
     drop(a);
