@@ -23,6 +23,7 @@
 //!    fold says applied, stale (older than what webhooks brought) or rejected.
 //! 4. [`Summary`]: the counts `entsync reconcile --json` prints.
 //! 5. The client's rules: [`retry_wait`] (429 headers), [`backoff`], [`check_base_url`].
+//! 6. [`checkpoint`]: where an interrupted sweep stands, and where the next run resumes.
 
 use crate::delivery::{Delivery, Outcome};
 use crate::event::{self, Kind};
@@ -33,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+
+pub mod checkpoint;
 
 /// The prefix of every delivery id reconcile stores.
 pub const DELIVERY_PREFIX: &str = "api:";

@@ -15,6 +15,7 @@ use crate::access::{Access, Policy};
 use crate::delivery::{Delivery, Outcome, Prepared};
 use crate::event::Kind;
 use crate::index::Index;
+use crate::reconcile::checkpoint::Checkpoint;
 use crate::store::{
     Applied, Balance, CustomerView, DeliveryRecord, GrantRecord, Location, ObjectRow,
     QuarantineRecord, ReadStore, Reader, RebuildStats, StoreError, StoreStats, Writer,
@@ -546,6 +547,36 @@ impl Engine {
     /// SQLite errors.
     pub fn object(&self, kind: Kind, id: &str) -> Result<Option<ObjectRow>, Error> {
         Ok(self.listing().object(kind, id)?)
+    }
+
+    /// The checkpoint of the reconcile sweep `scope`
+    /// ([`checkpoint::scope`](crate::reconcile::checkpoint::scope)), if one is saved and
+    /// this build can read it.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn reconcile_checkpoint(&self, scope: &str) -> Result<Option<Checkpoint>, Error> {
+        Ok(self
+            .listing()
+            .checkpoint(scope)?
+            .as_deref()
+            .and_then(Checkpoint::decode))
+    }
+
+    /// Saves (`Some`) or clears (`None`) the checkpoint of the reconcile sweep `scope`,
+    /// durably.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn set_reconcile_checkpoint(
+        &self,
+        scope: &str,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), Error> {
+        let (scope, text) = (scope.to_string(), checkpoint.map(Checkpoint::encode));
+        Ok(self.with_writer(move |w| w.set_checkpoint(&scope, text.as_deref()))??)
     }
 
     /// Counters for monitoring.

@@ -465,6 +465,9 @@ mod tests {
         fn set_forward_cursor(&mut self, _: i64) -> StoreResult<()> {
             Err(StoreError::Config("not used here".into()))
         }
+        fn set_checkpoint(&mut self, _: &str, _: Option<&str>) -> StoreResult<()> {
+            Err(StoreError::Config("not used here".into()))
+        }
     }
 
     /// Runs the writer loop on a fake store over `jobs` deliveries queued at once (then

@@ -605,6 +605,33 @@ pub(super) fn store_policy(tx: &dyn Db, policy: &Policy) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint saved under `name` (in `settings`, as `checkpoint:<name>`): text the
+/// caller encodes (reconcile's sweep position).
+pub(super) fn checkpoint(conn: &dyn Db, name: &str) -> Result<Option<String>> {
+    conn.row(
+        "SELECT value FROM settings WHERE key = ?1",
+        args![&format!("checkpoint:{name}")],
+    )
+    .context("read a checkpoint")?
+    .map(|r| r.str(0).map(str::to_string))
+    .transpose()
+}
+
+/// Saves (`Some`) or clears (`None`) the checkpoint `name`.
+pub(super) fn set_checkpoint(tx: &dyn Db, name: &str, value: Option<&str>) -> Result<()> {
+    let key = format!("checkpoint:{name}");
+    match value {
+        Some(v) => tx.exec(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            args![&key, v],
+        ),
+        None => tx.exec("DELETE FROM settings WHERE key = ?1", args![&key]),
+    }
+    .context("write a checkpoint")?;
+    Ok(())
+}
+
 fn encode_policy(p: &Policy) -> String {
     serde_json::json!({
         "subscription_backstop": p.subscription_backstop,

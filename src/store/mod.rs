@@ -336,6 +336,14 @@ pub trait WriteStore: Send {
     ///
     /// The backend's.
     fn set_forward_cursor(&mut self, seq: i64) -> Result<()>;
+
+    /// Saves (`Some`) or clears (`None`) the checkpoint `name` (reconcile's sweep
+    /// position), durably.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn set_checkpoint(&mut self, name: &str, value: Option<&str>) -> Result<()>;
 }
 
 /// The read side of a store: change detection for the access index, listings.
@@ -451,6 +459,13 @@ pub trait ReadStore: Send {
     ///
     /// The backend's.
     fn forward_cursor(&mut self) -> Result<i64>;
+
+    /// The checkpoint saved under `name`, if any.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn checkpoint(&mut self, name: &str) -> Result<Option<String>>;
 
     /// The earliest instant at which time alone may change some answer.
     ///

@@ -339,6 +339,9 @@ impl ReadStore for Reader {
     fn forward_cursor(&mut self) -> Result<i64> {
         super::feed::forward_cursor(&*self.db)
     }
+    fn checkpoint(&mut self, name: &str) -> Result<Option<String>> {
+        super::feed::checkpoint(&*self.db, name)
+    }
     fn next_due(&mut self) -> Result<Option<Timestamp>> {
         super::feed::next_due(&*self.db)
     }

@@ -230,6 +230,19 @@ impl Writer {
         tx.commit().context("commit")?;
         self.settle()
     }
+
+    /// Saves (`Some`) or clears (`None`) the checkpoint `name`, durably.
+    ///
+    /// # Errors
+    ///
+    /// The database's errors.
+    pub fn set_checkpoint(&mut self, name: &str, value: Option<&str>) -> Result<()> {
+        self.refuse_after_failed_sync()?;
+        let tx = Tx::begin(&*self.db, Mode::Write).context("begin a write transaction")?;
+        feed::set_checkpoint(&*tx, name, value)?;
+        tx.commit().context("commit")?;
+        self.settle()
+    }
 }
 
 impl WriteStore for Writer {
@@ -375,6 +388,10 @@ impl WriteStore for Writer {
 
     fn set_forward_cursor(&mut self, seq: i64) -> Result<()> {
         Writer::set_forward_cursor(self, seq)
+    }
+
+    fn set_checkpoint(&mut self, name: &str, value: Option<&str>) -> Result<()> {
+        Writer::set_checkpoint(self, name, value)
     }
 }
 

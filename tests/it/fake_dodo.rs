@@ -46,6 +46,8 @@ pub struct Data {
     pub unavailable: u32,
     /// Requests whose path starts with this always answer 500.
     pub broken_path: Option<String>,
+    /// The request with exactly this `path?query` (as logged) always answers 500.
+    pub broken_request: Option<String>,
     /// The `Date` of every response (an IMF-fixdate); `None`: the server's clock.
     pub date: Option<String>,
     /// Requests whose path starts with this answer 403 (a key whose access was cut
@@ -217,11 +219,13 @@ fn respond(d: &mut Data, req: &Request) -> Response {
         .unwrap_or("")
         .to_string();
     let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    d.log.push(if q.is_empty() {
+    let line = if q.is_empty() {
         path.clone()
     } else {
         format!("{path}?{}", q.join("&"))
-    });
+    };
+    let broken_request = d.broken_request.as_deref() == Some(line.as_str());
+    d.log.push(line);
     if auth == format!("Bearer {READ_FORBIDDEN_KEY}") {
         return error(
             StatusCode::FORBIDDEN,
@@ -262,9 +266,10 @@ fn respond(d: &mut Data, req: &Request) -> Response {
             "insufficient permissions",
         );
     }
-    if d.broken_path
-        .as_deref()
-        .is_some_and(|p| path.starts_with(p))
+    if broken_request
+        || d.broken_path
+            .as_deref()
+            .is_some_and(|p| path.starts_with(p))
     {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "broken");
     }
@@ -461,4 +466,32 @@ pub fn dispute(id: &str, payment: &str, customer: &str) -> Value {
         "dispute_status": "dispute_lost", "payment_provider": "dodo",
         "created_at": "2026-04-12T08:00:00Z", "is_resolved_by_rdr": null,
         "customer": {"customer_id": customer, "email": "ana@example.com", "name": "Ana"}})
+}
+
+/// `n` delivered grants of `ent_pro`, one customer each (`entg_0000`, `cus_0000`, ...).
+pub fn delivered_grants(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            grant(
+                &format!("entg_{i:04}"),
+                &format!("cus_{i:04}"),
+                "ent_pro",
+                "Delivered",
+                "2026-03-01T09:05:00Z",
+            )
+        })
+        .collect()
+}
+
+/// The `page_number`s the requests in `log` asked of exactly `path`, in order.
+pub fn pages_asked(log: &[String], path: &str) -> Vec<u32> {
+    log.iter()
+        .filter_map(|l| l.strip_prefix(path)?.strip_prefix('?'))
+        .filter_map(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("page_number="))?
+                .parse()
+                .ok()
+        })
+        .collect()
 }

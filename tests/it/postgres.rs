@@ -734,6 +734,84 @@ fn one_instance_reconciles_each_round() {
     }
 }
 
+/// The instance sweeping is SIGKILLed mid-listing: another takes the lease and resumes
+/// the sweep from the checkpoint the store shares, one page before the first page the
+/// killed one had not stored, not from the start.
+#[test]
+fn a_sweep_an_instance_was_killed_in_is_resumed_by_another() {
+    use crate::fake_dodo::{self as dodo, Data, FakeDodo, KEY};
+    use entitlement_sync::reconcile::checkpoint;
+    let Some(schema) = Schema::new("resume") else {
+        return;
+    };
+    // Twenty pages of 100 grants at ten requests a second.
+    let fake = FakeDodo::start(Data {
+        entitlements: vec![dodo::entitlement("ent_pro")],
+        grants: dodo::delivered_grants(2000),
+        ..Data::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("ENTSYNC_PG_SCHEMA", schema.name.as_str()),
+        ("DODO_PAYMENTS_API_KEY", KEY),
+    ];
+    let url = fake.url();
+    let args = [
+        "--reconcile-every",
+        "1s",
+        "--reconcile-base-url",
+        url.as_str(),
+        "--reconcile-rate-limit",
+        "10",
+    ];
+    let start = |k: usize| {
+        Server::start_logged(
+            &schema.url,
+            dir.path().join(format!("serve-{k}.log")),
+            &env,
+            &args,
+        )
+    };
+    let first = start(0);
+    let engine = schema.engine();
+    let scope = checkpoint::scope(&url, None);
+    let saved = || {
+        engine
+            .reconcile_checkpoint(&scope)
+            .expect("read the checkpoint")
+    };
+    crate::changes::wait_for("three pages stored", Duration::from_secs(60), || {
+        saved().is_some_and(|c| c.pages >= 3)
+    });
+    first.kill();
+    let at = saved().expect("the checkpoint outlives the instance");
+    assert!(!at.complete && at.pages < 20, "{at:?}");
+    fake.take_log();
+
+    let second = start(1);
+    let runs = || {
+        second
+            .get("/metrics")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("entsync_reconcile_runs_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    crate::changes::wait_for("the resumed sweep", Duration::from_secs(60), || runs() >= 1);
+    let asked = dodo::pages_asked(&fake.take_log(), "/entitlements/ent_pro/grants");
+    assert!(
+        asked.starts_with(&(at.pages - 1..=20).collect::<Vec<_>>()),
+        "resumed at page {}: {asked:?}",
+        at.pages - 1
+    );
+    // Every grant stored, as read from the store itself.
+    let grants = engine.grants(None).expect("grants");
+    assert_eq!(grants.len(), 2000);
+    assert!(grants.iter().all(|g| g.status == "delivered"));
+    second.kill();
+}
+
 /// A schema at version 1 (`objects_ref` over every object) is migrated to version 2
 /// (`objects_ref` without grants) on open, keeping every answer; the views that read
 /// through the index work on the migrated schema.

@@ -5,6 +5,7 @@
 //! summary and the exit codes.
 
 use super::fake_dodo::{self as dodo, Data, FakeDodo, KEY, READ_FORBIDDEN_KEY};
+use entitlement_sync::reconcile::checkpoint;
 use entitlement_sync::Engine;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -648,11 +649,33 @@ fn failed_requests_are_counted_and_exit_1_the_rest_applies() {
             .count(),
         5
     );
-    // Mended, a rerun picks up what failed.
+    // Mended, a rerun resumes where the sweep failed: the grants and subscriptions read
+    // before it are not listed again, the license keys are.
     fake.data().broken_path = None;
     let out = reconcile(&db, &fake, &[]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
-    assert_eq!(counts(&out.summary()), [2, 1, 1, 0, 0, 0], "{}", out.stdout);
+    assert_eq!(counts(&out.summary()), [1, 1, 0, 0, 0, 0], "{}", out.stdout);
+    assert!(
+        out.stderr.contains("resuming the sweep begun at")
+            && out.stderr.contains("after subscriptions"),
+        "{}",
+        out.stderr
+    );
+    let log = fake.take_log();
+    assert!(
+        log.iter()
+            .all(|l| !l.starts_with("/entitlements/") && !l.starts_with("/subscriptions")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.starts_with("/license_keys")),
+        "{log:#?}"
+    );
+    // That sweep is complete: the next run lists everything again.
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_eq!(counts(&out.summary()), [2, 0, 2, 0, 0, 0], "{}", out.stdout);
+    assert!(!out.stderr.contains("resuming"), "{}", out.stderr);
 }
 
 #[test]
@@ -764,17 +787,7 @@ fn a_sweep_of_1000_grants_at_the_default_rate_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("store.db");
     let mut data = small();
-    data.grants = (0..1000)
-        .map(|i| {
-            dodo::grant(
-                &format!("entg_{i:04}"),
-                &format!("cus_{i:04}"),
-                "ent_pro",
-                "Delivered",
-                "2026-03-01T09:05:00Z",
-            )
-        })
-        .collect();
+    data.grants = dodo::delivered_grants(1000);
     let fake = FakeDodo::start(data);
     let url = fake.url();
     let args = ["reconcile", "--base-url", &url, "--json"];
@@ -809,6 +822,220 @@ fn a_sweep_of_1000_grants_at_the_default_rate_limit() {
         first.as_secs_f64(),
         second.as_secs_f64()
     );
+}
+
+/// The checkpoint of the full sweep against `fake`, read from the file as it is (another
+/// process may be writing it).
+fn saved_checkpoint(db: &Path, fake: &FakeDodo) -> Option<Value> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    let key = format!("checkpoint:{}", checkpoint::scope(&fake.url(), None));
+    let text: String = conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .ok()?;
+    Some(serde_json::from_str(&text).expect("a checkpoint is json"))
+}
+
+#[test]
+fn a_sweep_killed_mid_listing_resumes_one_page_before_where_it_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let mut data = small();
+    data.grants = dodo::delivered_grants(40);
+    let fake = FakeDodo::start(data);
+    let url = fake.url();
+    // Twenty pages of two grants at ten requests a second; killed once five are stored.
+    let mut child = Command::new(BIN)
+        .arg("--db")
+        .arg(&db)
+        .args(["reconcile", "--base-url", &url, "--json"])
+        .args(["--rate-limit", "10", "--page-size", "2"])
+        .env("DODO_PAYMENTS_API_KEY", KEY)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start entsync reconcile");
+    super::changes::wait_for("five pages stored", Duration::from_secs(30), || {
+        saved_checkpoint(&db, &fake).is_some_and(|c| c["pages"].as_u64() >= Some(5))
+    });
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let saved = saved_checkpoint(&db, &fake).expect("the checkpoint outlives the process");
+    assert_eq!(
+        saved["listing"],
+        json!({"step": "entitlement_grants", "entitlement": "ent_pro"})
+    );
+    assert_eq!(saved["complete"], false, "killed mid-listing: {saved}");
+    let pages = u32::try_from(saved["pages"].as_u64().expect("pages")).expect("u32");
+    assert!(pages < 20, "{saved}");
+    fake.take_log();
+
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("resuming the sweep begun at")
+            && out
+                .stderr
+                .contains(&format!("at the grants of ent_pro, {pages} pages read")),
+        "{}",
+        out.stderr
+    );
+    // From the page before the first unread one, to the end (the closing empty page 20).
+    let asked = dodo::pages_asked(&fake.take_log(), "/entitlements/ent_pro/grants");
+    assert_eq!(asked, (pages - 1..=20).collect::<Vec<_>>());
+    // Each of those pages' grants fetched once: the overlap page's unchanged.
+    let summary = out.summary();
+    assert_eq!(summary["fetched"], 2 * (20 - (pages - 1)), "{summary}");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    let pairs: Vec<(String, &str)> = (0..40)
+        .map(|i| (format!("cus_{i:04}"), "ent_pro"))
+        .collect();
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(c, e)| (c.as_str(), *e)).collect();
+    let got = answers(&db, &pairs);
+    assert!(got.values().all(|a| *a == allowed()), "{got:?}");
+    assert_eq!(saved_checkpoint(&db, &fake), None, "complete: cleared");
+}
+
+#[test]
+fn a_failed_page_is_where_the_next_run_resumes_and_restart_sweeps_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let mut data = small();
+    data.subscriptions = (0..6)
+        .map(|i| dodo::subscription(&format!("sub_{i}"), "cus_1", "active"))
+        .collect();
+    let broken = "/subscriptions?page_number=2&page_size=2";
+    data.broken_request = Some(broken.into());
+    let fake = FakeDodo::start(data);
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    assert_eq!(counts(&out.summary()), [5, 5, 0, 0, 1, 1], "{}", out.stdout);
+    // The sweep went on past the failure; its checkpoint stayed before it.
+    let log = fake.take_log();
+    assert!(
+        log.iter().any(|l| l.starts_with("/license_keys")),
+        "{log:#?}"
+    );
+    let saved = saved_checkpoint(&db, &fake).expect("a checkpoint");
+    assert_eq!(
+        (&saved["listing"], &saved["pages"], &saved["complete"]),
+        (&json!({"step": "subscriptions"}), &json!(2), &json!(false)),
+        "{saved}"
+    );
+
+    // Mended: the rerun reads neither the grants nor the first subscriptions page again.
+    fake.data().broken_request = None;
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("at subscriptions, 2 pages read"),
+        "{}",
+        out.stderr
+    );
+    // sub_2 and sub_3 (page 1, read again) unchanged; sub_4, sub_5 applied.
+    assert_eq!(counts(&out.summary()), [4, 2, 2, 0, 0, 0], "{}", out.stdout);
+    let log = fake.take_log();
+    assert!(
+        log.iter().all(|l| !l.starts_with("/entitlements/")),
+        "{log:#?}"
+    );
+    assert_eq!(dodo::pages_asked(&log, "/subscriptions"), [1, 2, 3]);
+    let engine = Engine::open(&db).expect("open");
+    for i in 0..6 {
+        let id = format!("sub_{i}");
+        let stored = engine
+            .object(entitlement_sync::event::Kind::Subscription, &id)
+            .expect("read");
+        assert!(stored.is_some(), "{id}");
+    }
+    drop(engine);
+    assert_eq!(saved_checkpoint(&db, &fake), None, "complete: cleared");
+
+    // Interrupted again, then --restart: everything is listed, from page 0.
+    fake.data().broken_request = Some(broken.into());
+    assert_eq!(reconcile(&db, &fake, &[]).code, Some(1));
+    assert!(saved_checkpoint(&db, &fake).is_some());
+    fake.data().broken_request = None;
+    fake.take_log();
+    let out = reconcile(&db, &fake, &["--restart"]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(!out.stderr.contains("resuming"), "{}", out.stderr);
+    assert_eq!(counts(&out.summary()), [7, 0, 7, 0, 0, 0], "{}", out.stdout);
+    let log = fake.take_log();
+    assert_eq!(dodo::pages_asked(&log, "/entitlements/ent_pro/grants"), [0]);
+    assert_eq!(dodo::pages_asked(&log, "/subscriptions"), [0, 1, 2, 3]);
+    assert_eq!(saved_checkpoint(&db, &fake), None);
+}
+
+#[test]
+fn a_checkpoint_older_than_a_day_or_of_another_scope_is_not_resumed() {
+    use entitlement_sync::reconcile::checkpoint::{Checkpoint, Listing, Step};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let mut data = small();
+    data.license_keys = vec![dodo::license_key("lic_1", "cus_1", "active")];
+    let fake = FakeDodo::start(data);
+    let scope = checkpoint::scope(&fake.url(), None);
+    let save = |hours_ago: i64| {
+        let engine = Engine::open(&db).expect("open");
+        let at = Checkpoint {
+            started: chrono::Utc::now() - chrono::Duration::hours(hours_ago),
+            listing: Listing::of(Step::Subscriptions),
+            pages: 1,
+            complete: true,
+        };
+        engine
+            .set_reconcile_checkpoint(&scope, Some(&at))
+            .expect("save a checkpoint");
+    };
+    let grants_listed = |log: &[String]| {
+        log.iter()
+            .any(|l| l.starts_with("/entitlements/ent_pro/grants"))
+    };
+
+    // Begun 25 hours ago: swept again from the start, and cleared when complete.
+    save(25);
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(!out.stderr.contains("resuming"), "{}", out.stderr);
+    assert_eq!(counts(&out.summary()), [2, 2, 0, 0, 1, 0], "{}", out.stdout);
+    assert!(grants_listed(&fake.take_log()));
+    assert_eq!(saved_checkpoint(&db, &fake), None);
+
+    // Begun an hour ago: a --customer run is a sweep of its own and does not resume it.
+    save(1);
+    let out = reconcile(&db, &fake, &["--customer", "cus_1"]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(!out.stderr.contains("resuming"), "{}", out.stderr);
+    let log = fake.take_log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("/customers/cus_1/entitlement-grants")),
+        "{log:#?}"
+    );
+    assert!(
+        saved_checkpoint(&db, &fake).is_some(),
+        "the full sweep's checkpoint is kept"
+    );
+
+    // The full sweep resumes it: past subscriptions, only license keys and the lists
+    // after them.
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("after subscriptions"), "{}", out.stderr);
+    assert_eq!(counts(&out.summary()), [1, 0, 1, 0, 0, 0], "{}", out.stdout);
+    let log = fake.take_log();
+    assert!(!grants_listed(&log), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.starts_with("/license_keys")),
+        "{log:#?}"
+    );
+    assert_eq!(saved_checkpoint(&db, &fake), None);
 }
 
 /// One HTTP/1.1 GET, the body.

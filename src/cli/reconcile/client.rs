@@ -169,6 +169,11 @@ impl Client {
         self.config.page_size
     }
 
+    /// The API's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.config.base_url
+    }
+
     /// Waits for the rate limit's next slot.
     async fn pace(&self) {
         let interval = Duration::from_secs_f64(1.0 / self.config.rate);
@@ -336,19 +341,20 @@ impl Client {
         )
     }
 
-    /// Pages through a list endpoint.
+    /// Pages through a list endpoint from page number `first` on.
     pub fn pages<'a>(
         &'a self,
         segments: Vec<String>,
         query: Vec<(&'static str, String)>,
         id_field: &'static str,
+        first: u32,
     ) -> Pager<'a> {
         Pager {
             client: self,
             segments,
             query,
             id_field,
-            page: 0,
+            page: first,
             done: false,
             seen: HashSet::new(),
         }
@@ -377,6 +383,10 @@ pub struct Page {
     pub items: Vec<Value>,
     /// The response's `Date` (or the local clock at the response).
     pub date: Timestamp,
+    /// Its `page_number`.
+    pub number: u32,
+    /// It is the last: the listing is over after it.
+    pub last: bool,
 }
 
 impl Pager<'_> {
@@ -453,6 +463,7 @@ impl Pager<'_> {
                 ),
             });
         }
+        let number = self.page;
         self.page += 1;
         if items.is_empty() {
             return Ok(None);
@@ -460,6 +471,8 @@ impl Pager<'_> {
         Ok(Some(Page {
             items,
             date: resp.date,
+            number,
+            last: self.done,
         }))
     }
 }

@@ -9,6 +9,7 @@ pub mod sweep;
 use super::{open_engine_over, print_json, CliError, PolicyArgs};
 use clap::{Args, ValueEnum};
 use client::{ApiKey, Client, Config};
+use entitlement_sync::reconcile::checkpoint::Checkpoint;
 use entitlement_sync::reconcile::{self, Summary, LIVE_URL, MAX_PAGE_SIZE, TEST_URL};
 use entitlement_sync::store::Location;
 use entitlement_sync::Engine;
@@ -69,6 +70,10 @@ pub struct ReconcileArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Sweep everything, even when an interrupted sweep of the last 24 hours could be
+    /// resumed from its checkpoint.
+    #[arg(long)]
+    pub restart: bool,
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(flatten)]
@@ -176,6 +181,12 @@ impl sweep::Progress for Bar {
         ));
         self.0.tick();
     }
+
+    fn resumed(&self, from: &Checkpoint) {
+        self.0.suspend(|| {
+            eprintln!("entsync reconcile: resuming {from} (--restart sweeps everything)");
+        });
+    }
 }
 
 fn init_logging() {
@@ -210,6 +221,7 @@ pub fn run(db: &Location, args: ReconcileArgs) -> Result<ExitCode, CliError> {
     let plan = sweep::Plan {
         customer: args.customer.clone(),
         policy: engine.policy().clone(),
+        resume: !args.restart,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -382,6 +394,7 @@ pub fn start(
     let plan = sweep::Plan {
         customer: None,
         policy,
+        resume: true,
     };
     let shared = Arc::clone(&status);
     // On a store several instances share, one of them sweeps at a time.
@@ -417,6 +430,9 @@ pub fn start(
                 "ok"
             };
             let s = report.summary;
+            if let Some(from) = &report.resumed {
+                tracing::info!(%from, "reconcile: resumed an interrupted sweep");
+            }
             match &report.refused {
                 Some(m) => tracing::error!(error = %m, "reconcile: the API refused the key"),
                 None => tracing::info!(

@@ -6,10 +6,12 @@
 //! `--customer C`, the per-customer endpoint and `customer_id` filters instead. Each
 //! object is compared with its stored state ([`reconcile::compare`]): unchanged ones are
 //! not stored; the others are ingested like any delivery, one batch (one transaction)
-//! per page. The run is idempotent, so an interrupted one simply runs again.
+//! per page. The run is idempotent; an interrupted one leaves a checkpoint
+//! ([`reconcile::checkpoint`]) after its last clean page, where the next run resumes.
 
 use super::client::{ApiError, Client, Page};
 use entitlement_sync::event::Kind;
+use entitlement_sync::reconcile::checkpoint::{self, Checkpoint, Listing, Start, Step};
 use entitlement_sync::reconcile::{self, Decision, Summary};
 use entitlement_sync::wire::Timestamp;
 use entitlement_sync::{Delivery, DisputePolicy, Engine, Policy};
@@ -23,6 +25,9 @@ pub struct Plan {
     pub customer: Option<String>,
     /// The access policy (which of payments, refunds, disputes matter).
     pub policy: Policy,
+    /// Resume an interrupted sweep of the same scope from its checkpoint (when it began
+    /// within [`checkpoint::RESUME_WITHIN`]); `false` sweeps everything.
+    pub resume: bool,
 }
 
 /// How a run ended.
@@ -34,12 +39,17 @@ pub struct Report {
     pub requests: u64,
     /// The key was refused (401/403): the run stopped there.
     pub refused: Option<String>,
+    /// The checkpoint this run resumed from.
+    pub resumed: Option<Checkpoint>,
 }
 
 /// Progress, for a bar on a terminal.
 pub trait Progress: Send + Sync {
     /// Called after every page.
     fn update(&self, what: &str, summary: &Summary, requests: u64);
+
+    /// Called once, before the first request, when the run resumes an interrupted sweep.
+    fn resumed(&self, _from: &Checkpoint) {}
 }
 
 /// No progress shown.
@@ -72,6 +82,12 @@ struct Run<'a> {
     /// Object ids already handled in this run, per kind (lists may repeat items).
     seen: HashMap<Kind, HashSet<String>>,
     business_id: Option<String>,
+    /// The name of this sweep's checkpoint.
+    scope: String,
+    /// When the sweep began: now, or when the run it resumes began.
+    started: Timestamp,
+    /// The checkpoint this run resumes from.
+    from: Option<Checkpoint>,
 }
 
 /// Runs the blocking engine call `f` off the async workers.
@@ -125,6 +141,9 @@ pub async fn run(
         summary: Summary::default(),
         seen: HashMap::new(),
         business_id: None,
+        scope: checkpoint::scope(client.base_url(), plan.customer.as_deref()),
+        started: now,
+        from: None,
     };
     let refused = match run.sweep(plan, now).await {
         Ok(()) => None,
@@ -147,13 +166,30 @@ pub async fn run(
         summary: run.summary,
         requests: client.requests(),
         refused,
+        resumed: run.from,
     }
 }
 
 impl Run<'_> {
     async fn sweep(&mut self, plan: &Plan, now: Timestamp) -> Result<(), Stop> {
+        let (engine, scope) = (self.engine.clone(), self.scope.clone());
+        match blocking(move || engine.reconcile_checkpoint(&scope)).await? {
+            Some(saved) if plan.resume && checkpoint::resumable(&saved, now) => {
+                self.progress.resumed(&saved);
+                self.started = saved.started;
+                self.from = Some(saved);
+            }
+            // Too old, or --restart: swept again from the start, and forgotten now so
+            // that this run's own interruption is not resumed from the old one.
+            Some(_) => self.save(None).await?,
+            None => {}
+        }
         let before = answers(self.engine, plan.customer.clone(), now).await?;
         let result = self.fetch_all(plan, &before).await;
+        if result.is_ok() && self.summary.errors == 0 {
+            // Complete: the next run sweeps everything again.
+            self.save(None).await?;
+        }
         // Count what changed even when the run stopped early.
         let after = answers(self.engine, plan.customer.clone(), now).await?;
         let none: Answer = (false, "none".into(), Some("no_grant".into()));
@@ -177,12 +213,12 @@ impl Run<'_> {
         let stored: BTreeSet<String> = before.keys().map(|(_, e)| e.clone()).collect();
         match &plan.customer {
             None => {
-                let mut ids = Vec::new();
+                let mut listed = BTreeSet::new();
                 self.progress
                     .update("entitlements", &self.summary, self.client.requests());
                 let mut pager = self
                     .client
-                    .pages(vec!["entitlements".into()], Vec::new(), "id");
+                    .pages(vec!["entitlements".into()], Vec::new(), "id", 0);
                 loop {
                     match pager.next().await {
                         Ok(Some(page)) => {
@@ -194,9 +230,7 @@ impl Run<'_> {
                                         .map(str::to_string);
                                 }
                                 if let Some(id) = e.get("id").and_then(Value::as_str) {
-                                    if !ids.iter().any(|i| i == id) {
-                                        ids.push(id.to_string());
-                                    }
+                                    listed.insert(id.to_string());
                                 }
                             }
                             self.progress.update(
@@ -212,20 +246,20 @@ impl Run<'_> {
                         }
                     }
                 }
-                let listed: HashSet<String> = ids.iter().cloned().collect();
-                for e in stored.iter().filter(|e| !listed.contains(*e)) {
-                    ids.push(e.clone());
-                }
-                for e in ids {
-                    let soft_deleted = !listed.contains(&e);
+                // In id order, the order a checkpoint counts in.
+                for e in listed.union(&stored) {
+                    let soft_deleted = !listed.contains(e);
                     let segments = vec!["entitlements".into(), e.clone(), "grants".into()];
-                    self.list(Kind::Grant, segments, Vec::new(), soft_deleted)
+                    let listing = Listing::grants(e);
+                    self.list(Kind::Grant, listing, segments, Vec::new(), soft_deleted)
                         .await?;
                 }
             }
             Some(c) => {
                 let segments = vec!["customers".into(), c.clone(), "entitlement-grants".into()];
-                self.list(Kind::Grant, segments, Vec::new(), false).await?;
+                let listing = Listing::of(Step::CustomerGrants);
+                self.list(Kind::Grant, listing, segments, Vec::new(), false)
+                    .await?;
                 // Grants of entitlements the per-customer list may leave out (soft-deleted).
                 let seen = self.seen.get(&Kind::Grant).cloned().unwrap_or_default();
                 let (engine, customer) = (self.engine.clone(), c.clone());
@@ -239,8 +273,10 @@ impl Run<'_> {
                 })
                 .await?;
                 for e in missing {
+                    let listing = Listing::grants(&e);
                     let segments = vec!["entitlements".into(), e, "grants".into()];
-                    self.list(Kind::Grant, segments, by_customer(&plan.customer), true)
+                    let query = by_customer(&plan.customer);
+                    self.list(Kind::Grant, listing, segments, query, true)
                         .await?;
                 }
             }
@@ -248,6 +284,7 @@ impl Run<'_> {
         let filter = by_customer(&plan.customer);
         self.list(
             Kind::Subscription,
+            Listing::of(Step::Subscriptions),
             vec!["subscriptions".into()],
             filter.clone(),
             false,
@@ -255,6 +292,7 @@ impl Run<'_> {
         .await?;
         self.list(
             Kind::LicenseKey,
+            Listing::of(Step::LicenseKeys),
             vec!["license_keys".into()],
             filter.clone(),
             false,
@@ -264,6 +302,7 @@ impl Run<'_> {
         if plan.policy.refund_denies || disputes {
             self.list(
                 Kind::Payment,
+                Listing::of(Step::Payments),
                 vec!["payments".into()],
                 filter.clone(),
                 false,
@@ -271,12 +310,26 @@ impl Run<'_> {
             .await?;
         }
         if plan.policy.refund_denies {
-            self.list(Kind::Refund, vec!["refunds".into()], filter.clone(), false)
-                .await?;
+            let listing = Listing::of(Step::Refunds);
+            self.list(
+                Kind::Refund,
+                listing,
+                vec!["refunds".into()],
+                filter.clone(),
+                false,
+            )
+            .await?;
         }
         if disputes {
-            self.list(Kind::Dispute, vec!["disputes".into()], filter, false)
-                .await?;
+            let listing = Listing::of(Step::Disputes);
+            self.list(
+                Kind::Dispute,
+                listing,
+                vec!["disputes".into()],
+                filter,
+                false,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -297,35 +350,70 @@ impl Run<'_> {
         }
     }
 
-    /// One list endpoint to the end, each page folded as it comes. `may_be_gone`: a 404
-    /// is not an error (an entitlement only the store still knows).
+    /// One list endpoint to the end (from where a resumed sweep left it), each page
+    /// folded as it comes, the checkpoint saved after each. `may_be_gone`: a 404 is not
+    /// an error (an entitlement only the store still knows).
     async fn list(
         &mut self,
         kind: Kind,
+        listing: Listing,
         segments: Vec<String>,
         query: Vec<(&'static str, String)>,
         may_be_gone: bool,
     ) -> Result<(), Stop> {
+        let first = match self.from.as_ref().map(|c| c.start(&listing)) {
+            Some(Start::Skip) => return Ok(()),
+            Some(Start::Page(p)) => p,
+            None => 0,
+        };
         let id_field = reconcile::id_field(kind).unwrap_or("id");
         let what = segments.join("/");
         self.progress
             .update(&what, &self.summary, self.client.requests());
-        let mut pager = self.client.pages(segments, query, id_field);
+        let mut pager = self.client.pages(segments, query, id_field, first);
+        let mut pages = first;
         loop {
             match pager.next().await {
                 Ok(Some(page)) => {
+                    let last = page.last;
+                    pages = page.number + 1;
                     self.page(kind, page).await?;
+                    if !last {
+                        self.mark(&listing, pages, false).await?;
+                    }
                     self.progress
                         .update(&what, &self.summary, self.client.requests());
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => return self.mark(&listing, pages, true).await,
                 Err(ApiError::NotFound { path }) if may_be_gone => {
                     tracing::debug!(%path, "not found: an entitlement the API no longer has");
-                    return Ok(());
+                    return self.mark(&listing, pages, true).await;
                 }
                 Err(e) => return self.failed(e),
             }
         }
+    }
+
+    /// Saves the checkpoint: `pages` of `listing` (all of it when `complete`) and
+    /// everything before it were read and stored. Only while the run has met no error:
+    /// past one, the checkpoint stays before it, so that the next run reads it again.
+    async fn mark(&mut self, listing: &Listing, pages: u32, complete: bool) -> Result<(), Stop> {
+        if self.summary.errors > 0 {
+            return Ok(());
+        }
+        let at = Checkpoint {
+            started: self.started,
+            listing: listing.clone(),
+            pages,
+            complete,
+        };
+        self.save(Some(at)).await
+    }
+
+    /// Saves (`Some`) or clears (`None`) this sweep's checkpoint.
+    async fn save(&mut self, at: Option<Checkpoint>) -> Result<(), Stop> {
+        let (engine, scope) = (self.engine.clone(), self.scope.clone());
+        blocking(move || engine.set_reconcile_checkpoint(&scope, at.as_ref())).await
     }
 
     /// Folds one page: compare each item with its stored state, fetch the full object
