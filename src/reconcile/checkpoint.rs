@@ -10,7 +10,8 @@
 //! checkpoint of its last clean page; a run that finishes without an error clears it.
 //!
 //! The next run in the same scope ([`scope`]: the API's base URL and the customer)
-//! resumes there when the sweep began less than [`RESUME_WITHIN`] ago ([`resumable`]):
+//! resumes there when it reads the same kinds of listing at the same page size and the
+//! sweep began less than [`RESUME_WITHIN`] ago ([`resumable`]):
 //! listings before the checkpoint are skipped ([`Start::Skip`]), and the interrupted one
 //! starts one page before its first unread page ([`Start::Page`]), so that an object
 //! moved back a page by a deletion in between is still read. The entitlements list itself
@@ -103,6 +104,11 @@ pub struct Checkpoint {
     pub pages: u32,
     /// The whole of `listing` was read and stored.
     pub complete: bool,
+    /// The page size its pages were read at: a count of pages means nothing at another.
+    pub page_size: u32,
+    /// The kinds of listing the sweep reads (payments, refunds and disputes depend on the
+    /// policy): a sweep of other kinds could skip one it never read by the order alone.
+    pub steps: Vec<Step>,
 }
 
 impl std::fmt::Display for Checkpoint {
@@ -160,10 +166,14 @@ impl Checkpoint {
     }
 }
 
-/// Whether a sweep saved at `saved` is resumed by a run starting at `now`: it began less
+/// Whether a sweep saved at `saved` is resumed by a run starting at `now` that reads
+/// `steps` at `page_size`: the same listings at the same page size, and it began less
 /// than [`RESUME_WITHIN`] ago (and not in the future of a clock set back since).
-pub fn resumable(saved: &Checkpoint, now: Timestamp) -> bool {
-    saved.started <= now && now - saved.started < RESUME_WITHIN
+pub fn resumable(saved: &Checkpoint, now: Timestamp, page_size: u32, steps: &[Step]) -> bool {
+    saved.page_size == page_size
+        && saved.steps == steps
+        && saved.started <= now
+        && now - saved.started < RESUME_WITHIN
 }
 
 /// The name a sweep's checkpoint is stored under: one per API base URL (live, test, or
@@ -184,12 +194,21 @@ mod tests {
         parse_timestamp(s).expect("timestamp")
     }
 
+    const STEPS: [Step; 4] = [
+        Step::EntitlementGrants,
+        Step::Subscriptions,
+        Step::LicenseKeys,
+        Step::Refunds,
+    ];
+
     fn checkpoint(listing: Listing, pages: u32, complete: bool) -> Checkpoint {
         Checkpoint {
             started: at("2026-12-07T10:00:00Z"),
             listing,
             pages,
             complete,
+            page_size: 100,
+            steps: STEPS.to_vec(),
         }
     }
 
@@ -226,11 +245,28 @@ mod tests {
     #[test]
     fn a_checkpoint_is_resumed_within_a_day_of_the_sweeps_start() {
         let c = checkpoint(Listing::of(Step::Subscriptions), 2, false);
-        assert!(resumable(&c, at("2026-12-07T10:00:00Z")));
-        assert!(resumable(&c, at("2026-12-08T09:59:59Z")));
-        assert!(!resumable(&c, at("2026-12-08T10:00:00Z")));
+        let resumed_at = |now: &str| resumable(&c, at(now), 100, &STEPS);
+        assert!(resumed_at("2026-12-07T10:00:00Z"));
+        assert!(resumed_at("2026-12-08T09:59:59Z"));
+        assert!(!resumed_at("2026-12-08T10:00:00Z"));
         // A clock set back since the sweep began: not resumed.
-        assert!(!resumable(&c, at("2026-12-07T09:59:59Z")));
+        assert!(!resumed_at("2026-12-07T09:59:59Z"));
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_page_size_or_other_listings_is_not_resumed() {
+        let c = checkpoint(Listing::of(Step::Subscriptions), 5, false);
+        let now = at("2026-12-07T11:00:00Z");
+        assert!(resumable(&c, now, 100, &STEPS));
+        // Five pages of 10 are not five pages of 100.
+        assert!(!resumable(&c, now, 10, &STEPS));
+        // A policy that adds or drops a listing: by order alone, a listing added before
+        // the checkpoint (refunds, to a sweep stopped in disputes) would be skipped
+        // unread, so any other set of listings is swept from the start.
+        let mut more = STEPS.to_vec();
+        more.push(Step::Disputes);
+        assert!(!resumable(&c, now, 100, &more));
+        assert!(!resumable(&c, now, 100, &STEPS[..3]));
     }
 
     #[test]
@@ -244,7 +280,7 @@ mod tests {
         }
         assert_eq!(
             checkpoint(Listing::of(Step::Subscriptions), 3, false).encode(),
-            r#"{"started":"2026-12-07T10:00:00Z","listing":{"step":"subscriptions"},"pages":3,"complete":false}"#
+            r#"{"started":"2026-12-07T10:00:00Z","listing":{"step":"subscriptions"},"pages":3,"complete":false,"page_size":100,"steps":["entitlement_grants","subscriptions","license_keys","refunds"]}"#
         );
         for bad in [
             "",

@@ -973,7 +973,7 @@ fn a_failed_page_is_where_the_next_run_resumes_and_restart_sweeps_everything() {
 }
 
 #[test]
-fn a_checkpoint_older_than_a_day_or_of_another_scope_is_not_resumed() {
+fn a_checkpoint_older_than_a_day_or_of_another_scope_page_size_or_policy_is_not_resumed() {
     use entitlement_sync::reconcile::checkpoint::{Checkpoint, Listing, Step};
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("store.db");
@@ -981,13 +981,23 @@ fn a_checkpoint_older_than_a_day_or_of_another_scope_is_not_resumed() {
     data.license_keys = vec![dodo::license_key("lic_1", "cus_1", "active")];
     let fake = FakeDodo::start(data);
     let scope = checkpoint::scope(&fake.url(), None);
-    let save = |hours_ago: i64| {
+    // What the default policy reads, at the page size `reconcile()` asks.
+    let steps = vec![
+        Step::EntitlementGrants,
+        Step::Subscriptions,
+        Step::LicenseKeys,
+        Step::Payments,
+        Step::Refunds,
+    ];
+    let save = |hours_ago: i64, page_size: u32, steps: &[Step]| {
         let engine = Engine::open(&db).expect("open");
         let at = Checkpoint {
             started: chrono::Utc::now() - chrono::Duration::hours(hours_ago),
             listing: Listing::of(Step::Subscriptions),
             pages: 1,
             complete: true,
+            page_size,
+            steps: steps.to_vec(),
         };
         engine
             .set_reconcile_checkpoint(&scope, Some(&at))
@@ -999,7 +1009,7 @@ fn a_checkpoint_older_than_a_day_or_of_another_scope_is_not_resumed() {
     };
 
     // Begun 25 hours ago: swept again from the start, and cleared when complete.
-    save(25);
+    save(25, 2, &steps);
     let out = reconcile(&db, &fake, &[]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     assert!(!out.stderr.contains("resuming"), "{}", out.stderr);
@@ -1007,8 +1017,20 @@ fn a_checkpoint_older_than_a_day_or_of_another_scope_is_not_resumed() {
     assert!(grants_listed(&fake.take_log()));
     assert_eq!(saved_checkpoint(&db, &fake), None);
 
+    // Read at another page size (one page of 100 is not one of 2), or under a policy
+    // that reads other listings (no refunds): swept from the start.
+    for (page_size, steps) in [(100, &steps[..]), (2, &steps[..4])] {
+        save(1, page_size, steps);
+        let out = reconcile(&db, &fake, &[]);
+        assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+        assert!(!out.stderr.contains("resuming"), "{}", out.stderr);
+        assert_eq!(counts(&out.summary()), [2, 0, 2, 0, 0, 0], "{}", out.stdout);
+        assert!(grants_listed(&fake.take_log()));
+        assert_eq!(saved_checkpoint(&db, &fake), None);
+    }
+
     // Begun an hour ago: a --customer run is a sweep of its own and does not resume it.
-    save(1);
+    save(1, 2, &steps);
     let out = reconcile(&db, &fake, &["--customer", "cus_1"]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     assert!(!out.stderr.contains("resuming"), "{}", out.stderr);

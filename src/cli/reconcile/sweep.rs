@@ -30,6 +30,27 @@ pub struct Plan {
     pub resume: bool,
 }
 
+impl Plan {
+    /// The kinds of listing the sweep reads, in order: grants, subscriptions, license
+    /// keys, and payments, refunds and disputes where the policy uses them.
+    pub fn steps(&self) -> Vec<Step> {
+        let disputes = self.policy.disputes != DisputePolicy::Never;
+        let refunds = self.policy.refund_denies;
+        [
+            (Step::CustomerGrants, self.customer.is_some()),
+            (Step::EntitlementGrants, true),
+            (Step::Subscriptions, true),
+            (Step::LicenseKeys, true),
+            (Step::Payments, refunds || disputes),
+            (Step::Refunds, refunds),
+            (Step::Disputes, disputes),
+        ]
+        .into_iter()
+        .filter_map(|(step, read)| read.then_some(step))
+        .collect()
+    }
+}
+
 /// How a run ended.
 #[derive(Debug)]
 pub struct Report {
@@ -88,6 +109,8 @@ struct Run<'a> {
     started: Timestamp,
     /// The checkpoint this run resumes from.
     from: Option<Checkpoint>,
+    /// The kinds of listing this sweep reads, in order.
+    steps: Vec<Step>,
 }
 
 /// Runs the blocking engine call `f` off the async workers.
@@ -144,6 +167,7 @@ pub async fn run(
         scope: checkpoint::scope(client.base_url(), plan.customer.as_deref()),
         started: now,
         from: None,
+        steps: plan.steps(),
     };
     let refused = match run.sweep(plan, now).await {
         Ok(()) => None,
@@ -174,7 +198,10 @@ impl Run<'_> {
     async fn sweep(&mut self, plan: &Plan, now: Timestamp) -> Result<(), Stop> {
         let (engine, scope) = (self.engine.clone(), self.scope.clone());
         match blocking(move || engine.reconcile_checkpoint(&scope)).await? {
-            Some(saved) if plan.resume && checkpoint::resumable(&saved, now) => {
+            Some(saved)
+                if plan.resume
+                    && checkpoint::resumable(&saved, now, self.client.page_size(), &self.steps) =>
+            {
                 self.progress.resumed(&saved);
                 self.started = saved.started;
                 self.from = Some(saved);
@@ -298,8 +325,7 @@ impl Run<'_> {
             false,
         )
         .await?;
-        let disputes = plan.policy.disputes != DisputePolicy::Never;
-        if plan.policy.refund_denies || disputes {
+        if self.steps.contains(&Step::Payments) {
             self.list(
                 Kind::Payment,
                 Listing::of(Step::Payments),
@@ -309,7 +335,7 @@ impl Run<'_> {
             )
             .await?;
         }
-        if plan.policy.refund_denies {
+        if self.steps.contains(&Step::Refunds) {
             let listing = Listing::of(Step::Refunds);
             self.list(
                 Kind::Refund,
@@ -320,7 +346,7 @@ impl Run<'_> {
             )
             .await?;
         }
-        if disputes {
+        if self.steps.contains(&Step::Disputes) {
             let listing = Listing::of(Step::Disputes);
             self.list(
                 Kind::Dispute,
@@ -406,6 +432,8 @@ impl Run<'_> {
             listing: listing.clone(),
             pages,
             complete,
+            page_size: self.client.page_size(),
+            steps: self.steps.clone(),
         };
         self.save(Some(at)).await
     }
