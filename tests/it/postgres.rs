@@ -682,51 +682,59 @@ fn one_instance_forwards_the_feed_and_another_takes_over_when_it_dies() {
     }
 }
 
+/// `serve` number `k` on `schema`, reconciling against `api` every `every` at `rate`
+/// requests a second, its log in `dir`.
+fn reconciling_server(
+    schema: &Schema,
+    dir: &std::path::Path,
+    k: usize,
+    api: &str,
+    every: &str,
+    rate: &str,
+) -> Server {
+    let env = [
+        ("ENTSYNC_PG_SCHEMA", schema.name.as_str()),
+        ("DODO_PAYMENTS_API_KEY", crate::fake_dodo::KEY),
+    ];
+    let args = [
+        "--reconcile-every",
+        every,
+        "--reconcile-base-url",
+        api,
+        "--reconcile-rate-limit",
+        rate,
+    ];
+    Server::start_logged(&schema.url, dir.join(format!("serve-{k}.log")), &env, &args)
+}
+
+/// The background reconcile runs `server` finished (its `/metrics`).
+fn reconcile_runs(server: &Server) -> u64 {
+    server
+        .get("/metrics")
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("entsync_reconcile_runs_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn one_instance_reconciles_each_round() {
-    use crate::fake_dodo::{Data, FakeDodo, KEY};
+    use crate::fake_dodo::{Data, FakeDodo};
     let Some(schema) = Schema::new("reconcile") else {
         return;
     };
     let fake = FakeDodo::start(Data::default());
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = [
-        ("ENTSYNC_PG_SCHEMA", schema.name.as_str()),
-        ("DODO_PAYMENTS_API_KEY", KEY),
-    ];
-    let url = fake.url();
-    let args = [
-        "--reconcile-every",
-        "1h",
-        "--reconcile-base-url",
-        url.as_str(),
-        "--reconcile-rate-limit",
-        "200",
-    ];
     let servers: Vec<Server> = (0..2)
-        .map(|k| {
-            Server::start_logged(
-                &schema.url,
-                dir.path().join(format!("serve-{k}.log")),
-                &env,
-                &args,
-            )
-        })
+        .map(|k| reconciling_server(&schema, dir.path(), k, &fake.url(), "1h", "200"))
         .collect();
-    let runs = |s: &Server| -> u64 {
-        s.get("/metrics")
-            .text()
-            .lines()
-            .find_map(|l| l.strip_prefix("entsync_reconcile_runs_total "))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
     // Both tick at once on start; one holds the lease and sweeps, the other skips.
     crate::changes::wait_for("a sweep", Duration::from_secs(30), || {
-        servers.iter().map(runs).sum::<u64>() >= 1
+        servers.iter().map(reconcile_runs).sum::<u64>() >= 1
     });
     std::thread::sleep(Duration::from_secs(2));
-    let mut counts: Vec<u64> = servers.iter().map(runs).collect();
+    let mut counts: Vec<u64> = servers.iter().map(reconcile_runs).collect();
     counts.sort_unstable();
     assert_eq!(counts, [0, 1], "exactly one instance swept");
     for server in servers {
@@ -739,7 +747,7 @@ fn one_instance_reconciles_each_round() {
 /// killed one had not stored, not from the start.
 #[test]
 fn a_sweep_an_instance_was_killed_in_is_resumed_by_another() {
-    use crate::fake_dodo::{self as dodo, Data, FakeDodo, KEY};
+    use crate::fake_dodo::{self as dodo, Data, FakeDodo};
     use entitlement_sync::reconcile::checkpoint;
     let Some(schema) = Schema::new("resume") else {
         return;
@@ -751,27 +759,8 @@ fn a_sweep_an_instance_was_killed_in_is_resumed_by_another() {
         ..Data::default()
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = [
-        ("ENTSYNC_PG_SCHEMA", schema.name.as_str()),
-        ("DODO_PAYMENTS_API_KEY", KEY),
-    ];
     let url = fake.url();
-    let args = [
-        "--reconcile-every",
-        "1s",
-        "--reconcile-base-url",
-        url.as_str(),
-        "--reconcile-rate-limit",
-        "10",
-    ];
-    let start = |k: usize| {
-        Server::start_logged(
-            &schema.url,
-            dir.path().join(format!("serve-{k}.log")),
-            &env,
-            &args,
-        )
-    };
+    let start = |k: usize| reconciling_server(&schema, dir.path(), k, &url, "1s", "10");
     let first = start(0);
     let engine = schema.engine();
     let scope = checkpoint::scope(&url, None);
@@ -789,16 +778,9 @@ fn a_sweep_an_instance_was_killed_in_is_resumed_by_another() {
     fake.take_log();
 
     let second = start(1);
-    let runs = || {
-        second
-            .get("/metrics")
-            .text()
-            .lines()
-            .find_map(|l| l.strip_prefix("entsync_reconcile_runs_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    crate::changes::wait_for("the resumed sweep", Duration::from_secs(60), || runs() >= 1);
+    crate::changes::wait_for("the resumed sweep", Duration::from_secs(60), || {
+        reconcile_runs(&second) >= 1
+    });
     let asked = dodo::pages_asked(&fake.take_log(), "/entitlements/ent_pro/grants");
     assert!(
         asked.starts_with(&(at.pages - 1..=20).collect::<Vec<_>>()),
