@@ -113,6 +113,19 @@ struct Run<'a> {
     steps: Vec<Step>,
 }
 
+/// The API's collection of `kind` (`GET /<collection>` lists it, `/<collection>/{id}` is
+/// one), for the kinds listed flat.
+fn collection(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Subscription => Some("subscriptions"),
+        Kind::LicenseKey => Some("license_keys"),
+        Kind::Payment => Some("payments"),
+        Kind::Refund => Some("refunds"),
+        Kind::Dispute => Some("disputes"),
+        Kind::Grant | Kind::CreditEntry | Kind::CreditBalanceLow => None,
+    }
+}
+
 /// Runs the blocking engine call `f` off the async workers.
 async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, entitlement_sync::EngineError> + Send + 'static,
@@ -308,54 +321,20 @@ impl Run<'_> {
                 }
             }
         }
+        // The flat lists, in the plan's order (the grants are above).
         let filter = by_customer(&plan.customer);
-        self.list(
-            Kind::Subscription,
-            Listing::of(Step::Subscriptions),
-            vec!["subscriptions".into()],
-            filter.clone(),
-            false,
-        )
-        .await?;
-        self.list(
-            Kind::LicenseKey,
-            Listing::of(Step::LicenseKeys),
-            vec!["license_keys".into()],
-            filter.clone(),
-            false,
-        )
-        .await?;
-        if self.steps.contains(&Step::Payments) {
-            self.list(
-                Kind::Payment,
-                Listing::of(Step::Payments),
-                vec!["payments".into()],
-                filter.clone(),
-                false,
-            )
-            .await?;
-        }
-        if self.steps.contains(&Step::Refunds) {
-            let listing = Listing::of(Step::Refunds);
-            self.list(
-                Kind::Refund,
-                listing,
-                vec!["refunds".into()],
-                filter.clone(),
-                false,
-            )
-            .await?;
-        }
-        if self.steps.contains(&Step::Disputes) {
-            let listing = Listing::of(Step::Disputes);
-            self.list(
-                Kind::Dispute,
-                listing,
-                vec!["disputes".into()],
-                filter,
-                false,
-            )
-            .await?;
+        for step in self.steps.clone() {
+            let kind = match step {
+                Step::Subscriptions => Kind::Subscription,
+                Step::LicenseKeys => Kind::LicenseKey,
+                Step::Payments => Kind::Payment,
+                Step::Refunds => Kind::Refund,
+                Step::Disputes => Kind::Dispute,
+                Step::CustomerGrants | Step::EntitlementGrants => continue,
+            };
+            let segments = collection(kind).map(str::to_string).into_iter().collect();
+            self.list(kind, Listing::of(step), segments, filter.clone(), false)
+                .await?;
         }
         Ok(())
     }
@@ -549,12 +528,8 @@ impl Run<'_> {
     /// The full object of a light list item (`GET /subscriptions/{id}`, ...), with the
     /// response's `Date`; `None` when it could not be fetched (counted as an error).
     async fn full(&mut self, kind: Kind, id: &str) -> Result<Option<(Value, Timestamp)>, Stop> {
-        let collection = match kind {
-            Kind::Subscription => "subscriptions",
-            Kind::Payment => "payments",
-            Kind::Refund => "refunds",
-            Kind::Dispute => "disputes",
-            _ => return Ok(None),
+        let Some(collection) = collection(kind) else {
+            return Ok(None);
         };
         match self.client.get(&[collection, id], &[]).await {
             Ok(resp) => Ok(Some((resp.body, resp.date))),
