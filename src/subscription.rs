@@ -19,6 +19,8 @@ use crate::event::{
 };
 use crate::fold::{always_legal, Machine, RejectReason};
 use crate::wire::Timestamp;
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
 
 /// The rule for one subscription status edge.
 pub fn transition(from: &SubscriptionStatus, to: &SubscriptionStatus) -> Result<(), RejectReason> {
@@ -176,11 +178,35 @@ impl Machine for CreditEntry {
     }
 }
 
-/// The newest of a customer's ledger entries that share the newest instant: the end of
-/// their chain (the entry whose `balance_after` is no other entry's `balance_before`).
-/// Entries of one instant are ordered by the ledger itself, not by their content hash;
-/// when the chain does not say (no single end), the last in the given order wins.
-pub fn newest_entry(same_instant: &[CreditEntry]) -> Option<&CreditEntry> {
+/// The newest of a customer's ledger entries that share the newest instant, given the
+/// newest entry before that instant (`before`, if any): the end of their chain. Entries of
+/// one instant are ordered by the ledger itself, not by their content hash.
+///
+/// Each entry is a step from its `(balance_before, overage_before)` to its
+/// `(balance_after, overage_after)`; the ledger's order of the instant is a walk through
+/// all of them that starts where `before` left the balance. Where the walk ends follows
+/// from the steps alone, whatever order they took: at the one balance more steps reach
+/// than leave, or, when every balance is reached as often as it is left (100 → 0 and
+/// 0 → 100 at a cycle's reset), back where it started. The last entry of the given order
+/// that ends there is the newest. Overages take part when every entry gives both. When
+/// the steps do not make one walk (a missing `balance_before`, a start that does not
+/// continue `before`, no `before` and a cycle), the end of the chain decides if there is
+/// one (the entry whose `balance_after` no other entry's `balance_before` continues), and
+/// otherwise the last in the given order.
+pub fn newest_entry<'a>(
+    before: Option<&CreditEntry>,
+    same_instant: &'a [CreditEntry],
+) -> Option<&'a CreditEntry> {
+    if same_instant.len() <= 1 {
+        return same_instant.first();
+    }
+    let overage = same_instant
+        .iter()
+        .all(|e| e.overage_before.is_some() && e.overage_after.is_some())
+        && before.is_none_or(|b| b.overage_after.is_some());
+    if let Some(end) = walk_end(before, same_instant, overage) {
+        return same_instant.iter().rev().find(|e| e.after(overage) == end);
+    }
     let continued = |e: &CreditEntry| {
         same_instant
             .iter()
@@ -193,6 +219,48 @@ pub fn newest_entry(same_instant: &[CreditEntry]) -> Option<&CreditEntry> {
     }
 }
 
+/// A balance in the ledger: the balance and, when every entry gives it, the overage.
+type LedgerPoint = (Decimal, Option<Decimal>);
+
+impl CreditEntry {
+    fn before(&self, overage: bool) -> Option<LedgerPoint> {
+        let over = if overage { self.overage_before } else { None };
+        Some((
+            self.balance_before?.normalize(),
+            over.map(|o| o.normalize()),
+        ))
+    }
+    fn after(&self, overage: bool) -> LedgerPoint {
+        let over = if overage { self.overage_after } else { None };
+        (self.balance_after.normalize(), over.map(|o| o.normalize()))
+    }
+}
+
+/// Where a walk through every step of `same_instant` that continues `before` ends, when
+/// the steps' counts say so (see [`newest_entry`]).
+fn walk_end(
+    before: Option<&CreditEntry>,
+    same_instant: &[CreditEntry],
+    overage: bool,
+) -> Option<LedgerPoint> {
+    // Steps leaving a balance minus steps reaching it.
+    let mut net: BTreeMap<LedgerPoint, i64> = BTreeMap::new();
+    for e in same_instant {
+        *net.entry(e.before(overage)?).or_default() += 1;
+        *net.entry(e.after(overage)).or_default() -= 1;
+    }
+    let start = before.map(|b| b.after(overage));
+    let mut leaves = net.iter().filter(|(_, n)| **n > 0);
+    let mut reaches = net.iter().filter(|(_, n)| **n < 0);
+    match (leaves.next(), leaves.next(), reaches.next(), reaches.next()) {
+        // A cycle: it ends where it began, which only `before` says.
+        (None, None, None, None) => start.filter(|s| net.contains_key(s)),
+        (Some((from, 1)), None, Some((to, -1)), None) => {
+            (start.is_none() || start.as_ref() == Some(from)).then_some(*to)
+        }
+        _ => None,
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

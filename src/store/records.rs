@@ -484,20 +484,29 @@ impl Reader {
         let Some(entries) = newest.first().map(|(_, n)| *n) else {
             return Ok(None);
         };
-        let mut tied: Vec<CreditEntry> = Vec::with_capacity(newest.len());
+        // The entries of the newest instant and of the one before it (where the newest
+        // instant's chain starts), each in ledger order.
+        let mut instants: [Vec<CreditEntry>; 2] = [Vec::new(), Vec::new()];
+        let mut i = 0;
         for (body, _) in &newest {
             let entry: CreditEntry = decode("credit_entry", body)?;
-            if tied
+            if instants[i]
                 .first()
                 .is_some_and(|first| first.created_at != entry.created_at)
             {
-                break;
+                i += 1;
+                if i == instants.len() {
+                    break;
+                }
             }
-            tied.push(entry);
+            instants[i].push(entry);
         }
         // Rows came newest first; the chain rule wants ledger order.
+        let [mut tied, mut earlier] = instants;
         tied.reverse();
-        let Some(entry) = crate::subscription::newest_entry(&tied).cloned() else {
+        earlier.reverse();
+        let before = crate::subscription::newest_entry(None, &earlier);
+        let Some(entry) = crate::subscription::newest_entry(before, &tied).cloned() else {
             return Ok(None);
         };
         let low = self

@@ -298,14 +298,20 @@ fn two_rejected_snapshots_under_one_delivery_id_are_two_quarantine_rows() {
     assert_eq!(a.as_of, Some(at(3)));
 }
 
-fn ledger_entry(id: &str, before: u32, after: u32, at: &str) -> Vec<u8> {
+fn ledger_entry(id: &str, before: i64, after: i64, at: &str) -> Vec<u8> {
+    let (kind, is_credit) = if after > before {
+        ("credit_added", true)
+    } else {
+        ("credit_deducted", false)
+    };
     let data = json!({
-        "id": id, "amount": before - after, "balance_before": before,
+        "id": id, "amount": (before - after).abs(), "balance_before": before,
         "balance_after": after, "overage_before": 0, "overage_after": 0,
         "business_id": support::BUSINESS, "created_at": at, "credit_entitlement_id": "cent_1",
-        "customer_id": "cus_a", "is_credit": false, "transaction_type": "credit_deducted",
+        "customer_id": "cus_a", "is_credit": is_credit, "transaction_type": kind,
     });
-    serde_json::to_vec(&support::envelope("credit.deducted", at, data)).unwrap()
+    let event = format!("credit.{}", &kind["credit_".len()..]);
+    serde_json::to_vec(&support::envelope(&event, at, data)).unwrap()
 }
 
 /// Issue 8, item 4: two chained entries of the same instant (100 -> 90, then 90 -> 80)
@@ -342,6 +348,60 @@ fn same_instant_ledger_entries_are_ordered_by_their_chain() {
                 "{first} {second} {reversed}"
             );
             assert_eq!(balance.entry_id, second);
+        }
+    }
+}
+
+/// Same-instant entries whose chain returns to a balance it passed (a cycle's reset takes
+/// the 100 credits left to 0 and adds the next cycle's 100): each entry's `balance_after`
+/// is another's `balance_before`, so the chain has no end of its own. It starts at the
+/// previous instant's balance, which says where it ends: 100 for the reset, 90 for
+/// 100 -> 90 -> 100 -> 90. Both ended on whichever entry the content hashes put last.
+#[test]
+fn a_same_instant_chain_that_returns_to_a_balance_starts_at_the_previous_balance() {
+    let earlier = "2026-04-01T00:00:00Z";
+    let at = "2026-05-01T00:00:00Z";
+    let cases: [(&[(i64, i64)], &str); 3] = [
+        (&[(100, 0), (0, 100)], "100"),
+        (&[(100, 90), (90, 100), (100, 90)], "90"),
+        (&[(100, 0), (0, 100), (100, 40)], "40"),
+    ];
+    for (steps, want) in cases {
+        // Id assignments that put the content hashes in different orders, and both
+        // arrival orders.
+        for ids in [
+            ["a", "b", "c"],
+            ["c", "b", "a"],
+            ["x", "y", "z"],
+            ["z", "x", "y"],
+        ] {
+            for reversed in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let engine = Engine::open(dir.path().join("e.db")).unwrap();
+                let mut bodies: Vec<Vec<u8>> = steps
+                    .iter()
+                    .zip(ids)
+                    .map(|(&(from, to), id)| ledger_entry(id, from, to, at))
+                    .collect();
+                bodies.push(ledger_entry("first", 0, 100, earlier));
+                if reversed {
+                    bodies.reverse();
+                }
+                for (i, body) in bodies.into_iter().enumerate() {
+                    engine
+                        .ingest(Delivery::new(format!("m{i}"), body, t0()))
+                        .unwrap();
+                }
+                let balance = engine.credit_balance("cus_a", "cent_1").unwrap().unwrap();
+                assert_eq!(
+                    balance.balance.to_string(),
+                    want,
+                    "{steps:?} {ids:?} {reversed}"
+                );
+                engine.rebuild(chrono::Utc::now()).unwrap();
+                let rebuilt = engine.credit_balance("cus_a", "cent_1").unwrap().unwrap();
+                assert_eq!(rebuilt.balance.to_string(), want);
+            }
         }
     }
 }
