@@ -5,6 +5,8 @@
 //!
 //! `cargo bench --bench replay` prints one JSON object: microseconds per delivery for
 //! each case, and the ratio one-object / many-objects (1.0 = no dependence on history).
+//! The one object is delivered, put on hold every tenth version and restored; a second
+//! one object stays delivered throughout (one run of one status).
 //! `ENTSYNC_BENCH_REPLAY` sets the count (default 20 000).
 
 use entitlement_sync::synth::Rng;
@@ -35,11 +37,11 @@ fn ingest(deliveries: Vec<Delivery>) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
-fn grant(object: usize, seq: usize, now: chrono::DateTime<chrono::Utc>) -> Delivery {
+fn grant(object: usize, seq: usize, holds: bool, now: chrono::DateTime<chrono::Utc>) -> Delivery {
     let t0 = chrono::DateTime::parse_from_rfc3339("2026-05-01T10:00:00Z").expect("t0");
     let at = (t0 + chrono::Duration::milliseconds(seq as i64))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let (status, reason, event) = if seq % 10 == 9 {
+    let (status, reason, event) = if holds && seq % 10 == 9 {
         ("Revoked", Some("subscription_on_hold"), "revoked")
     } else {
         ("Delivered", None, "delivered")
@@ -74,8 +76,12 @@ fn main() {
     let now = chrono::Utc::now();
     // Snapshot `seq` of object `object(seq)`, the same content for both cases: a grant
     // delivered, put on hold every tenth version and restored (legal histories).
-    let make = |object: &dyn Fn(usize) -> usize| -> Vec<Delivery> {
-        (0..n).map(|seq| grant(object(seq), seq, now)).collect()
+    // `holds: false`: the grant stays delivered through all its versions, one run of one
+    // status (a late snapshot lands inside that run, wherever it starts).
+    let make = |object: &dyn Fn(usize) -> usize, holds: bool| -> Vec<Delivery> {
+        (0..n)
+            .map(|seq| grant(object(seq), seq, holds, now))
+            .collect()
     };
     let mut figures = serde_json::Map::new();
     for order in ["shuffled", "reverse"] {
@@ -86,14 +92,17 @@ fn main() {
             }
             v
         };
-        let one = ingest(arrange(make(&|_| 0)));
-        let many = ingest(arrange(make(&|seq| seq)));
+        let one = ingest(arrange(make(&|_| 0, true)));
+        let one_status = ingest(arrange(make(&|_| 0, false)));
+        let many = ingest(arrange(make(&|seq| seq, true)));
         figures.insert(
             order.into(),
             serde_json::json!({
                 "one_object_us_per_delivery": (one * 10.0).round() / 10.0,
                 "many_objects_us_per_delivery": (many * 10.0).round() / 10.0,
                 "ratio": (one / many * 100.0).round() / 100.0,
+                "one_object_one_status_us_per_delivery": (one_status * 10.0).round() / 10.0,
+                "one_status_ratio": (one_status / many * 100.0).round() / 100.0,
             }),
         );
     }

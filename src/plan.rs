@@ -113,6 +113,8 @@ pub struct Refold<T> {
     converged: Option<VersionKey>,
     /// The last fed step (written or not) that started a run of its status.
     run_start: Option<VersionKey>,
+    /// A stored step stopped or began starting a run of its status.
+    runs_moved: bool,
     /// The verdict of the snapshot the re-fold is for (the first fed with no stored step).
     subject: Option<bool>,
     /// No convergence on a step before this key ([`Refold::through`]).
@@ -135,12 +137,18 @@ pub struct RefoldPlan<T> {
     pub converged: Option<VersionKey>,
     /// The last step the re-fold went through that starts a run of its status.
     pub run_start: Option<VersionKey>,
+    /// A stored step stopped or began starting a run of its status.
+    pub runs_moved: bool,
 }
 
 impl<T> RefoldPlan<T> {
     /// `since` of the object afterwards, when the re-fold alone tells: `old_since` is the
-    /// stored `since`. `None`: the store must look it up (the run's start moved before
-    /// the re-folded steps, or instants tie).
+    /// stored `since`, the key instant of the history's last run-starting step. `None`:
+    /// the store must look it up (a run's start moved before the re-folded steps, or
+    /// instants tie). A re-fold that starts no run and leaves every stored step's
+    /// `starts_run` as it was keeps `since`, however long the run it lands in: the
+    /// store's look-up walks the run back to its start, which would make a delivery's
+    /// cost grow with the object's history.
     pub fn since(&self, old_since: crate::wire::Timestamp) -> Option<crate::wire::Timestamp> {
         match (self.converged, self.run_start) {
             // The run that makes `since` starts at or after the stored step met again:
@@ -149,6 +157,7 @@ impl<T> RefoldPlan<T> {
             (Some(k), _) if old_since == k.at => None,
             // Otherwise the last run start is among the re-folded steps, if any is.
             (_, Some(start)) => Some(start.at),
+            (_, None) if !self.runs_moved => Some(old_since),
             (_, None) => None,
         }
     }
@@ -163,6 +172,7 @@ impl<T: Machine> Refold<T> {
             flipped: false,
             converged: None,
             run_start: None,
+            runs_moved: false,
             subject: None,
             through: None,
         }
@@ -205,6 +215,7 @@ impl<T: Machine> Refold<T> {
             }
             Some(old) => {
                 self.flipped |= step.is_rejected() != old.is_rejected();
+                self.runs_moved |= step.starts_run != old.starts_run;
                 // The state a step met is not stored (it follows from the steps before):
                 // a rejected step that met another state but says the same needs no write.
                 let stored_same = step.verdict == old.verdict
@@ -240,6 +251,7 @@ impl<T: Machine> Refold<T> {
             outcome,
             converged: self.converged,
             run_start: self.run_start,
+            runs_moved: self.runs_moved,
         }
     }
 }
