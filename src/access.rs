@@ -305,6 +305,18 @@ fn on_hold_grace(policy: &Policy, began: Timestamp, now: Timestamp) -> Option<Ti
 }
 
 fn judge<'a>(view: &GrantFacts<'a>, policy: &Policy, now: Timestamp) -> Judgement<'a> {
+    judge_with(view, policy, now, true)
+}
+
+/// [`judge`], with `facts: false` blind to what [`deny_by_facts`] denies on: the grace a
+/// grant is in even while its license key or payment denies it, whose end changes the
+/// reason of the denial (see [`next_change`]).
+fn judge_with<'a>(
+    view: &GrantFacts<'a>,
+    policy: &Policy,
+    now: Timestamp,
+    facts: bool,
+) -> Judgement<'a> {
     let newer = |t: Timestamp| t > view.version;
     match view.status {
         GrantStatus::Delivered => {}
@@ -348,7 +360,7 @@ fn judge<'a>(view: &GrantFacts<'a>, policy: &Policy, now: Timestamp) -> Judgemen
             // Kept by the grace, it is held to everything a delivered grant is held to
             // (its license key, its payment); the subscription's hold is what the grace
             // is for.
-            if let Some(denied) = deny_by_facts(view, policy, now) {
+            if let Some(denied) = facts.then(|| deny_by_facts(view, policy, now)).flatten() {
                 return denied;
             }
             return Judgement {
@@ -358,7 +370,7 @@ fn judge<'a>(view: &GrantFacts<'a>, policy: &Policy, now: Timestamp) -> Judgemen
         }
         GrantStatus::Other(s) => return Judgement::deny(Reason::Text(s)),
     }
-    if let Some(denied) = deny_by_facts(view, policy, now) {
+    if let Some(denied) = facts.then(|| deny_by_facts(view, policy, now)).flatten() {
         return denied;
     }
     if let Some(s) = view.subscription {
@@ -530,7 +542,10 @@ pub fn next_change(grants: &[GrantView<'_>], policy: &Policy, now: Timestamp) ->
         .iter()
         .flat_map(|v| {
             let expiry = v.facts.license_key_expires_at.filter(|e| *e > now);
-            let grace = judge(&v.facts, policy, now)
+            // The grace's end even where the key or the payment denies meanwhile: the
+            // denial's reason changes then (from `license_key_expired` to
+            // `subscription_on_hold`, say).
+            let grace = judge_with(&v.facts, policy, now, false)
                 .grace_until
                 .filter(|g| *g > now);
             expiry.into_iter().chain(grace)

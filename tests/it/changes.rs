@@ -271,6 +271,67 @@ fn a_new_policy_re_evaluates_every_pair_as_an_operator_change() -> TestResult {
     Ok(())
 }
 
+/// A grant revoked for the hold and kept by the on_hold grace, whose license key expires
+/// during the grace: denied for the key first, then, once the grace ends, for its
+/// revocation. Time alone makes the second change too; it was never recorded (the grace's
+/// end was only looked for while the answer allowed), and the feed's last change stayed
+/// `license_key_expired`. A delivered grant of the held subscription stays denied for its
+/// key.
+#[test]
+fn a_grace_that_ends_while_the_key_denies_changes_the_reason_at_its_end() -> TestResult {
+    for revoked in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let grace = Policy {
+            on_hold_grace: Some(Duration::hours(2)),
+            ..Policy::default()
+        };
+        let engine = Engine::open_with(dir.path().join("e.db"), grace)?;
+        let t = at("2026-06-15T08:00:00Z");
+        let hold_at = t + Duration::minutes(30);
+        let expires = hold_at + Duration::hours(1);
+        let ends = hold_at + Duration::hours(2);
+        let mut g = grant("grant_s", St::Delivered, t)
+            .entitlement("ent_sub")
+            .license_until(Some(expires));
+        g.subscription_id = Some("sub_1".into());
+        engine.ingest(Delivery::new("msg_s", g.body(), t))?;
+        hold_sub_1(&engine, "msg_hold", hold_at)?;
+        if revoked {
+            let mut r = grant("grant_s", St::Revoked, hold_at + ms(1000))
+                .entitlement("ent_sub")
+                .license_until(Some(expires))
+                .reason("subscription_on_hold");
+            r.subscription_id = Some("sub_1".into());
+            engine.ingest(Delivery::new("msg_r", r.body(), hold_at + ms(1000)))?;
+        }
+        assert!(
+            engine
+                .access("cus_a", "ent_sub", hold_at + ms(2000))?
+                .allowed
+        );
+        let before = engine.last_change_seq()?;
+        let status = if revoked { "revoked" } else { "delivered" };
+        engine.advance(ends + Duration::hours(1))?;
+        let c = engine.changes(before, 100)?;
+        let seen: Vec<_> = c.iter().map(|c| (c.at, triple(c))).collect();
+        let mut want = vec![(expires, (false, status, Some("license_key_expired")))];
+        // A delivered grant's expired key keeps denying it for the key; a revoked one's
+        // answer says the revocation's reason once nothing keeps it.
+        if revoked {
+            want.push((ends, (false, status, Some("subscription_on_hold"))));
+        }
+        assert_eq!(seen, want, "revoked: {revoked}");
+        let now = engine.access("cus_a", "ent_sub", ends + Duration::hours(1))?;
+        assert_eq!(
+            c.last().map(triple),
+            Some((now.allowed, now.status.as_str(), now.reason.as_deref()))
+        );
+        assert_eq!(engine.next_due()?, None);
+        folded_feed(&engine);
+    }
+    Ok(())
+}
+
 /// `grant_s` of (`cus_a`, `ent_sub`), delivered at `t`, held by `sub_1`.
 fn deliver_held_grant(engine: &Engine, t: chrono::DateTime<chrono::Utc>) -> TestResult {
     let mut held = grant("grant_s", St::Delivered, t).entitlement("ent_sub");
