@@ -141,6 +141,40 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The read API's token from `ENTSYNC_API_TOKEN`: `None` when it is not set. A value no
+/// client could ever match is a usage error rather than a server that starts open or
+/// locked: not UTF-8, empty (set by mistake, e.g. from a file that is missing: starting
+/// with the read API open would be the unsafe reading), with whitespace at either end
+/// (a trailing newline from a file: header values arrive trimmed, so no request would
+/// match), or with a control character (no header value can carry one).
+fn api_token(var: Result<String, std::env::VarError>) -> Result<Option<String>, CliError> {
+    const VAR: &str = "ENTSYNC_API_TOKEN";
+    let token = match var {
+        Ok(t) => t,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(CliError::usage(format_args!("{VAR} is not UTF-8")))
+        }
+    };
+    if token.trim().is_empty() {
+        return Err(CliError::usage(format_args!(
+            "{VAR} is set but empty; set a token, or unset it to leave the read API open"
+        )));
+    }
+    if token.trim() != token {
+        return Err(CliError::usage(format_args!(
+            "{VAR} has whitespace at its start or end (a trailing newline from a file?): \
+             clients' Authorization headers arrive trimmed and would never match it; remove it"
+        )));
+    }
+    if token.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(CliError::usage(format_args!(
+            "{VAR} contains a control character, which no Authorization header can carry"
+        )));
+    }
+    Ok(Some(token))
+}
+
 /// Whether listening on `addr` without a token exposes the read API beyond this host.
 fn exposed(addr: std::net::SocketAddr, protected: bool) -> bool {
     !protected && !addr.ip().to_canonical().is_loopback()
@@ -150,14 +184,7 @@ fn exposed(addr: std::net::SocketAddr, protected: bool) -> bool {
 pub fn run(db: &Location, args: ServeArgs) -> Result<ExitCode, CliError> {
     init_logging();
     let verifier = webhook_verifier(&args.secrets)?;
-    let api_token = match std::env::var("ENTSYNC_API_TOKEN") {
-        Ok(t) if t.trim().is_empty() => {
-            tracing::warn!("ENTSYNC_API_TOKEN is set but empty: the read API stays open");
-            None
-        }
-        Ok(t) => Some(t),
-        Err(_) => None,
-    };
+    let api_token = api_token(std::env::var("ENTSYNC_API_TOKEN"))?;
     let forward = forward_settings(args.forward_url.as_deref())?;
     let engine = open_engine(db, Some(args.policy.policy()))?;
     // Load the access index in the background: `serve` listens at once and answers from
@@ -391,8 +418,41 @@ async fn shutdown_signal() -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{exposed, parse_duration, parse_size};
+    use super::{api_token, exposed, parse_duration, parse_size};
     use std::time::Duration;
+
+    #[test]
+    fn api_tokens_no_client_could_match_are_refused() {
+        use std::env::VarError;
+        let not_utf8 = || {
+            use std::os::unix::ffi::OsStringExt;
+            VarError::NotUnicode(std::ffi::OsString::from_vec(b"tok\xffen".to_vec()))
+        };
+        for (var, expected) in [
+            (Err(VarError::NotPresent), Ok(None)),
+            (Ok("s3cret-token"), Ok(Some("s3cret-token"))),
+            (Ok("two\tparts"), Ok(Some("two\tparts"))),
+            (Err(not_utf8()), Err("not UTF-8")),
+            (Ok(""), Err("empty")),
+            (Ok("  "), Err("empty")),
+            (Ok("s3cret\n"), Err("whitespace")),
+            (Ok(" s3cret"), Err("whitespace")),
+            (Ok("s3c\u{7}ret"), Err("control character")),
+        ] {
+            let shown = format!("{var:?}");
+            let got = api_token(var.map(str::to_string)).map_err(|e| e.to_string());
+            match expected {
+                Ok(token) => assert_eq!(got, Ok(token.map(str::to_string)), "{shown}"),
+                Err(needle) => {
+                    let message = got.expect_err(&shown);
+                    assert!(
+                        message.contains(needle) && message.contains("ENTSYNC_API_TOKEN"),
+                        "{shown}: {message}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn durations() {

@@ -1185,6 +1185,77 @@ fn serve_refuses_to_start_without_a_usable_secret() -> TestResult {
     Ok(())
 }
 
+/// Runs `entsync serve` with `token` as ENTSYNC_API_TOKEN (`None`: unset) and `args`,
+/// expecting it to refuse to start: its exit code and stderr. A server that starts
+/// anyway is killed after 10 s and shows as exit code `None`.
+fn refused_serve(
+    db: &Path,
+    token: Option<&std::ffi::OsStr>,
+    args: &[&str],
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--db"])
+        .arg(db)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("DODO_PAYMENTS_WEBHOOK_SECRET", SECRET)
+        .env_remove("ENTSYNC_API_TOKEN")
+        .env_remove("ENTSYNC_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(t) = token {
+        cmd.env("ENTSYNC_API_TOKEN", t);
+    }
+    let mut child = cmd.spawn().expect("start entsync serve");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        match child.try_wait().expect("wait for serve") {
+            Some(status) => break status.code(),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (code, stderr)
+}
+
+/// An API token no client could ever present is refused at start (exit 2, naming the
+/// variable), never taken as "no token" (the read API open) nor as a token that locks
+/// every client out: not UTF-8, empty, with whitespace at an end (a trailing newline
+/// from `$(cat file)` or a secrets file; header values arrive trimmed), with a control
+/// character.
+#[test]
+fn serve_refuses_an_api_token_no_client_could_match() -> TestResult {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("e.db");
+    for (token, needle) in [
+        (&b"s3cret\xff"[..], "not UTF-8"),
+        (b"", "empty"),
+        (b"   ", "empty"),
+        (b"s3cret-token\n", "whitespace"),
+        (b" s3cret-token", "whitespace"),
+        (b"s3cret\x07token", "control character"),
+    ] {
+        let shown = String::from_utf8_lossy(token).into_owned();
+        let (code, stderr) = refused_serve(&db, Some(std::ffi::OsStr::from_bytes(token)), &[]);
+        assert_eq!(code, Some(2), "{shown:?}: {stderr}");
+        assert!(
+            stderr.contains("ENTSYNC_API_TOKEN") && stderr.contains(needle),
+            "{shown:?}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Hardening: slow, many and hostile clients (PRODUCT.md, "Hardening")
 
