@@ -41,8 +41,9 @@ pub struct ServeArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog (not accepted)
-    /// until one closes.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576), value_name = "N")]
+    /// until one closes. At least 2: streams and long polls of the change feed may hold
+    /// at most half of them, so that webhooks always have the rest.
+    #[arg(long, default_value_t = 1024, value_parser = parse_max_connections, value_name = "N")]
     pub max_connections: u32,
     /// Deliveries waiting for their commit at once; past it a delivery gets 503 with
     /// `Retry-After: 1` (nothing stored), so that Dodo retries.
@@ -93,6 +94,22 @@ fn forward_settings(url: Option<&str>) -> Result<Option<super::forward::Forward>
     let secret = entitlement_sync::verify::Secret::parse(secret.trim())
         .map_err(|e| CliError::usage(format_args!("ENTSYNC_FORWARD_SECRET: {e}")))?;
     Ok(Some(super::forward::Forward { url, secret }))
+}
+
+/// Parses `--max-connections`: 2 to [`MAX_CONNECTIONS_LIMIT`]. One is refused: the
+/// change feed's waiting readers get at most half the slots (at least one), so with a
+/// single slot one stream would hold every webhook off.
+///
+/// [`MAX_CONNECTIONS_LIMIT`]: entitlement_sync::http::MAX_CONNECTIONS_LIMIT
+fn parse_max_connections(s: &str) -> Result<u32, String> {
+    let limit = entitlement_sync::http::MAX_CONNECTIONS_LIMIT;
+    match s.trim().parse::<u32>() {
+        Ok(n) if (2..=limit).contains(&(n as usize)) => Ok(n),
+        Ok(_) | Err(_) => Err(format!(
+            "must be a number of connections from 2 to {limit}: at least 2, since streams and \
+             long polls of the change feed may hold half of them and webhooks need the rest"
+        )),
+    }
 }
 
 /// Parses `262144`, `256k`, `256KiB`, `1m`, `1MiB`.
@@ -209,7 +226,8 @@ pub fn run(db: &Location, args: ServeArgs) -> Result<ExitCode, CliError> {
         body_timeout: args.body_timeout,
         max_pending: args.max_pending as usize,
         forward: forward_stats.clone(),
-        // Streams and long polls hold their connections: never all of them.
+        // Streams and long polls hold their connections: never all of them (at least 2
+        // connections, so at least 1 for the webhooks).
         max_waiting: (args.max_connections as usize / 2).max(1),
     };
     let limits = Limits {
@@ -418,8 +436,26 @@ async fn shutdown_signal() -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{api_token, exposed, parse_duration, parse_size};
+    use super::{api_token, exposed, parse_duration, parse_max_connections, parse_size};
     use std::time::Duration;
+
+    #[test]
+    fn at_least_two_connections() {
+        for (input, expected) in [
+            ("2", Some(2)),
+            ("1024", Some(1024)),
+            ("1048576", Some(1_048_576)),
+            ("1", None),
+            ("0", None),
+            ("1048577", None),
+            ("-2", None),
+            ("x", None),
+        ] {
+            assert_eq!(parse_max_connections(input).ok(), expected, "{input:?}");
+        }
+        let message = parse_max_connections("1").expect_err("one connection");
+        assert!(message.contains("at least 2"), "{message}");
+    }
 
     #[test]
     fn api_tokens_no_client_could_match_are_refused() {

@@ -1256,6 +1256,23 @@ fn serve_refuses_an_api_token_no_client_could_match() -> TestResult {
     Ok(())
 }
 
+/// `--max-connections` below 2 is a usage error: half the slots at most may wait on the
+/// change feed, and with one slot a single stream would hold every webhook off.
+#[test]
+fn serve_refuses_fewer_than_two_connections() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("e.db");
+    for n in ["1", "0"] {
+        let (code, stderr) = refused_serve(&db, None, &["--max-connections", n]);
+        assert_eq!(code, Some(2), "--max-connections {n}: {stderr}");
+        assert!(
+            stderr.contains("--max-connections") && stderr.contains("at least 2"),
+            "{n}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Hardening: slow, many and hostile clients (PRODUCT.md, "Hardening")
 
