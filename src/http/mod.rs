@@ -371,7 +371,7 @@ impl Receiver {
                 let shared = shared.clone();
                 async move {
                     let started = Instant::now();
-                    let resp = error(StatusCode::NOT_FOUND, "not_found");
+                    let resp = not_found();
                     shared
                         .metrics
                         .observe(Route::NotFound, 404, started.elapsed());
@@ -459,6 +459,11 @@ fn bad_path(rejection: &PathRejection) -> Response {
         "bad_request",
         &rejection.body_text(),
     )
+}
+
+/// The JSON 404 of a path no route matches (an empty segment included).
+fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found")
 }
 
 /// 503 for a stream or long poll past [`Options::max_waiting`].

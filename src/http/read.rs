@@ -1,7 +1,7 @@
 //! The read API: `GET /v1/access/...`, `/v1/customers/...` and `/v1/credits/...`, and
 //! the async helpers for embedding apps ([`access_answer`], [`has_access`]).
 
-use super::{bad_path, json, store_unavailable, ErrorBody, ErrorMessage, Shared};
+use super::{bad_path, json, not_found, store_unavailable, ErrorBody, ErrorMessage, Shared};
 use crate::{Engine, EngineError};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -86,6 +86,13 @@ pub(super) async fn access(
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
+    // An empty segment matches no route (axum's router lets one through): as unmatched.
+    if path
+        .as_ref()
+        .is_ok_and(|Path((c, e))| c.is_empty() || e.is_empty())
+    {
+        return not_found();
+    }
     if let Some(refusal) = s.refuse(&headers) {
         return refusal;
     }
@@ -130,6 +137,9 @@ pub(super) async fn customer(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
+    if path.as_ref().is_ok_and(|Path(c)| c.is_empty()) {
+        return not_found();
+    }
     if let Some(refusal) = s.refuse(&headers) {
         return refusal;
     }
@@ -231,6 +241,12 @@ pub(super) async fn credits(
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
+    if path
+        .as_ref()
+        .is_ok_and(|Path((c, e))| c.is_empty() || e.is_empty())
+    {
+        return not_found();
+    }
     if let Some(refusal) = s.refuse(&headers) {
         return refusal;
     }

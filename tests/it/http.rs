@@ -1273,6 +1273,58 @@ fn serve_refuses_fewer_than_two_connections() -> TestResult {
     Ok(())
 }
 
+/// An empty path segment matches no route: 404 `not_found`, as documented, never an
+/// answer about the customer "" (with or without a token).
+#[test]
+fn an_empty_path_segment_is_not_found() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for token in [None, Some("s3cret-token")] {
+        let env: Vec<(&str, &str)> = token
+            .map(|t| ("ENTSYNC_API_TOKEN", t))
+            .into_iter()
+            .collect();
+        let db = dir.path().join(format!("e{}.db", env.len()));
+        let server = Server::start(&db, &env, &[]);
+        assert_eq!(
+            server
+                .post("msg_d", &fixture("grant_delivered.json"))
+                .status,
+            200
+        );
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &[u8])> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a.as_bytes())])
+            .unwrap_or_default();
+        for path in [
+            "/v1/access//ent_http_1",
+            "/v1/access/cus_http_1/",
+            "/v1/access//",
+            "/v1/credits//cent_http_1",
+            "/v1/credits/cus_http_1/",
+            "/v1/customers/",
+            "/v1/customers//",
+        ] {
+            let r = request(server.addr, "GET", path, &headers, b"");
+            assert_eq!(
+                (r.status, r.json()["error"].as_str()),
+                (404, Some("not_found")),
+                "{path} {token:?}: {}",
+                r.text()
+            );
+        }
+        let r = request(
+            server.addr,
+            "GET",
+            "/v1/access/cus_http_1/ent_http_1",
+            &headers,
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Hardening: slow, many and hostile clients (PRODUCT.md, "Hardening")
 
