@@ -58,16 +58,21 @@ struct Page {
     wait: Duration,
 }
 
+/// A seq as `after` and `Last-Event-ID` give it: decimal digits only, up to 2^63-1. No
+/// sign, no whitespace (`?after=+5` reads as ` 5`), and an empty value is not a number:
+/// 400, as the document says, not the default.
+fn parse_seq(what: &str, s: &str) -> Result<i64, String> {
+    Some(s)
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| format!("{what} must be a seq (an integer ≥ 0), not {s:?}"))
+}
+
 impl ChangesQuery {
     fn parse(&self) -> Result<Page, String> {
-        // An empty value is not a number: 400, as the document says (not the default).
         let after = match self.after.as_deref() {
             None => 0,
-            Some(s) => s
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| format!("after must be a seq (an integer ≥ 0), not {s:?}"))?,
+            Some(s) => parse_seq("after", s)?,
         };
         let limit = match self.limit.as_deref() {
             None => DEFAULT_LIMIT,
@@ -171,38 +176,29 @@ pub(super) async fn page(
 #[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 #[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct StreamQuery {
-    /// Stream changes with a seq above this one (default 0). A `Last-Event-ID` header
-    /// takes precedence.
+    /// Stream changes with a seq above this one (default 0). A non-empty `Last-Event-ID`
+    /// header takes precedence.
     #[cfg_attr(feature = "openapi", param(value_type = Option<i64>, minimum = 0))]
     pub after: Option<String>,
 }
 
-/// How a stream resumes: `Last-Event-ID` over `after`.
+/// How a stream resumes: `Last-Event-ID` over `after`, both read as [`parse_seq`]. An
+/// empty `Last-Event-ID` carries no event id (the stream had sent none yet), so `after`
+/// decides then, else 0.
 fn stream_start(headers: &HeaderMap, query: &StreamQuery) -> Result<i64, String> {
-    let given = headers
+    let last_event_id = headers
         .get("last-event-id")
         .map(|v| {
             v.to_str()
-                .map(str::to_string)
-                .map_err(|_| "Last-Event-ID must be a seq".to_string())
+                .map_err(|_| "Last-Event-ID must be a seq (an integer ≥ 0)".to_string())
         })
-        .transpose()?;
-    let (what, value) = match (given, query.after.as_deref()) {
-        (Some(id), _) => ("Last-Event-ID", id),
-        (None, Some(after)) => ("after", after.to_string()),
-        (None, None) => return Ok(0),
-    };
-    let value = value.trim();
-    // An empty Last-Event-ID is "no event yet" (EventSource sends none then); an empty
-    // `after` is not an integer (400, as the document says).
-    if value.is_empty() && what == "Last-Event-ID" {
-        return Ok(0);
+        .transpose()?
+        .filter(|id| !id.is_empty());
+    match (last_event_id, query.after.as_deref()) {
+        (Some(id), _) => parse_seq("Last-Event-ID", id),
+        (None, Some(after)) => parse_seq("after", after),
+        (None, None) => Ok(0),
     }
-    value
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| format!("{what} must be a seq (an integer ≥ 0), not {value:?}"))
 }
 
 /// `GET /v1/changes/stream?after=`: `event: access.changed`, `id:` the seq, `data:` the
@@ -220,7 +216,8 @@ fn stream_start(headers: &HeaderMap, query: &StreamQuery) -> Result<i64, String>
     params(
         StreamQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "The seq of the last event \
-            received (an integer ≥ 0); takes precedence over `after`."),
+            received (an integer ≥ 0); takes precedence over `after` unless empty (an empty \
+            one carries no event id)."),
     ),
     responses(
         (status = 200, description = "The stream; each event's `data` is a `Change`.",
@@ -338,8 +335,10 @@ mod tests {
         assert_eq!(stream_start(&headers, &query), Ok(7));
         headers.insert("last-event-id", "seven".parse().unwrap());
         assert!(stream_start(&headers, &query).is_err());
+        // An empty Last-Event-ID carries no event id: `after` decides (else 0).
         headers.insert("last-event-id", "".parse().unwrap());
-        assert_eq!(stream_start(&headers, &query), Ok(0));
+        assert_eq!(stream_start(&headers, &query), Ok(3));
+        assert_eq!(stream_start(&headers, &StreamQuery::default()), Ok(0));
         let empty = StreamQuery {
             after: Some(String::new()),
         };
@@ -348,5 +347,40 @@ mod tests {
             stream_start(&HeaderMap::new(), &StreamQuery::default()),
             Ok(0)
         );
+    }
+
+    /// `after` (on both routes) and `Last-Event-ID` are read the same strict way.
+    #[test]
+    fn seqs_are_plain_digits_on_both_routes() {
+        for (input, expected) in [
+            ("0", Ok(0)),
+            ("42", Ok(42)),
+            ("007", Ok(7)),
+            ("9223372036854775807", Ok(i64::MAX)),
+            ("9223372036854775808", Err(())),
+            ("+5", Err(())),
+            (" 5", Err(())),
+            ("5 ", Err(())),
+            ("-0", Err(())),
+            ("-1", Err(())),
+            ("5.0", Err(())),
+            ("", Err(())),
+        ] {
+            let page = q(Some(input), None, None).parse().map(|p| p.after);
+            let stream = stream_start(
+                &HeaderMap::new(),
+                &StreamQuery {
+                    after: Some(input.into()),
+                },
+            );
+            assert_eq!(page.clone().map_err(|_| ()), expected, "page {input:?}");
+            assert_eq!(stream.map_err(|_| ()), expected, "stream {input:?}");
+            if !input.is_empty() && !input.starts_with(' ') && !input.ends_with(' ') {
+                let mut headers = HeaderMap::new();
+                headers.insert("last-event-id", input.parse().unwrap());
+                let resumed = stream_start(&headers, &StreamQuery::default());
+                assert_eq!(resumed.map_err(|_| ()), expected, "Last-Event-ID {input:?}");
+            }
+        }
     }
 }

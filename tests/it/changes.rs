@@ -564,7 +564,11 @@ fn read_events(reader: &mut BufReader<TcpStream>, n: usize) -> Vec<(String, Stri
     events
 }
 
-fn open_stream(server: &Server, path: &str, last_event_id: Option<&str>) -> BufReader<TcpStream> {
+pub(crate) fn open_stream(
+    server: &Server,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> BufReader<TcpStream> {
     let mut stream = TcpStream::connect(server.addr).expect("connect");
     stream
         .set_read_timeout(Some(StdDuration::from_secs(20)))
@@ -773,6 +777,54 @@ fn streams_and_long_polls_never_take_every_connection_from_the_webhooks() -> Tes
         server.get("/v1/changes?wait=0.1").status == 200
     });
     drop(second);
+    Ok(())
+}
+
+/// `after` is read the same strict way by the page and the stream (decimal digits, an
+/// integer ≥ 0: `+5`, which a query string reads as ` 5`, is a 400 on both), and an
+/// empty `Last-Event-ID` carries no event id: the stream starts from `after`.
+#[test]
+fn the_stream_reads_after_like_the_page_and_an_empty_last_event_id_defers_to_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("entitlements.db"), &[], &[]);
+    post_grant(&server, "msg_1", "grant_1", "ent_pro", St::Delivered);
+    post_grant(&server, "msg_2", "grant_2", "ent_api", St::Delivered);
+    let changes = server.get("/v1/changes").json()["changes"]
+        .as_array()
+        .cloned()
+        .ok_or("changes")?;
+    assert_eq!(changes.len(), 2);
+    let first = changes[0]["seq"].as_i64().ok_or("seq")?;
+    // Only the status line of the stream: one that is served never ends.
+    let status_line = |path: &str| -> std::io::Result<String> {
+        let mut conn = TcpStream::connect(server.addr)?;
+        conn.set_read_timeout(Some(StdDuration::from_secs(10)))?;
+        let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        conn.write_all(head.as_bytes())?;
+        let mut line = String::new();
+        BufReader::new(conn).read_line(&mut line)?;
+        Ok(line)
+    };
+    for bad in ["+5", "%2B5", "%205", "5%20", "x", "-1", ""] {
+        let resp = server.get(&format!("/v1/changes?after={bad}"));
+        assert_eq!(resp.status, 400, "/v1/changes?after={bad}: {}", resp.text());
+        assert_eq!(resp.json()["error"], "bad_request");
+        let line = status_line(&format!("/v1/changes/stream?after={bad}"))?;
+        assert!(
+            line.contains(" 400 "),
+            "/v1/changes/stream?after={bad}: {line}"
+        );
+    }
+    let mut stream = open_stream(
+        &server,
+        &format!("/v1/changes/stream?after={first}"),
+        Some(""),
+    );
+    let events = read_events(&mut stream, 1);
+    assert_eq!(
+        events[0].2, changes[1],
+        "an empty Last-Event-ID overrode after"
+    );
     Ok(())
 }
 
