@@ -7,10 +7,13 @@
 //!
 //! - **Header timeout, idle timeout.** Each connection is in one of three phases:
 //!   *head* (from accept, or from the first byte after an idle period, until the request
-//!   head is parsed), *busy* (a request is being answered: its body is the handler's
-//!   business, see [`super::Options::body_timeout`]), *idle* (keep-alive between
-//!   requests). A connection whose head phase outlasts `header_timeout`, or whose idle
-//!   phase sees no read or write for `idle_timeout`, is closed. (hyper's own
+//!   head is parsed), *busy* (a request is being answered, until the last byte of its
+//!   response body is handed over: the request body is the handler's business, see
+//!   [`super::Options::body_timeout`]; a stream of the change feed stays busy for as long
+//!   as it is open, however quiet), *idle* (keep-alive between requests). A connection
+//!   whose head phase outlasts `header_timeout`, or whose idle phase sees no read or
+//!   write for `idle_timeout`, is closed; so is a busy one whose response has been
+//!   waiting for the client to read it (writes blocked) for `idle_timeout`. (hyper's own
 //!   `header_read_timeout` restarts right after every response, so it would also close
 //!   idle keep-alive connections after the header timeout: it is left off.)
 //! - **A connection cap.** At most `max_connections` are served at once; the listener
@@ -239,6 +242,9 @@ pub(crate) struct ConnState {
     /// Milliseconds since `origin`: when the head phase began, or the last traffic of
     /// the idle phase.
     since: AtomicU64,
+    /// Milliseconds since `origin`, plus one, since when writes have been blocked (the
+    /// client reads nothing of the response); 0 while they are not.
+    blocked: AtomicU64,
     changed: Notify,
     linger: AtomicBool,
 }
@@ -249,6 +255,7 @@ impl ConnState {
             origin: Instant::now(),
             phase: AtomicU8::new(HEAD),
             since: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
             changed: Notify::new(),
             linger: AtomicBool::new(false),
         }
@@ -278,14 +285,29 @@ impl ConnState {
         }
     }
 
-    /// Bytes left: an idle connection is not idle yet (the last response is going out).
+    /// Bytes left: an idle connection is not idle yet (the last response is going out),
+    /// and writes are not blocked.
     fn on_write(&self) {
+        self.blocked.store(0, Ordering::Release);
         if self.phase.load(Ordering::Acquire) == IDLE {
             self.since.store(self.now_ms(), Ordering::Release);
         }
     }
 
-    /// When the current phase runs out, and what it is; `None` while busy.
+    /// A write found the socket full: the client is not reading (yet).
+    fn on_write_blocked(&self) {
+        let now = self.now_ms() + 1;
+        if self
+            .blocked
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the current phase runs out, and what it is; while busy, only when writes
+    /// are blocked (a response the client does not read), else `None`.
     fn deadline(&self, limits: &Limits) -> Option<(Instant, Close)> {
         let since = Duration::from_millis(self.since.load(Ordering::Acquire));
         match self.phase.load(Ordering::Acquire) {
@@ -297,7 +319,13 @@ impl ConnState {
                 self.origin + since + limits.idle_timeout,
                 Close::IdleTimeout,
             )),
-            _ => None,
+            _ => match self.blocked.load(Ordering::Acquire) {
+                0 => None,
+                b => Some((
+                    self.origin + Duration::from_millis(b - 1) + limits.idle_timeout,
+                    Close::IdleTimeout,
+                )),
+            },
         }
     }
 
@@ -319,13 +347,46 @@ enum Close {
     Shutdown,
 }
 
-/// Sets the connection idle when the request's response is ready (or the request was
-/// abandoned).
+/// Sets the connection idle when the request's response body has ended or is dropped
+/// (or the request was abandoned before its response).
 struct BusyGuard(Arc<ConnState>);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.enter(IDLE);
+    }
+}
+
+/// A response body that keeps its connection busy until it ends: hyper drops it once
+/// the last frame is out (or the connection is gone), and a stream of the change feed,
+/// which never ends by itself, keeps the connection busy for as long as it is open.
+struct BusyBody {
+    body: axum::body::Body,
+    guard: Option<BusyGuard>,
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -351,8 +412,12 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
         let router = self.router.clone();
         Box::pin(async move {
             let response = router.oneshot(req).await;
-            drop(guard);
-            response
+            Ok(response?.map(|body| {
+                axum::body::Body::new(BusyBody {
+                    body,
+                    guard: Some(guard),
+                })
+            }))
         })
     }
 }
@@ -387,8 +452,10 @@ impl AsyncWrite for Tracked {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.on_write();
+        match poll {
+            Poll::Ready(Ok(n)) if n > 0 => this.state.on_write(),
+            Poll::Pending => this.state.on_write_blocked(),
+            _ => {}
         }
         poll
     }
@@ -400,8 +467,10 @@ impl AsyncWrite for Tracked {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.on_write();
+        match poll {
+            Poll::Ready(Ok(n)) if n > 0 => this.state.on_write(),
+            Poll::Pending => this.state.on_write_blocked(),
+            _ => {}
         }
         poll
     }

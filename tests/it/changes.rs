@@ -780,6 +780,34 @@ fn streams_and_long_polls_never_take_every_connection_from_the_webhooks() -> Tes
     Ok(())
 }
 
+/// --idle-timeout 2s --header-timeout 1s: a stream with nothing to send for 3 s is not an
+/// idle connection (its response is still going out), and a byte from the client (the
+/// start of a pipelined request) does not start the header clock: the stream stays
+/// open and gets the change committed after 3 s.
+#[test]
+fn a_quiet_stream_is_busy_not_idle() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(
+        &dir.path().join("entitlements.db"),
+        &[],
+        &["--idle-timeout", "2s", "--header-timeout", "1s"],
+    );
+    let mut stream = open_stream(&server, "/v1/changes/stream", None);
+    let opened = Instant::now();
+    stream.get_mut().write_all(b"G")?;
+    std::thread::sleep(StdDuration::from_secs(3));
+    post_grant(&server, "msg_late", "grant_late", "ent_late", St::Delivered);
+    let events = read_events(&mut stream, 1);
+    assert_eq!(
+        events.len(),
+        1,
+        "the stream was closed within {:?}",
+        opened.elapsed()
+    );
+    assert_eq!(events[0].2["entitlement_id"], "ent_late");
+    Ok(())
+}
+
 /// `after` is read the same strict way by the page and the stream (decimal digits, an
 /// integer ≥ 0: `+5`, which a query string reads as ` 5`, is a 400 on both), and an
 /// empty `Last-Event-ID` carries no event id: the stream starts from `after`.
