@@ -6,6 +6,7 @@
 //! that the engine's writer thread wakes after every commit ([`crate::Engine::on_commit`]);
 //! every second they also look again, for commits made by other processes.
 
+use super::server::{shutdown_of, ConnHandle};
 use super::{
     error_message, json, store_unavailable, too_many_waiting, ErrorBody, ErrorMessage, Shared,
 };
@@ -14,6 +15,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -120,7 +122,8 @@ pub struct ChangesPage {
         the last change returned, or `after` when none: the `after` of the next request.",
     params(ChangesQuery),
     responses(
-        (status = 200, description = "A page (empty when nothing came within `wait`).", body = ChangesPage),
+        (status = 200, description = "A page (empty when nothing came within `wait`, or when \
+            the server began shutting down meanwhile).", body = ChangesPage),
         (status = 400, description = "A bad parameter (`bad_request`).", body = ErrorMessage),
         (status = 401, description = "`ENTSYNC_API_TOKEN` is set and the request has no \
             `Authorization: Bearer <token>` with it (`unauthorized`).", body = ErrorBody,
@@ -134,6 +137,7 @@ pub struct ChangesPage {
 )]
 pub(super) async fn page(
     State(s): State<Arc<Shared>>,
+    conn: Option<Extension<ConnHandle>>,
     headers: HeaderMap,
     query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -154,6 +158,11 @@ pub(super) async fn page(
         }
     };
     let deadline = tokio::time::Instant::now() + page.wait;
+    // The server shutting down ends the wait: the page as it stands (empty, most likely)
+    // is answered at once, and the client polls again elsewhere.
+    let shutdown = shutdown_of(conn.map(|Extension(c)| c));
+    tokio::pin!(shutdown);
+    let mut stopping = false;
     loop {
         // Armed before reading, so that a commit between the read and the wait wakes it.
         let woken = s.feed.notified();
@@ -163,11 +172,14 @@ pub(super) async fn page(
             return store_unavailable();
         };
         let now = tokio::time::Instant::now();
-        if !changes.is_empty() || now >= deadline {
+        if !changes.is_empty() || now >= deadline || stopping {
             let next = changes.last().map_or(page.after, |c| c.seq);
             return json(StatusCode::OK, &ChangesPage { changes, next });
         }
-        let _ = tokio::time::timeout((deadline - now).min(RECHECK), woken).await;
+        tokio::select! {
+            _ = tokio::time::timeout((deadline - now).min(RECHECK), woken) => {}
+            () = &mut shutdown => stopping = true,
+        }
     }
 }
 
@@ -209,10 +221,10 @@ fn stream_start(headers: &HeaderMap, query: &StreamQuery) -> Result<i64, String>
     tag = "changes",
     operation_id = "changes_stream",
     summary = "Access changes as Server-Sent Events",
-    description = "Never ends: every change with a seq above the start, then each new one as it \
-        commits, as `event: access.changed`, `id:` the seq, `data:` the change (a `Change`) as \
-        one line of JSON; a comment every 15 s keeps the connection open. Resume with \
-        `Last-Event-ID`.",
+    description = "Never ends while the server runs: every change with a seq above the start, \
+        then each new one as it commits, as `event: access.changed`, `id:` the seq, `data:` the \
+        change (a `Change`) as one line of JSON; a comment every 15 s keeps the connection open. \
+        It ends when the server shuts down. Resume with `Last-Event-ID`.",
     params(
         StreamQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "The seq of the last event \
@@ -234,6 +246,7 @@ fn stream_start(headers: &HeaderMap, query: &StreamQuery) -> Result<i64, String>
 )]
 pub(super) async fn stream(
     State(s): State<Arc<Shared>>,
+    conn: Option<Extension<ConnHandle>>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -280,6 +293,10 @@ pub(super) async fn stream(
                 }
             }
         });
+    // The server shutting down ends the stream (its last chunk, then the connection
+    // closes): the client reconnects with `Last-Event-ID`, elsewhere or later.
+    let shutdown = shutdown_of(conn.map(|Extension(c)| c));
+    let events = futures_util::StreamExt::take_until(events, shutdown);
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

@@ -25,7 +25,9 @@
 //!   10 ms doubling to 1 s.
 //! - **Graceful shutdown that does not wait for nothing.** When `shutdown` resolves, the
 //!   listener closes, head-phase and idle connections are closed at once, and busy ones
-//!   finish their request (hyper's graceful shutdown), then close.
+//!   finish their request (hyper's graceful shutdown), then close. Handlers that wait
+//!   for something that may never come hear of it too ([`ConnHandle::shutdown`]): a long
+//!   poll answers its page at once and a stream ends, so that neither holds the drain.
 //! - **A lingering close after an early answer.** A handler that answers before reading
 //!   the request body (413, 408) marks the connection; after the response is written, the
 //!   server half-closes, then reads and discards what the client still sends (at most
@@ -247,10 +249,12 @@ pub(crate) struct ConnState {
     blocked: AtomicU64,
     changed: Notify,
     linger: AtomicBool,
+    /// The server's shutdown: true once it began (see [`ConnHandle::shutdown`]).
+    stop: watch::Receiver<bool>,
 }
 
 impl ConnState {
-    fn new() -> ConnState {
+    fn new(stop: watch::Receiver<bool>) -> ConnState {
         ConnState {
             origin: Instant::now(),
             phase: AtomicU8::new(HEAD),
@@ -258,6 +262,7 @@ impl ConnState {
             blocked: AtomicU64::new(0),
             changed: Notify::new(),
             linger: AtomicBool::new(false),
+            stop,
         }
     }
 
@@ -339,6 +344,26 @@ impl ConnState {
 /// The handle a handler finds in its request's extensions when served by [`serve`].
 #[derive(Clone)]
 pub(crate) struct ConnHandle(pub(crate) Arc<ConnState>);
+
+impl ConnHandle {
+    /// Resolves once the server is shutting down (at once if it already is): a handler
+    /// waiting for something that may never come (a long poll, a stream) answers or
+    /// ends then, so that the drain does not wait for it.
+    pub(crate) async fn shutdown(&self) {
+        let mut stop = self.0.stop.clone();
+        // An error: the server is gone, which is a shutdown too.
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
+/// [`ConnHandle::shutdown`] of the request's connection, or never when the request is
+/// not served by [`serve`] (e.g. under `axum::serve`, whose shutdown is its own).
+pub(crate) async fn shutdown_of(conn: Option<ConnHandle>) {
+    match conn {
+        Some(conn) => conn.shutdown().await,
+        None => std::future::pending().await,
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Close {
@@ -495,7 +520,7 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
     stats: Arc<ConnStats>,
 ) {
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(stop.clone()));
     let io = TokioIo::new(Tracked {
         stream,
         state: Arc::clone(&state),

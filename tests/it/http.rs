@@ -1777,3 +1777,58 @@ fn sigterm_does_not_wait_for_idle_or_half_open_connections() -> TestResult {
     assert!(exited < Duration::from_secs(3), "{exited:?}");
     Ok(())
 }
+
+/// SIGTERM with a long poll (`wait=300`) and a stream open: the long poll is answered at
+/// once with its page (empty), the stream's body ends cleanly, and the process exits 0
+/// well before --shutdown-timeout; what was acknowledged before is stored.
+#[test]
+fn sigterm_answers_long_polls_and_ends_streams_at_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(&dir.path().join("e.db"), &[], &["--shutdown-timeout", "30"]);
+    let ack = server.post("msg_before", &fixture("grant_delivered.json"));
+    assert_eq!(ack.status, 200, "{}", ack.text());
+    let next = server.get("/v1/changes").json()["next"]
+        .as_i64()
+        .ok_or("next")?;
+    let addr = server.addr;
+    let poll = std::thread::spawn(move || {
+        request(
+            addr,
+            "GET",
+            &format!("/v1/changes?after={next}&wait=300"),
+            &[],
+            b"",
+        )
+    });
+    let mut stream =
+        crate::changes::open_stream(&server, &format!("/v1/changes/stream?after={next}"), None);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    server.terminate();
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .ok_or("still running 10 s after SIGTERM")?;
+    let exited = started.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let page = poll.join().map_err(|_| "the long poll failed")?;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(
+        page.json(),
+        serde_json::json!({"changes": [], "next": next})
+    );
+    // The stream's chunked body ended with its last chunk, then the connection closed.
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest)?;
+    assert!(
+        rest.ends_with(b"0\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    eprintln!("SIGTERM with a long poll and a stream open: exited after {exited:?}");
+    assert!(exited < Duration::from_secs(5), "{exited:?}");
+    assert!(server
+        .deliveries()
+        .iter()
+        .any(|d| d["delivery_id"] == "msg_before"));
+    Ok(())
+}
