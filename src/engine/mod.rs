@@ -346,14 +346,31 @@ impl Engine {
         result.recv().map_err(|_| writer_gone())?
     }
 
-    /// Runs `f` on the writer thread, in order with the deliveries queued before it.
+    /// Why the writer's last write failed (a group commit of deliveries, its sync, or an
+    /// accept, advance or other write), while no later write has succeeded; `None` when
+    /// the last one succeeded or none was made. A failure of the store (a full disk, a
+    /// failed sync, a store a newer build migrated), not of the caller (accepting a
+    /// delivery that is not quarantined). One atomic load when all is well: for health
+    /// checks, which should not write to find out. It says nothing about a write that
+    /// has not been tried: a store that failed once stays reported until one succeeds.
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.generation.write_failure()
+    }
+
+    /// Runs `f` on the writer thread, in order with the deliveries queued before it. How
+    /// it went counts for [`Engine::write_failure`], unless it failed for the caller's
+    /// reason (no such delivery to accept), not the store's.
     fn with_writer<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Store) -> R + Send + 'static,
-    ) -> Result<R, Error> {
+        f: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<Result<R, StoreError>, Error> {
         let (reply, result) = mpsc::sync_channel(1);
         let job = Job::Exec(Box::new(move |w: &mut Store, generation: &Signal| {
             let r = f(w);
+            match &r {
+                Err(StoreError::UnknownDelivery(_) | StoreError::NotQuarantined(_)) => {}
+                other => generation.wrote(other.as_ref().map(|_| ())),
+            }
             generation.bump();
             let _ = reply.send(r);
         }));

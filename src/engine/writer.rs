@@ -6,18 +6,24 @@
 use super::Error;
 use crate::delivery::Prepared;
 use crate::store::{Applied, StoreError, SyncLog, WriteStore};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 use std::time::Duration;
 
 /// The commit generation: bumped by the writer thread after every commit, before anyone
 /// hears of it; waiters ([`Signal::wait_past`]) and listeners are woken.
+///
+/// It also carries how the writer's last write went ([`Signal::write_failure`]), for
+/// health checks.
 #[derive(Default)]
 pub(super) struct Signal {
     generation: AtomicU64,
     lock: Mutex<()>,
     cond: Condvar,
     listeners: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    /// The last write failed: `failure` says why. Read without the lock.
+    failing: AtomicBool,
+    failure: Mutex<Option<String>>,
 }
 
 impl Signal {
@@ -52,6 +58,43 @@ impl Signal {
 
     pub(super) fn listen(&self, f: Box<dyn Fn() + Send + Sync>) {
         super::lock(&self.listeners).push(f);
+    }
+
+    /// Records how a write went (a commit and, where deferred, its sync): a failure is
+    /// kept until a later write succeeds.
+    pub(super) fn wrote(&self, result: Result<(), &StoreError>) {
+        match result {
+            Ok(()) => {
+                if self.failing.load(Ordering::Acquire) {
+                    let mut failure = super::lock(&self.failure);
+                    *failure = None;
+                    self.failing.store(false, Ordering::Release);
+                }
+            }
+            Err(e) => {
+                let mut failure = super::lock(&self.failure);
+                *failure = Some(e.to_string());
+                self.failing.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Why the last write failed, while no later one succeeded; `None` otherwise. One
+    /// atomic load when all is well.
+    pub(super) fn write_failure(&self) -> Option<String> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        super::lock(&self.failure).clone()
+    }
+}
+
+/// How a batch's writes went, as [`Signal::wrote`] takes it: the last delivery's (a batch
+/// retried one by one commits each delivery alone, the last of them last).
+fn batch_outcome(results: &[Result<Applied, StoreError>]) -> Result<(), &StoreError> {
+    match results.last() {
+        Some(Err(e)) => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -151,7 +194,11 @@ pub(super) fn writer_loop(mut writer: Store, queue: mpsc::Receiver<Job>, generat
                 serve_queue(&mut writer, &queue, Some(&syncer), generation);
             }
             // Without the thread no batch could be answered: refuse them all.
-            Err(e) => refuse(&queue, &format!("cannot start the sync thread: {e}")),
+            Err(e) => {
+                let message = format!("cannot start the sync thread: {e}");
+                generation.wrote(Err(&StoreError::Sync(message.clone())));
+                refuse(&queue, &message);
+            }
         }
         // The sender is gone: the syncer ends once it has answered every batch, and the
         // scope waits for it before the store is closed.
@@ -202,11 +249,15 @@ fn serve_queue(
             };
             let results = match writer.apply_batch(deliveries) {
                 Ok(results) => results,
-                Err(e) => return refused(callers, &e),
+                Err(e) => {
+                    generation.wrote(Err(&e));
+                    return refused(callers, &e);
+                }
             };
             let Some(syncer) = syncer else {
                 // Durable already. Before anyone hears of the commit, so that their next
                 // read sees it.
+                generation.wrote(batch_outcome(&results));
                 generation.bump();
                 return callers.stored(results);
             };
@@ -260,6 +311,9 @@ impl Shared {
         self.waiting.fetch_sub(handed, Ordering::AcqRel);
         match synced {
             Ok(()) => {
+                if let Some(last) = batches.last() {
+                    generation.wrote(batch_outcome(&last.results));
+                }
                 // Before anyone hears of the commit, so that their next read sees it.
                 generation.bump();
                 for batch in batches {
@@ -267,6 +321,7 @@ impl Shared {
                 }
             }
             Err(e) => {
+                generation.wrote(Err(&e));
                 let message = e.to_string();
                 for batch in batches {
                     batch.callers.failed(|| StoreError::Sync(message.clone()));
@@ -372,8 +427,6 @@ mod tests {
         fail: Vec<usize>,
         done: usize,
     }
-
-    use std::sync::atomic::AtomicBool;
 
     impl SyncLog for FakeLog {
         fn sync(&mut self) -> StoreResult<()> {
@@ -667,6 +720,48 @@ mod tests {
             later_commits, 0,
             "the store took a batch after a failed sync"
         );
+    }
+
+    /// A failed commit is reported (for `/healthz`) until a later one succeeds.
+    #[test]
+    fn a_failed_commit_is_reported_until_a_later_one_succeeds() {
+        let failed = Arc::new(AtomicBool::new(true));
+        let store: Store = Box::new(Fake {
+            events: Arc::default(),
+            failed: Arc::clone(&failed),
+            sync: None,
+            paced: false,
+        });
+        let (queue, jobs) = mpsc::channel();
+        let generation = Arc::new(Signal::new());
+        let g = Arc::clone(&generation);
+        let writer = std::thread::spawn(move || writer_loop(store, jobs, &g));
+        let deliver = |id: &str| -> bool {
+            let (tx, rx) = mpsc::channel();
+            let at = crate::wire::parse_timestamp("2026-06-15T08:00:00Z").expect("instant");
+            let job = Job::Deliver {
+                delivery: Box::new(Prepared::new(Delivery::new(id.to_string(), "{}", at))),
+                reply: Box::new(move |r: Result<Applied, Error>| {
+                    let _ = tx.send(r.is_ok());
+                }),
+            };
+            queue.send(job).expect("queued");
+            rx.recv_timeout(Duration::from_secs(20)).expect("a reply")
+        };
+        assert_eq!(generation.write_failure(), None);
+        assert!(!deliver("msg_1"));
+        let cause = generation.write_failure();
+        assert!(
+            cause.as_deref().is_some_and(|c| c.contains("refused")),
+            "{cause:?}"
+        );
+        assert!(!deliver("msg_2"));
+        assert!(generation.write_failure().is_some());
+        failed.store(false, Ordering::Release);
+        assert!(deliver("msg_3"));
+        assert_eq!(generation.write_failure(), None);
+        drop(queue);
+        writer.join().expect("writer thread ends");
     }
 
     /// Without deferred syncs (PostgreSQL), no sync is asked for and every delivery is

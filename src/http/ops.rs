@@ -27,19 +27,23 @@ pub(crate) struct Health {
     cause: Option<String>,
 }
 
-/// 200 while the store and the access index are usable, on the blocking pool: the
-/// index is brought up to date with the store
-/// ([`Engine::sync_index`](crate::Engine::sync_index); no SQLite work when it is
-/// current) and the newest delivery row is read (one indexed row); 503 with the cause
-/// when either fails. (It cannot see a stuck writer thread: the engine has no probe for
-/// that.)
+/// 200 while the store and the access index are usable; 503 with the cause otherwise:
+/// while the writer's last write failed ([`Engine::write_failure`](crate::Engine::write_failure),
+/// an atomic load: deliveries are being answered 503 then, e.g. on a full disk; 200 again
+/// once a write succeeds), or when, on the blocking pool, the index cannot be brought up
+/// to date with the store ([`Engine::sync_index`](crate::Engine::sync_index); no SQLite
+/// work when it is current) or the newest delivery row cannot be read (one indexed row).
+/// Nothing is written to find out. (It cannot see a stuck writer thread: the engine has
+/// no probe for that.)
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "operations",
     operation_id = "healthz",
     summary = "Whether the store and the access index are usable",
-    description = "Public: never asks for the API token.",
+    description = "Public: never asks for the API token. 503 while the last write to the store \
+        failed (deliveries are answered 503 then) until one succeeds, or while the store cannot \
+        be read.",
     responses(
         (status = 200, description = "Usable: `{\"status\": \"ok\", \"index\": \"ready\"}`.", body = Health),
         (status = 503, description = "Not usable: `{\"status\": \"unavailable\", \"error\": \
@@ -48,15 +52,20 @@ pub(crate) struct Health {
     ),
 )]
 pub(super) async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let engine = s.engine.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        engine.sync_index()?;
-        // One indexed row of the deliveries table: the store answers reads.
-        engine.deliveries(None, Some(1)).map(|_| ())
-    })
-    .await
-    .map_err(|e| format!("health check task failed: {e}"))
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    let checked = match s.engine.write_failure() {
+        Some(cause) => Err(format!("the last write to the store failed: {cause}")),
+        None => {
+            let engine = s.engine.clone();
+            tokio::task::spawn_blocking(move || {
+                engine.sync_index()?;
+                // One indexed row of the deliveries table: the store answers reads.
+                engine.deliveries(None, Some(1)).map(|_| ())
+            })
+            .await
+            .map_err(|e| format!("health check task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+    };
     match checked {
         Ok(()) => json(
             StatusCode::OK,

@@ -1602,6 +1602,54 @@ fn a_store_migrated_by_a_newer_build_while_serving_gets_503_not_written() -> Tes
     Ok(())
 }
 
+/// While commits fail (here: a newer build migrated the store, so this one may not write;
+/// the same path as a full disk), `/healthz` says so, 503 with the cause, rather than 200
+/// beside webhooks answered 503; it answers 200 again once a commit succeeds.
+#[test]
+fn healthz_is_503_while_commits_fail_and_200_once_one_succeeds() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("e.db");
+    let server = Server::start(&db, &[], &[]);
+    let body = |id: &str| {
+        crate::support::grant(id, crate::support::St::Delivered, chrono::Utc::now()).body()
+    };
+    assert_eq!(server.post("msg_1", &body("grant_1")).status, 200);
+    assert_eq!(server.get("/healthz").status, 200);
+    let raw = rusqlite::Connection::open(&db)?;
+    let version: i64 = raw.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    raw.pragma_update(None, "user_version", version + 1)?;
+    let refused = server.post("msg_2", &body("grant_2"));
+    assert_eq!(
+        (refused.status, refused.json()["error"].as_str()),
+        (503, Some("store_unavailable")),
+        "{}",
+        refused.text()
+    );
+    let health = server.get("/healthz");
+    assert_eq!(health.status, 503, "{}", health.text());
+    let h = health.json();
+    assert_eq!(
+        (h["status"].as_str(), h["error"].as_str()),
+        (Some("unavailable"), Some("store_unavailable")),
+        "{h}"
+    );
+    assert!(
+        h["cause"].as_str().is_some_and(|c| c.contains("newer")),
+        "{h}"
+    );
+    assert_eq!(health.header("retry-after"), Some("5"));
+    raw.pragma_update(None, "user_version", version)?;
+    assert_eq!(server.post("msg_2", &body("grant_2")).status, 200);
+    let health = server.get("/healthz");
+    assert_eq!(
+        (health.status, health.json()["status"].as_str()),
+        (200, Some("ok")),
+        "{}",
+        health.text()
+    );
+    Ok(())
+}
+
 /// --max-pending 2 under 64 concurrent signed deliveries: some get 503 with
 /// Retry-After and are not stored; every 2xx is stored; re-sending the refused ones
 /// converges to all stored.
