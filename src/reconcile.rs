@@ -11,11 +11,14 @@
 //!    `api:<kind>:<object id>:<first 16 hex of the SHA-256 of the object's canonical JSON>`
 //!    ([`delivery_id`]).
 //! 2. Its version ([`version`]): the object's own `updated_at` where the API gives one
-//!    (grants, full payments); otherwise the instant of the response (its `Date`, else
-//!    the local clock) **minus one microsecond**. `Date` has one-second resolution and
-//!    webhook timestamps carry microseconds: placed just before its second, an API copy
-//!    is older than any webhook of that second or later, so on a tie the webhook's
-//!    snapshot wins.
+//!    (grants, full payments); otherwise the instant of the response
+//!    ([`response_instant`]: its `Date` when within [`DATE_TOLERANCE`] of the local
+//!    clock, else the local clock) **minus one microsecond**. `Date` has one-second
+//!    resolution and webhook timestamps carry microseconds: placed just before its
+//!    second, an API copy is older than any webhook of that second or later, so on a tie
+//!    the webhook's snapshot wins. A `Date` far off (a proxy's broken clock, a bug) would
+//!    make a copy newer than every real webhook for as long as it is off (one in 2099
+//!    would freeze the object): the local clock versions it then, and the shell warns.
 //! 3. [`compare`]: a fetched object equal in content to the object's current stored state
 //!    (on every field it carries, as the engine reads them) is unchanged and is not stored;
 //!    so is a copy of the same `updated_at` as the stored state (a tie: the stored,
@@ -178,6 +181,49 @@ pub fn event_type(kind: Kind, obj: &Value) -> String {
         }
         Kind::LicenseKey => "license_key.created".into(),
         Kind::CreditEntry | Kind::CreditBalanceLow => "credit.manual_adjustment".into(),
+    }
+}
+
+/// How far a response's `Date` may be from the local clock (either way, inclusive) and
+/// still be taken as the instant the response showed: 5 minutes, as for a webhook's
+/// timestamp. Clocks kept by NTP are within milliseconds.
+pub const DATE_TOLERANCE: chrono::Duration = chrono::Duration::minutes(5);
+
+/// The instant a response showed the API's state at, as [`response_instant`] decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseInstant {
+    /// Its `Date`, within [`DATE_TOLERANCE`] of the local clock.
+    Date(Timestamp),
+    /// The local clock: the response had no `Date` (or one that does not parse).
+    Local(Timestamp),
+    /// The local clock: the response's `Date` was further from it than
+    /// [`DATE_TOLERANCE`] (to be counted and warned about).
+    Skewed {
+        /// The `Date` the response carried.
+        date: Timestamp,
+        /// The local clock, taken instead.
+        local: Timestamp,
+    },
+}
+
+impl ResponseInstant {
+    /// The instant to version the response's objects by.
+    pub fn at(self) -> Timestamp {
+        match self {
+            ResponseInstant::Date(t) | ResponseInstant::Local(t) => t,
+            ResponseInstant::Skewed { local, .. } => local,
+        }
+    }
+}
+
+/// The instant of a response: its `Date` (`date`, when it had one that parses) if within
+/// [`DATE_TOLERANCE`] of `local` (the local clock when the response arrived), else
+/// `local`.
+pub fn response_instant(date: Option<Timestamp>, local: Timestamp) -> ResponseInstant {
+    match date {
+        None => ResponseInstant::Local(local),
+        Some(date) if (date - local).abs() <= DATE_TOLERANCE => ResponseInstant::Date(date),
+        Some(date) => ResponseInstant::Skewed { date, local },
     }
 }
 
@@ -624,6 +670,55 @@ mod tests {
             ),
         ] {
             assert_eq!(event_type(kind, &obj), expected, "{obj}");
+        }
+    }
+
+    #[test]
+    fn a_date_far_from_the_local_clock_is_not_the_response_instant() {
+        let local = at("2026-12-07T17:00:00.250Z");
+        for (date, expected) in [
+            (None, ResponseInstant::Local(local)),
+            (
+                Some("2026-12-07T17:00:00Z"),
+                ResponseInstant::Date(at("2026-12-07T17:00:00Z")),
+            ),
+            (
+                Some("2026-12-07T17:05:00.250Z"),
+                ResponseInstant::Date(at("2026-12-07T17:05:00.250Z")),
+            ),
+            (
+                Some("2026-12-07T16:55:00.250Z"),
+                ResponseInstant::Date(at("2026-12-07T16:55:00.250Z")),
+            ),
+            (
+                Some("2026-12-07T17:05:01Z"),
+                ResponseInstant::Skewed {
+                    date: at("2026-12-07T17:05:01Z"),
+                    local,
+                },
+            ),
+            (
+                Some("2026-12-07T16:55:00Z"),
+                ResponseInstant::Skewed {
+                    date: at("2026-12-07T16:55:00Z"),
+                    local,
+                },
+            ),
+            (
+                Some("2099-01-01T00:00:00Z"),
+                ResponseInstant::Skewed {
+                    date: at("2099-01-01T00:00:00Z"),
+                    local,
+                },
+            ),
+        ] {
+            let got = response_instant(date.map(at), local);
+            assert_eq!(got, expected, "{date:?}");
+            let version = match got {
+                ResponseInstant::Date(d) => d,
+                _ => local,
+            };
+            assert_eq!(got.at(), version, "{date:?}");
         }
     }
 

@@ -280,8 +280,11 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
     assert_eq!(before["cus_d/ent_pro"], allowed());
     assert_eq!(before["cus_e/ent_pro"].1, "none");
 
-    // The API's clock: every copy without an updated_at of its own is versioned by it.
-    fake.data().date = Some("Tue, 01 Dec 2026 20:41:51 GMT".into());
+    // The API's clock: every copy without an updated_at of its own is versioned by it
+    // (a `Date` within 5 minutes of the local clock; one further off is not used).
+    fake.data().date = Some(api_date(
+        chrono::Utc::now() - chrono::Duration::seconds(180),
+    ));
     let out = reconcile(&db, &fake, &[]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     // The exact contract: one line, these keys in this order. 7 grants, 1 subscription,
@@ -388,9 +391,9 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
     let feed = changes.len();
     drop(engine);
 
-    // A second run (15 minutes later by the API's clock, so that copies versioned by the
-    // response are new bytes): nothing applied, nothing stored.
-    fake.data().date = Some("Tue, 01 Dec 2026 20:56:51 GMT".into());
+    // A second run (later by the API's clock, so that copies versioned by the response
+    // are new bytes): nothing applied, nothing stored.
+    fake.data().date = Some(api_date(chrono::Utc::now() - chrono::Duration::seconds(90)));
     let again = reconcile(&db, &fake, &[]);
     assert_eq!(again.code, Some(0), "stderr: {}", again.stderr);
     assert_eq!(
@@ -428,7 +431,7 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
     assert_eq!(after_rebuild, quarantine);
     drop(engine);
     // And a run after the rebuild still changes nothing.
-    fake.data().date = Some("Tue, 01 Dec 2026 21:11:51 GMT".into());
+    fake.data().date = Some(api_date(chrono::Utc::now()));
     let third = reconcile(&db, &fake, &[]);
     assert_eq!(
         counts(&third.summary()),
@@ -436,6 +439,11 @@ fn one_run_brings_every_answer_back_and_a_second_changes_nothing() {
         "{}",
         third.stdout
     );
+}
+
+/// `at` as an HTTP `Date` (IMF-fixdate).
+fn api_date(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
 /// A grant of ent_pro for cus_1 backed by sub_1, an API whose clock reads `date` and
@@ -464,8 +472,11 @@ fn a_webhook_of_the_response_instant_wins_the_tie() {
             "Subscription",
         )
     };
-    let second = "2026-12-01T20:41:51Z";
-    let date = "Tue, 01 Dec 2026 20:41:51 GMT";
+    // A whole second of the local clock's last minute, so that the API's `Date` is used.
+    let base = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() - 60, 0)
+        .expect("an instant");
+    let second = &base.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let date = &api_date(base);
     let pair = [("cus_1", "ent_pro")];
 
     // The webhook first: it says active at exactly the second the API answers in; the
@@ -480,7 +491,7 @@ fn a_webhook_of_the_response_instant_wins_the_tie() {
     assert_eq!(counts(&out.summary()), [2, 0, 2, 0, 0, 0], "{}", out.stdout);
     assert_eq!(answers(&db, &pair)["cus_1/ent_pro"], allowed());
     // One second later the API's word is newer than the webhook's, and it applies.
-    fake.data().date = Some("Tue, 01 Dec 2026 20:41:52 GMT".into());
+    fake.data().date = Some(api_date(base + chrono::Duration::seconds(1)));
     let out = reconcile(&db, &fake, &[]);
     assert_eq!(counts(&out.summary()), [2, 1, 1, 0, 1, 0], "{}", out.stdout);
     assert_eq!(
@@ -504,6 +515,72 @@ fn a_webhook_of_the_response_instant_wins_the_tie() {
     let rebuilt = entsync(&db, &["rebuild"], None);
     assert_eq!(rebuilt.code, Some(0), "{}", rebuilt.stderr);
     assert_eq!(answers(&db, &pair)["cus_1/ent_pro"], allowed());
+}
+
+/// An API whose `Date` is far from the local clock (here: 2099) does not version what it
+/// sent: the copy is versioned by the local clock instead, with a warning, so that the
+/// next real webhook of that subscription applies rather than being `stale` until 2099.
+#[test]
+fn a_date_far_from_the_local_clock_does_not_version_the_copy() {
+    let mar = "2026-03-01T09:05:00Z";
+    let mut g = dodo::grant("entg_1", "cus_1", "ent_pro", "Delivered", mar);
+    g["subscription_id"] = json!("sub_1");
+    let grant = webhook("entitlement_grant.delivered", mar, &g, "EntitlementGrant");
+    let sub = |status: &str, at: chrono::DateTime<chrono::Utc>| {
+        webhook(
+            &format!("subscription.{status}"),
+            &at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            &dodo::subscription("sub_1", "cus_1", status),
+            "Subscription",
+        )
+    };
+    let pair = [("cus_1", "ent_pro")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let now = chrono::Utc::now();
+    ingest(
+        &db,
+        &[grant, sub("active", now - chrono::Duration::hours(1))],
+    );
+    let fake = tie_api(&g, "Thu, 01 Jan 2099 00:00:00 GMT");
+    let out = reconcile(&db, &fake, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_eq!(counts(&out.summary()), [2, 1, 1, 0, 1, 0], "{}", out.stdout);
+    assert_eq!(
+        answers(&db, &pair)["cus_1/ent_pro"],
+        denied("delivered", "subscription_on_hold")
+    );
+    let engine = Engine::open(&db).expect("open");
+    let copy = engine
+        .deliveries(None, None)
+        .expect("deliveries")
+        .into_iter()
+        .find(|d| d.delivery_id.starts_with("api:subscription:sub_1:"))
+        .expect("the API's copy is stored");
+    let version = copy
+        .event_at
+        .as_deref()
+        .and_then(entitlement_sync::wire::parse_timestamp)
+        .expect("a version");
+    assert!(
+        (version - now).num_minutes().abs() < 10,
+        "versioned {version}, not by the local clock"
+    );
+    drop(engine);
+    // The customer pays again a moment later: the webhook applies.
+    ingest(
+        &db,
+        &[sub(
+            "active",
+            chrono::Utc::now() + chrono::Duration::seconds(1),
+        )],
+    );
+    assert_eq!(answers(&db, &pair)["cus_1/ent_pro"], allowed());
+    assert!(
+        out.stderr.contains("Date") && out.stderr.contains("local clock"),
+        "no warning: {}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! rules (which header says how long, how long to back off, which base URLs may be plain
 //! http) are pure functions in [`entitlement_sync::reconcile`]; this is the IO.
 
-use entitlement_sync::reconcile::{backoff, retry_wait, LIVE_URL, TEST_URL};
+use entitlement_sync::reconcile::{self, backoff, retry_wait, LIVE_URL, TEST_URL};
 use entitlement_sync::wire::Timestamp;
 use reqwest::header::{HeaderMap, ACCEPT, DATE};
 use reqwest::StatusCode;
@@ -114,8 +114,9 @@ pub enum ApiError {
 pub struct Response {
     /// The body.
     pub body: Value,
-    /// The `Date` header, or, when it is missing or does not parse, the local clock at
-    /// the response.
+    /// The `Date` header, or, when it is missing, does not parse or is more than
+    /// [`reconcile::DATE_TOLERANCE`] from the local clock, the local clock at the
+    /// response ([`reconcile::response_instant`]).
     pub date: Timestamp,
 }
 
@@ -126,6 +127,8 @@ pub struct Client {
     /// When the next request may start.
     next_slot: tokio::sync::Mutex<Instant>,
     requests: AtomicU64,
+    /// Responses whose `Date` was too far from the local clock to be used.
+    skewed_dates: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -156,12 +159,42 @@ impl Client {
             config,
             next_slot: tokio::sync::Mutex::new(Instant::now()),
             requests: AtomicU64::new(0),
+            skewed_dates: AtomicU64::new(0),
         })
     }
 
     /// Requests sent so far (retries included).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Responses so far whose `Date` was further from the local clock than
+    /// [`reconcile::DATE_TOLERANCE`], so that the local clock versioned their objects.
+    pub fn skewed_dates(&self) -> u64 {
+        self.skewed_dates.load(Ordering::Relaxed)
+    }
+
+    /// The instant a response (to `path`) showed the API's state at, from its `Date`
+    /// header and the local clock ([`reconcile::response_instant`]); a `Date` too far
+    /// off is counted and warned about (once per client, then at debug level).
+    fn response_instant(&self, date: Option<&str>, path: &str) -> Timestamp {
+        let instant = reconcile::response_instant(date.and_then(http_date), chrono::Utc::now());
+        if let reconcile::ResponseInstant::Skewed { date, local } = instant {
+            let offset_s = (date - local).num_seconds();
+            if self.skewed_dates.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    %path,
+                    %date,
+                    %local,
+                    offset_s,
+                    "the API's Date is more than {} minutes from the local clock: versioning its objects by the local clock instead (check this host's clock, and any proxy in between)",
+                    reconcile::DATE_TOLERANCE.num_minutes()
+                );
+            } else {
+                tracing::debug!(%path, %date, offset_s, "the API's Date is off; local clock used");
+            }
+        }
+        instant.at()
     }
 
     /// Items per page.
@@ -240,9 +273,7 @@ impl Client {
             };
             let status = resp.status();
             let headers = resp.headers().clone();
-            let date = header(&headers, DATE.as_str())
-                .and_then(http_date)
-                .unwrap_or_else(chrono::Utc::now);
+            let date = self.response_instant(header(&headers, DATE.as_str()), &path);
             if status.is_success() {
                 let bytes = match resp.bytes().await {
                     Ok(b) => b,

@@ -291,6 +291,8 @@ struct LastRun {
     outcome: &'static str,
     summary: Summary,
     requests: u64,
+    /// Responses whose `Date` was too far from the local clock to be used.
+    skewed_dates: u64,
 }
 
 impl Status {
@@ -357,6 +359,12 @@ impl Status {
             "Requests the last reconcile run sent to Dodo's API.",
             last.requests.to_string(),
         );
+        gauge(
+            &mut w,
+            "entsync_reconcile_last_run_skewed_dates",
+            "Responses of the last reconcile run whose Date was more than 5 minutes from the local clock (their objects were versioned by the local clock).",
+            last.skewed_dates.to_string(),
+        );
         w
     }
 }
@@ -420,6 +428,7 @@ pub fn start(
             }
             let started = Instant::now();
             let before = client.requests();
+            let skewed_before = client.skewed_dates();
             let report =
                 sweep::run(&engine, &client, &plan, &sweep::Quiet, chrono::Utc::now()).await;
             let outcome = if report.refused.is_some() {
@@ -430,8 +439,15 @@ pub fn start(
                 "ok"
             };
             let s = report.summary;
+            let skewed_dates = report.skewed_dates - skewed_before;
             if let Some(from) = &report.resumed {
                 tracing::info!(%from, "reconcile: resumed an interrupted sweep");
+            }
+            if skewed_dates > 0 {
+                tracing::warn!(
+                    responses = skewed_dates,
+                    "reconcile: the API's Date was more than 5 minutes from the local clock; its objects were versioned by the local clock"
+                );
             }
             match &report.refused {
                 Some(m) => tracing::error!(error = %m, "reconcile: the API refused the key"),
@@ -452,6 +468,7 @@ pub fn start(
                 outcome,
                 summary: s,
                 requests: report.requests - before,
+                skewed_dates,
             });
             shared
                 .runs
@@ -498,6 +515,7 @@ mod tests {
                 ..Summary::default()
             },
             requests: 7,
+            skewed_dates: 2,
         });
         let text = status.render();
         for line in [
@@ -505,6 +523,7 @@ mod tests {
             "entsync_reconcile_last_run_outcome{outcome=\"ok\"} 0",
             "entsync_reconcile_last_run_objects{count=\"fetched\"} 3",
             "entsync_reconcile_last_run_requests 7",
+            "entsync_reconcile_last_run_skewed_dates 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

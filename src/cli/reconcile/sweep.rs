@@ -58,6 +58,9 @@ pub struct Report {
     pub summary: Summary,
     /// Requests sent (retries included).
     pub requests: u64,
+    /// Responses whose `Date` was too far from the local clock to version their objects
+    /// (the local clock did), as [`Client::skewed_dates`] counts them.
+    pub skewed_dates: u64,
     /// The key was refused (401/403): the run stopped there.
     pub refused: Option<String>,
     /// The checkpoint this run resumed from.
@@ -202,6 +205,7 @@ pub async fn run(
     Report {
         summary: run.summary,
         requests: client.requests(),
+        skewed_dates: client.skewed_dates(),
         refused,
         resumed: run.from,
     }
