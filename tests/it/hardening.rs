@@ -314,6 +314,21 @@ fn ledger_entry(id: &str, before: i64, after: i64, at: &str) -> Vec<u8> {
     serde_json::to_vec(&support::envelope(&event, at, data)).unwrap()
 }
 
+/// A store that took the ledger entries `bodies`, in their order or `reversed`.
+fn ledger(mut bodies: Vec<Vec<u8>>, reversed: bool) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path().join("e.db")).unwrap();
+    if reversed {
+        bodies.reverse();
+    }
+    for (i, body) in bodies.into_iter().enumerate() {
+        engine
+            .ingest(Delivery::new(format!("m{i}"), body, t0()))
+            .unwrap();
+    }
+    (dir, engine)
+}
+
 /// Issue 8, item 4: two chained entries of the same instant (100 -> 90, then 90 -> 80)
 /// gave 90 when their content hashes ordered them the other way. The chain orders them.
 #[test]
@@ -327,20 +342,11 @@ fn same_instant_ledger_entries_are_ordered_by_their_chain() {
         ("y", "x"),
     ] {
         for reversed in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let engine = Engine::open(dir.path().join("e.db")).unwrap();
-            let mut bodies = vec![
+            let bodies = vec![
                 ledger_entry(first, 100, 90, at),
                 ledger_entry(second, 90, 80, at),
             ];
-            if reversed {
-                bodies.reverse();
-            }
-            for (i, body) in bodies.into_iter().enumerate() {
-                engine
-                    .ingest(Delivery::new(format!("m{i}"), body, t0()))
-                    .unwrap();
-            }
+            let (_dir, engine) = ledger(bodies, reversed);
             let balance = engine.credit_balance("cus_a", "cent_1").unwrap().unwrap();
             assert_eq!(
                 balance.balance.to_string(),
@@ -376,22 +382,13 @@ fn a_same_instant_chain_that_returns_to_a_balance_starts_at_the_previous_balance
             ["z", "x", "y"],
         ] {
             for reversed in [false, true] {
-                let dir = tempfile::tempdir().unwrap();
-                let engine = Engine::open(dir.path().join("e.db")).unwrap();
                 let mut bodies: Vec<Vec<u8>> = steps
                     .iter()
                     .zip(ids)
                     .map(|(&(from, to), id)| ledger_entry(id, from, to, at))
                     .collect();
                 bodies.push(ledger_entry("first", 0, 100, earlier));
-                if reversed {
-                    bodies.reverse();
-                }
-                for (i, body) in bodies.into_iter().enumerate() {
-                    engine
-                        .ingest(Delivery::new(format!("m{i}"), body, t0()))
-                        .unwrap();
-                }
+                let (_dir, engine) = ledger(bodies, reversed);
                 let balance = engine.credit_balance("cus_a", "cent_1").unwrap().unwrap();
                 assert_eq!(
                     balance.balance.to_string(),

@@ -1579,14 +1579,10 @@ fn a_store_migrated_by_a_newer_build_while_serving_gets_503_not_written() -> Tes
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("e.db");
     let server = Server::start(&db, &[], &[]);
-    let body = |id: &str| {
-        crate::support::grant(id, crate::support::St::Delivered, chrono::Utc::now()).body()
-    };
-    assert_eq!(server.post("msg_1", &body("grant_1")).status, 200);
-    let raw = rusqlite::Connection::open(&db)?;
-    let version: i64 = raw.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    raw.pragma_update(None, "user_version", version + 1)?;
-    let refused = server.post("msg_2", &body("grant_2"));
+    assert_eq!(server.post("msg_1", &grant_body("grant_1")).status, 200);
+    let newer = NewerBuild::migrate(&db)?;
+    let raw = &newer.raw;
+    let refused = server.post("msg_2", &grant_body("grant_2"));
     assert_eq!(refused.status, 503, "{}", refused.text());
     let count = |raw: &rusqlite::Connection| -> rusqlite::Result<i64> {
         raw.query_row(
@@ -1595,11 +1591,36 @@ fn a_store_migrated_by_a_newer_build_while_serving_gets_503_not_written() -> Tes
             |r| r.get(0),
         )
     };
-    assert_eq!(count(&raw)?, 0, "nothing of a refused delivery is stored");
-    raw.pragma_update(None, "user_version", version)?;
-    assert_eq!(server.post("msg_2", &body("grant_2")).status, 200);
-    assert_eq!(count(&raw)?, 1);
+    assert_eq!(count(raw)?, 0, "nothing of a refused delivery is stored");
+    newer.undo()?;
+    assert_eq!(server.post("msg_2", &grant_body("grant_2")).status, 200);
+    assert_eq!(count(raw)?, 1);
     Ok(())
+}
+
+/// A delivered grant's body, of its own customer's pair.
+fn grant_body(id: &str) -> Vec<u8> {
+    crate::support::grant(id, crate::support::St::Delivered, chrono::Utc::now()).body()
+}
+
+/// A newer build's migration as this build sees it: the store's schema version one ahead
+/// of what it was, until [`NewerBuild::undo`].
+struct NewerBuild {
+    raw: rusqlite::Connection,
+    version: i64,
+}
+
+impl NewerBuild {
+    fn migrate(db: &std::path::Path) -> rusqlite::Result<NewerBuild> {
+        let raw = rusqlite::Connection::open(db)?;
+        let version: i64 = raw.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        raw.pragma_update(None, "user_version", version + 1)?;
+        Ok(NewerBuild { raw, version })
+    }
+
+    fn undo(&self) -> rusqlite::Result<()> {
+        self.raw.pragma_update(None, "user_version", self.version)
+    }
 }
 
 /// While commits fail (here: a newer build migrated the store, so this one may not write;
@@ -1610,15 +1631,10 @@ fn healthz_is_503_while_commits_fail_and_200_once_one_succeeds() -> TestResult {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("e.db");
     let server = Server::start(&db, &[], &[]);
-    let body = |id: &str| {
-        crate::support::grant(id, crate::support::St::Delivered, chrono::Utc::now()).body()
-    };
-    assert_eq!(server.post("msg_1", &body("grant_1")).status, 200);
+    assert_eq!(server.post("msg_1", &grant_body("grant_1")).status, 200);
     assert_eq!(server.get("/healthz").status, 200);
-    let raw = rusqlite::Connection::open(&db)?;
-    let version: i64 = raw.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    raw.pragma_update(None, "user_version", version + 1)?;
-    let refused = server.post("msg_2", &body("grant_2"));
+    let newer = NewerBuild::migrate(&db)?;
+    let refused = server.post("msg_2", &grant_body("grant_2"));
     assert_eq!(
         (refused.status, refused.json()["error"].as_str()),
         (503, Some("store_unavailable")),
@@ -1638,8 +1654,8 @@ fn healthz_is_503_while_commits_fail_and_200_once_one_succeeds() -> TestResult {
         "{h}"
     );
     assert_eq!(health.header("retry-after"), Some("5"));
-    raw.pragma_update(None, "user_version", version)?;
-    assert_eq!(server.post("msg_2", &body("grant_2")).status, 200);
+    newer.undo()?;
+    assert_eq!(server.post("msg_2", &grant_body("grant_2")).status, 200);
     let health = server.get("/healthz");
     assert_eq!(
         (health.status, health.json()["status"].as_str()),
