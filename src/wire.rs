@@ -80,6 +80,12 @@ macro_rules! open_enum {
             }
         }
 
+        impl $crate::wire::Open for $name {
+            fn parse(raw: &str) -> Self {
+                Self::parse(raw)
+            }
+        }
+
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
@@ -89,6 +95,20 @@ macro_rules! open_enum {
     };
 }
 pub(crate) use open_enum;
+
+/// An enum declared by `open_enum!`: every text parses to a value.
+pub trait Open: Sized {
+    /// Parses any spelling; unknown values become `Other`.
+    fn parse(raw: &str) -> Self;
+}
+
+/// An optional open enum: `null`, a missing field and a blank string (`""`, `"  "`) are
+/// all "none". A blank value names nothing: read as `Other("")` it would be a reason
+/// that no rule knows, shown to the app as the empty reason.
+pub fn de_opt_open<'de, D: Deserializer<'de>, T: Open>(d: D) -> Result<Option<T>, D::Error> {
+    let raw = Option::<std::borrow::Cow<'de, str>>::deserialize(d)?;
+    Ok(raw.filter(|s| !s.trim().is_empty()).map(|s| T::parse(&s)))
+}
 
 /// Parses an RFC 3339 timestamp (any offset, 0–9 fractional digits); a timestamp without
 /// an offset is taken as UTC.

@@ -49,6 +49,10 @@ pub enum EngineError {
     /// The writer thread could not be started.
     #[error("cannot start the writer thread: {0}")]
     Spawn(std::io::Error),
+    /// No store can keep this delivery: its id holds U+0000 (PostgreSQL's text cannot,
+    /// so SQLite refuses it too). Nothing was stored; a retry fails the same way.
+    #[error("the delivery id holds a U+0000 character")]
+    DeliveryId,
 }
 
 impl EngineError {
@@ -57,6 +61,7 @@ impl EngineError {
         match self {
             EngineError::Store(e) => e.is_retryable(),
             EngineError::WriterStopped | EngineError::Spawn(_) => true,
+            EngineError::DeliveryId => false,
         }
     }
 
@@ -314,6 +319,9 @@ impl Engine {
         delivery: Delivery,
         done: impl FnOnce(Result<Applied, Error>) + Send + 'static,
     ) {
+        if let Err(e) = storable(&delivery) {
+            return done(Err(e));
+        }
         // Hashed and parsed here, on the caller's thread: the writer only writes.
         let job = Job::Deliver {
             delivery: Box::new(Prepared::new(delivery)),
@@ -334,6 +342,19 @@ impl Engine {
         &self,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
+        if deliveries.iter().any(|d| storable(d).is_err()) {
+            // The others are stored as a batch; the refused have their error in place.
+            let kept: Vec<bool> = deliveries.iter().map(|d| storable(d).is_ok()).collect();
+            let good = deliveries.into_iter().filter(|d| storable(d).is_ok());
+            let mut stored = self.ingest_batch(good.collect())?.into_iter();
+            return Ok(kept
+                .into_iter()
+                .map(|kept| match kept {
+                    true => stored.next().unwrap_or_else(|| Err(writer_gone())),
+                    false => Err(EngineError::DeliveryId),
+                })
+                .collect());
+        }
         let prepared = prepare_all(deliveries);
         let (reply, result) = mpsc::sync_channel(1);
         let job = Job::Batch {
@@ -615,6 +636,10 @@ impl Engine {
     /// [`StoreError::UnknownDelivery`], [`StoreError::NotQuarantined`], or SQLite.
     pub fn accept(&self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String), Error> {
         let delivery_id = delivery_id.to_string();
+        if delivery_id.contains('\0') {
+            // No store holds such an id (see [`EngineError::DeliveryId`]).
+            return Err(StoreError::UnknownDelivery(delivery_id).into());
+        }
         Ok(self.with_writer(move |w| w.accept(&delivery_id, now))??)
     }
 
@@ -657,6 +682,14 @@ fn prepare_all(deliveries: Vec<Delivery>) -> Vec<Prepared> {
         .zip(ahead.into_iter().flatten())
         .map(|(delivery, ahead)| Prepared::with(delivery, ahead))
         .collect()
+}
+
+/// Whether a store can keep `delivery` (see [`EngineError::DeliveryId`]).
+fn storable(delivery: &Delivery) -> Result<(), Error> {
+    match delivery.id.contains('\0') {
+        true => Err(EngineError::DeliveryId),
+        false => Ok(()),
+    }
 }
 
 fn writer_gone() -> Error {

@@ -278,6 +278,20 @@ pub struct CustomerView {
     pub license_keys: Vec<LicenseKeyRecord>,
 }
 
+impl CustomerView {
+    /// A customer of whom nothing is known.
+    pub(crate) fn unknown(customer: &str) -> CustomerView {
+        CustomerView {
+            customer_id: customer.to_string(),
+            grants: Vec::new(),
+            subscriptions: Vec::new(),
+            payments: Vec::new(),
+            credits: Vec::new(),
+            license_keys: Vec::new(),
+        }
+    }
+}
+
 /// What a rebuild did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RebuildStats {

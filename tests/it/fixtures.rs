@@ -66,6 +66,7 @@ fn error_kind(e: &ParseError) -> &'static str {
         ParseError::Json(_) => "json",
         ParseError::Envelope(_) => "envelope",
         ParseError::Payload { .. } => "payload",
+        ParseError::Nul => "nul",
     }
 }
 

@@ -10,7 +10,7 @@ use crate::pg::Schema;
 use crate::support::{grant, ms, t0, St};
 use entitlement_sync::change::Answer;
 use entitlement_sync::synth::Rng;
-use entitlement_sync::{Delivery, Engine, Outcome};
+use entitlement_sync::{Delivery, Engine, EngineError, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1258,4 +1258,104 @@ fn a_reader_polling_the_feed_while_three_engines_commit_never_skips_a_change() {
         .collect();
     assert_eq!(every.len(), 3 * PER_WRITER, "one change per new grant");
     assert_eq!(seen, every, "the poller saw every change, in order");
+}
+
+/// A grant body whose `data` the caller may change.
+fn nul_case(edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "business_id": "bus_1", "type": "entitlement_grant.revoked",
+        "timestamp": "2026-05-01T10:00:00Z",
+        "data": {"id": "grant_1", "business_id": "bus_1", "customer_id": "cus_1",
+                 "entitlement_id": "ent_1", "status": "revoked",
+                 "revocation_reason": "manual",
+                 "updated_at": "2026-05-01T10:00:00Z", "metadata": {"k": "v"}}
+    });
+    edit(&mut v);
+    serde_json::to_vec(&v).expect("json")
+}
+
+/// U+0000 is text SQLite keeps and PostgreSQL's cannot. A payload holding one anywhere
+/// is `malformed` on both stores (it was a 5xx on PostgreSQL for every retry, while
+/// SQLite applied it); a delivery id holding one is refused on both, alone or in a
+/// batch whose other deliveries are stored.
+#[test]
+fn a_nul_character_is_refused_alike_on_sqlite_and_postgresql() {
+    let Some(schema) = Schema::new("nul") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = [
+        (
+            "sqlite",
+            Engine::open(dir.path().join("e.db")).expect("sqlite"),
+        ),
+        ("postgres", schema.engine()),
+    ];
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 7] = [
+        ("object id", |v| v["data"]["id"] = "grant\u{0}1".into()),
+        ("customer id", |v| {
+            v["data"]["customer_id"] = "cus\u{0}1".into()
+        }),
+        ("event type", |v| {
+            v["type"] = "entitlement_grant.rev\u{0}oked".into()
+        }),
+        ("status", |v| v["data"]["status"] = "rev\u{0}oked".into()),
+        ("reason", |v| {
+            v["data"]["revocation_reason"] = "man\u{0}ual".into()
+        }),
+        ("metadata", |v| v["data"]["metadata"]["k"] = "v\u{0}".into()),
+        ("a key", |v| v["data"]["metadata"]["k\u{0}"] = "v".into()),
+    ];
+    for (store, engine) in &stores {
+        for (i, (case, edit)) in cases.iter().enumerate() {
+            let d = Delivery::new(format!("msg_{i}"), nul_case(edit), now());
+            let got = engine.ingest_detailed(d).map(|a| (a.outcome, a.detail));
+            let (outcome, detail) = got.unwrap_or_else(|e| panic!("{store}, {case}: {e}"));
+            assert_eq!(outcome, Outcome::Malformed, "{store}, {case}");
+            assert!(
+                detail.is_some_and(|d| d.contains("U+0000")),
+                "{store}, {case}"
+            );
+        }
+        let good = |n: usize| Delivery::new(format!("msg_ok{n}"), nul_case(|_| {}), now());
+        let bad = Delivery::new("msg\u{0}x", nul_case(|_| {}), now());
+        let e = engine.ingest(bad.clone()).expect_err(store);
+        assert!(
+            matches!(e, EngineError::DeliveryId) && !e.is_retryable(),
+            "{store}: {e}"
+        );
+        let results = engine
+            .ingest_batch(vec![good(1), bad, good(2)])
+            .unwrap_or_else(|e| panic!("{store}: the batch failed: {e}"));
+        let outcomes: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().map(|a| a.outcome))
+            .collect();
+        assert!(
+            matches!(
+                outcomes[..],
+                [Ok(Outcome::Applied), Err(_), Ok(Outcome::Duplicate)]
+            ),
+            "{store}: {outcomes:?}"
+        );
+        let stored = engine.deliveries(None, None).expect("list");
+        assert_eq!(stored.len(), cases.len() + 2, "{store}");
+        // Nothing is found by such a key, and asking is no error.
+        let (c, e) = ("cus\u{0}1", "ent\u{0}1");
+        let view = engine.customer(c).expect(store);
+        assert!(
+            view.grants.is_empty() && view.payments.is_empty(),
+            "{store}"
+        );
+        assert!(engine.grants(Some(c)).expect(store).is_empty(), "{store}");
+        assert_eq!(engine.credit_balance(c, e).expect(store), None, "{store}");
+        let object = engine.object(entitlement_sync::event::Kind::Grant, "grant\u{0}1");
+        assert!(object.expect(store).is_none(), "{store}");
+        let policy = engine.policy().clone();
+        let answer = engine.access_direct(c, e, now(), &policy).expect(store);
+        assert!(!answer.allowed, "{store}: {answer:?}");
+        let accepted = engine.accept("msg\u{0}x", now()).expect_err(store);
+        assert!(!accepted.is_retryable(), "{store}: {accepted}");
+    }
 }
