@@ -305,6 +305,10 @@ async fn report_warm(engine: Engine, started: std::time::Instant) {
 /// differs from the recorded one (every pair re-evaluated), a store a rebuild or a
 /// migration flagged for evaluation, and what time changed while no instance ran, so
 /// that the feed agrees with the answers from the start, not from the next delivery.
+///
+/// While the writer's last write failed it writes on every pass (at least once a
+/// second): a store that recovers is seen to, without waiting for traffic that a load
+/// balancer reading `/healthz` would no longer send.
 async fn advance_time(engine: Engine, commits: Arc<tokio::sync::Notify>) {
     const LOOK_AGAIN: Duration = Duration::from_secs(1);
     let mut first = true;
@@ -314,7 +318,11 @@ async fn advance_time(engine: Engine, commits: Arc<tokio::sync::Notify>) {
         let settle = first;
         let next = tokio::task::spawn_blocking(move || {
             let now = chrono::Utc::now();
-            if settle || e.next_due()?.is_some_and(|due| due <= now) {
+            // While the last write failed, each pass writes (the change counter, synced):
+            // the first that succeeds clears the failure, so that /healthz recovers
+            // with the store even when no delivery arrives to show it.
+            let failing = e.write_failure().is_some();
+            if settle || failing || e.next_due()?.is_some_and(|due| due <= now) {
                 e.advance(now)?;
             }
             e.next_due()

@@ -1666,6 +1666,46 @@ fn healthz_is_503_while_commits_fail_and_200_once_one_succeeds() -> TestResult {
     Ok(())
 }
 
+/// A store that takes writes again is seen to without a delivery: `serve` writes once a
+/// second while its last write failed, so `/healthz` answers 200 again on its own. (A
+/// load balancer that stopped routing to the instance would never send the delivery
+/// that used to clear it.)
+#[test]
+fn healthz_recovers_without_a_delivery_once_the_store_takes_writes_again() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("e.db");
+    let server = Server::start(&db, &[], &[]);
+    // serve's first pass of time-driven changes, which retries until it succeeds, is
+    // done (it took the change counter): what writes later is the fix under test.
+    let raw = rusqlite::Connection::open(&db)?;
+    let seq = |raw: &rusqlite::Connection| -> rusqlite::Result<i64> {
+        raw.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seq(&raw)? == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seq(&raw)? > 0, "serve's first pass did not run");
+    let newer = NewerBuild::migrate(&db)?;
+    assert_eq!(server.post("msg_1", &grant_body("grant_1")).status, 503);
+    assert_eq!(server.get("/healthz").status, 503);
+    newer.undo()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        let health = server.get("/healthz");
+        if health.status == 200 || Instant::now() > deadline {
+            break health;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(health.status, 200, "{}", health.text());
+    let stored: i64 = newer
+        .raw
+        .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?;
+    assert_eq!(stored, 0, "recovered with no delivery stored");
+    Ok(())
+}
+
 /// --max-pending 2 under 64 concurrent signed deliveries: some get 503 with
 /// Retry-After and are not stored; every 2xx is stored; re-sending the refused ones
 /// converges to all stored.
