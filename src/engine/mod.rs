@@ -392,7 +392,11 @@ impl Engine {
                 Err(StoreError::UnknownDelivery(_) | StoreError::NotQuarantined(_)) => {}
                 other => generation.wrote(other.as_ref().map(|_| ())),
             }
-            generation.bump();
+            // A failed write rolled back: nothing for the index to catch up with (and a
+            // store that cannot be read would turn reads the index answers into 503s).
+            if r.is_ok() {
+                generation.bump();
+            }
             let _ = reply.send(r);
         }));
         self.inner.jobs.send(job).map_err(|_| writer_gone())?;
