@@ -319,8 +319,8 @@ impl Engine {
         delivery: Delivery,
         done: impl FnOnce(Result<Applied, Error>) + Send + 'static,
     ) {
-        if let Err(e) = storable(&delivery) {
-            return done(Err(e));
+        if !crate::store::storable_key(&delivery.id) {
+            return done(Err(EngineError::DeliveryId));
         }
         // Hashed and parsed here, on the caller's thread: the writer only writes.
         let job = Job::Deliver {
@@ -342,10 +342,16 @@ impl Engine {
         &self,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
-        if deliveries.iter().any(|d| storable(d).is_err()) {
+        if !deliveries.iter().all(|d| crate::store::storable_key(&d.id)) {
             // The others are stored as a batch; the refused have their error in place.
-            let kept: Vec<bool> = deliveries.iter().map(|d| storable(d).is_ok()).collect();
-            let good = deliveries.into_iter().filter(|d| storable(d).is_ok());
+            let kept: Vec<bool> = deliveries
+                .iter()
+                .map(|d| crate::store::storable_key(&d.id))
+                .collect();
+            let good = deliveries
+                .into_iter()
+                .zip(&kept)
+                .filter_map(|(d, &k)| k.then_some(d));
             let mut stored = self.ingest_batch(good.collect())?.into_iter();
             return Ok(kept
                 .into_iter()
@@ -392,8 +398,10 @@ impl Engine {
                 Err(StoreError::UnknownDelivery(_) | StoreError::NotQuarantined(_)) => {}
                 other => generation.wrote(other.as_ref().map(|_| ())),
             }
-            // A failed write rolled back: nothing for the index to catch up with (and a
-            // store that cannot be read would turn reads the index answers into 503s).
+            // A failed write gave its caller nothing to read back (it rolled back, or its
+            // sync failed and the store refuses writes from then on): the index need not
+            // catch up, and a store that cannot be read would turn reads the index
+            // answers into 503s. The periodic check for commits still sees any commit.
             if r.is_ok() {
                 generation.bump();
             }
@@ -640,8 +648,8 @@ impl Engine {
     /// [`StoreError::UnknownDelivery`], [`StoreError::NotQuarantined`], or SQLite.
     pub fn accept(&self, delivery_id: &str, now: Timestamp) -> Result<(Kind, String), Error> {
         let delivery_id = delivery_id.to_string();
-        if delivery_id.contains('\0') {
-            // No store holds such an id (see [`EngineError::DeliveryId`]).
+        if !crate::store::storable_key(&delivery_id) {
+            // No store holds such an id; asking is the caller's error, not the store's.
             return Err(StoreError::UnknownDelivery(delivery_id).into());
         }
         Ok(self.with_writer(move |w| w.accept(&delivery_id, now))??)
@@ -686,14 +694,6 @@ fn prepare_all(deliveries: Vec<Delivery>) -> Vec<Prepared> {
         .zip(ahead.into_iter().flatten())
         .map(|(delivery, ahead)| Prepared::with(delivery, ahead))
         .collect()
-}
-
-/// Whether a store can keep `delivery` (see [`EngineError::DeliveryId`]).
-fn storable(delivery: &Delivery) -> Result<(), Error> {
-    match delivery.id.contains('\0') {
-        true => Err(EngineError::DeliveryId),
-        false => Ok(()),
-    }
 }
 
 fn writer_gone() -> Error {

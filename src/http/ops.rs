@@ -30,8 +30,8 @@ pub(crate) struct Health {
 /// 200 while the store and the access index are usable; 503 with the cause otherwise:
 /// while the writer's last write failed ([`Engine::write_failure`](crate::Engine::write_failure),
 /// an atomic load: deliveries are being answered 503 then, e.g. on a full disk; 200 again
-/// once a write succeeds, which `entsync serve` tries once a second meanwhile), or when, on the blocking pool, the index cannot be brought up
-/// to date with the store ([`Engine::sync_index`](crate::Engine::sync_index); no SQLite
+/// once a write succeeds, which `entsync serve` tries once a second meanwhile), or when,
+/// on the blocking pool, the index cannot be brought up to date with the store ([`Engine::sync_index`](crate::Engine::sync_index); no SQLite
 /// work when it is current) or the newest delivery row cannot be read (one indexed row).
 /// Nothing is written to find out. (It cannot see a stuck writer thread: the engine has
 /// no probe for that.)

@@ -238,6 +238,13 @@ impl std::fmt::Debug for Location {
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// Whether a store can hold `key` (an id of a delivery, customer, object ...): not when
+/// it holds U+0000, which PostgreSQL's text cannot keep. So that both stores agree,
+/// neither takes such a key, and nothing is found by one.
+pub(crate) fn storable_key(key: &str) -> bool {
+    !key.contains('\0')
+}
+
 fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();

@@ -275,11 +275,10 @@ pub(super) fn index_kinds() -> &'static str {
     })
 }
 
-/// Whether a key cannot be stored, so that nothing is found by it: one holding U+0000,
-/// which PostgreSQL's text cannot keep (the query would fail) and the parse refuses on
-/// every store (`event::ParseError::Nul`).
+/// Whether a key of a lookup cannot be stored ([`super::storable_key`]), so that nothing
+/// is found by it (on PostgreSQL the query would fail).
 fn unstored(keys: &[&str]) -> bool {
-    keys.iter().any(|k| k.contains('\0'))
+    !keys.iter().all(|k| super::storable_key(k))
 }
 
 impl ReadStore for Reader {

@@ -9,6 +9,7 @@ use crate::http::{post_webhook, Server, SECRET};
 use crate::pg::Schema;
 use crate::support::{grant, ms, t0, St};
 use entitlement_sync::change::Answer;
+use entitlement_sync::store::StoreError;
 use entitlement_sync::synth::Rng;
 use entitlement_sync::{Delivery, Engine, EngineError, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1356,6 +1357,12 @@ fn a_nul_character_is_refused_alike_on_sqlite_and_postgresql() {
         let answer = engine.access_direct(c, e, now(), &policy).expect(store);
         assert!(!answer.allowed, "{store}: {answer:?}");
         let accepted = engine.accept("msg\u{0}x", now()).expect_err(store);
+        assert!(
+            matches!(accepted.as_store(), Some(StoreError::UnknownDelivery(_))),
+            "{store}: {accepted}"
+        );
         assert!(!accepted.is_retryable(), "{store}: {accepted}");
+        // None of it was the store's failure: /healthz stays 200.
+        assert_eq!(engine.write_failure(), None, "{store}");
     }
 }
