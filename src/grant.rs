@@ -120,10 +120,9 @@ impl Machine for Grant {
                 field: "entitlement_id".into(),
             });
         }
-        if prev.business_id.is_some()
-            && next.business_id.is_some()
-            && prev.business_id != next.business_id
-        {
+        // Once a snapshot names the business, every later one must name the same: were a
+        // snapshot without it allowed to follow, `A -> absent -> B` would move the grant.
+        if prev.business_id.is_some() && prev.business_id != next.business_id {
             return Err(RejectReason::IdentityChanged {
                 field: "business_id".into(),
             });
@@ -312,5 +311,19 @@ mod tests {
         let mut b = a.clone();
         b.business_id = Some("other".into());
         assert!(Grant::check(&a, &b).is_err());
+    }
+
+    #[test]
+    fn a_known_business_may_not_be_dropped_but_an_unknown_one_may_be_learnt() {
+        let with = grant("Delivered", None);
+        let mut without = with.clone();
+        without.business_id = None;
+        let refused = Err(RejectReason::IdentityChanged {
+            field: "business_id".into(),
+        });
+        // `b -> absent` is refused, so `b -> absent -> other` cannot move the grant.
+        assert_eq!(Grant::check(&with, &without), refused);
+        assert_eq!(Grant::check(&without, &with), Ok(()));
+        assert_eq!(Grant::check(&without, &without), Ok(()));
     }
 }

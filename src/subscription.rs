@@ -66,8 +66,10 @@ impl Machine for Subscription {
         self.status.as_str()
     }
     fn check(prev: &Self, next: &Self) -> Result<(), RejectReason> {
-        if let (Some(a), Some(b)) = (prev.customer_id(), next.customer_id()) {
-            if a != b {
+        // As for a grant's business: once known, the customer may not be dropped, or
+        // `A -> absent -> B` would move the subscription.
+        if let Some(a) = prev.customer_id() {
+            if next.customer_id() != Some(a) {
                 return Err(RejectReason::IdentityChanged {
                     field: "customer_id".into(),
                 });

@@ -496,7 +496,8 @@ fn grant_snapshot(g: usize, base: Timestamp) -> impl Strategy<Value = Snapshot> 
                     2 => s.updated_at_in_payload = false,
                     3 => s.event_type = Some("entitlement_grant.delivered"),
                     4 => s.payload_type = true,
-                    5 => s.business_id = "bus_other".to_string(),
+                    5 => s.business_id = Some("bus_other".to_string()),
+                    6 => s.business_id = None,
                     _ => {}
                 }
                 Snapshot::Grant(s)
@@ -521,8 +522,10 @@ fn sub_snapshot(i: usize, base: Timestamp) -> impl Strategy<Value = Snapshot> {
                 s.form = form;
                 s.revision = revision;
                 s.amount_as_string = amount_as_string;
-                if odd == 0 {
-                    s.customer_id = "cus_intruder".to_string();
+                match odd {
+                    0 => s.customer_id = Some("cus_intruder".to_string()),
+                    1 => s.customer_id = None,
+                    _ => {}
                 }
                 Snapshot::Sub(s)
             },
@@ -921,7 +924,7 @@ impl<B: Backend> StateMachineTest for Sut<B> {
                 .subs
                 .values()
                 .filter_map(|f| f.state.as_ref())
-                .filter(|(s, _, _)| s.customer_id == customer)
+                .filter(|(s, _, _)| s.customer_id.as_deref() == Some(customer))
                 .map(|(s, _, _)| (s.id.clone(), s.status.canonical.to_string()))
                 .collect();
             assert_eq!(got, want, "subscriptions of {customer}");

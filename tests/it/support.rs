@@ -330,8 +330,8 @@ impl Meta {
 pub struct GrantSpec {
     /// Grant id.
     pub id: String,
-    /// `data.business_id`.
-    pub business_id: String,
+    /// `data.business_id` (`None`: left out, which Dodo's schema does not allow).
+    pub business_id: Option<String>,
     /// `data.customer_id`.
     pub customer_id: String,
     /// `data.entitlement_id`.
@@ -379,7 +379,7 @@ pub struct GrantSpec {
 pub fn grant(id: &str, status: St, at: Timestamp) -> GrantSpec {
     GrantSpec {
         id: id.to_string(),
-        business_id: BUSINESS.to_string(),
+        business_id: Some(BUSINESS.to_string()),
         customer_id: "cus_a".to_string(),
         entitlement_id: "ent_pro".to_string(),
         status,
@@ -496,6 +496,9 @@ impl GrantSpec {
         }
         if self.payload_type {
             obj.insert("payload_type".into(), json!("EntitlementGrant"));
+        }
+        if self.business_id.is_none() {
+            obj.remove("business_id");
         }
         data
     }
@@ -630,8 +633,8 @@ pub fn sub_status(wire: &str) -> SubSt {
 pub struct SubSpec {
     /// `subscription_id`.
     pub id: String,
-    /// `customer.customer_id`.
-    pub customer_id: String,
+    /// `customer.customer_id` (`None`: no `customer`, which Dodo's schema does not allow).
+    pub customer_id: Option<String>,
     /// Status.
     pub status: SubSt,
     /// Envelope timestamp = version.
@@ -648,7 +651,7 @@ pub struct SubSpec {
 pub fn subscription(id: &str, status: &str, at: Timestamp) -> SubSpec {
     SubSpec {
         id: id.to_string(),
-        customer_id: "cus_a".to_string(),
+        customer_id: Some("cus_a".to_string()),
         status: sub_status(status),
         at,
         form: TsForm::Z,
@@ -669,7 +672,7 @@ impl SubSpec {
         json!({
             "subscription_id": self.id,
             "status": self.status.wire,
-            "customer": {"customer_id": self.customer_id, "email": "a@example.com", "name": "A"},
+            "customer": self.customer_id.as_ref().map(|c| json!({"customer_id": c, "email": "a@example.com", "name": "A"})),
             "product_id": "prod_pro",
             "quantity": 1,
             "recurring_pre_tax_amount": amount,
@@ -1113,7 +1116,8 @@ pub fn materialize(
             3 => next.entitlement_id = "ent_other".to_string(),
             4 => next.updated_at_in_payload = false,
             5 => next.payload_type = true,
-            6 => next.business_id = "bus_other".to_string(),
+            6 => next.business_id = Some("bus_other".to_string()),
+            7 => next.business_id = None,
             _ => {}
         }
         out.push(next.clone());
@@ -1209,7 +1213,11 @@ pub fn subscription_history(distinct_instants: bool) -> impl Strategy<Value = Ve
                 }
                 Some(SubSpec {
                     id: "sub_1".to_string(),
-                    customer_id: if odd == 1 { "cus_intruder" } else { "cus_a" }.to_string(),
+                    customer_id: match odd {
+                        1 => Some("cus_intruder".to_string()),
+                        2 => None,
+                        _ => Some("cus_a".to_string()),
+                    },
                     status,
                     at,
                     form,

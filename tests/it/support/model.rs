@@ -32,7 +32,8 @@ fn canonical(r: Option<Reason>) -> Option<&'static str> {
 
 /// PRODUCT.md §4, grants, read literally:
 ///
-/// - any change of customer, entitlement or business is illegal;
+/// - any change of customer, entitlement or business is illegal, and a snapshot that
+///   leaves out a business the grant had is such a change (docs/semantics.md);
 /// - `pending -> delivered | failed | revoked`, `delivered -> revoked`, `failed -> revoked`;
 /// - same-status updates are legal, except that a revoked grant's reason may change only
 ///   from a recoverable one;
@@ -43,7 +44,7 @@ fn canonical(r: Option<Reason>) -> Option<&'static str> {
 pub fn legal(prev: &GrantSpec, next: &GrantSpec) -> bool {
     if prev.customer_id != next.customer_id
         || prev.entitlement_id != next.entitlement_id
-        || prev.business_id != next.business_id
+        || (prev.business_id.is_some() && prev.business_id != next.business_id)
     {
         return false;
     }
@@ -476,7 +477,8 @@ pub fn sub_terminal(status: &str) -> bool {
 /// like the middle group (it may be followed by anything but `pending` and `failed`).
 /// The customer may not change.
 pub fn sub_legal(prev: &SubSpec, next: &SubSpec) -> bool {
-    prev.customer_id == next.customer_id
+    // A snapshot without a customer may not follow one with it (as for a grant's business).
+    (prev.customer_id.is_none() || prev.customer_id == next.customer_id)
         && sub_status_legal(prev.status.canonical, next.status.canonical)
 }
 
