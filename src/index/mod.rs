@@ -108,12 +108,15 @@ impl Decoded {
 
     /// A refund's state at version `as_of`.
     pub(crate) fn refund(r: Refund, as_of: Timestamp, _since: Timestamp) -> Decoded {
-        let full = r.status == RefundStatus::Succeeded && !r.is_partial;
+        let succeeded = r.status == RefundStatus::Succeeded;
         Decoded(Row::Refund {
             payment_id: r.payment_id,
             refund_id: r.refund_id,
-            full,
-            as_of,
+            own: OwnRefund {
+                failed: r.status == RefundStatus::Failed,
+                full: succeeded && !r.is_partial,
+                at: as_of,
+            },
         })
     }
 
@@ -172,8 +175,7 @@ enum Row {
     Refund {
         payment_id: String,
         refund_id: String,
-        full: bool,
-        as_of: Timestamp,
+        own: OwnRefund,
     },
     Dispute {
         payment_id: String,
@@ -299,13 +301,12 @@ impl Index {
             Row::Refund {
                 payment_id,
                 refund_id,
-                full,
-                as_of,
+                own,
             } => {
                 let h = self.payment_ids.intern(&payment_id);
                 self.refile(Filed::Refund, &refund_id, h);
                 let src = self.sources.entry(h).or_default();
-                src.refunds.insert(refund_id, (full, as_of));
+                src.refunds.insert(refund_id, own);
                 self.derive(h);
             }
             Row::Dispute {

@@ -25,11 +25,22 @@ pub(super) struct Embedded {
     pub(super) disputes: HashMap<String, (DisputeStatus, Timestamp)>,
 }
 
+/// What a refund's own snapshot (its state) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OwnRefund {
+    /// It failed.
+    pub(super) failed: bool,
+    /// It succeeded, and in full.
+    pub(super) full: bool,
+    /// Its version.
+    pub(super) at: Timestamp,
+}
+
 /// What a payment's refunds and disputes say, from each source.
 #[derive(Debug, Clone, Default)]
 pub(super) struct PaymentSources {
-    /// refund id -> (succeeded in full?, when)
-    pub(super) refunds: HashMap<String, (bool, Timestamp)>,
+    /// refund id -> what its own snapshot says
+    pub(super) refunds: HashMap<String, OwnRefund>,
     /// dispute id -> (status, when)
     pub(super) disputes: HashMap<String, (DisputeStatus, Timestamp)>,
     /// From the payment snapshot's own `refunds[]` / `disputes[]`.
@@ -52,8 +63,18 @@ impl PaymentSources {
     /// at 12:00 is a fact of 12:00, however many payment snapshots list it as created at
     /// 10:30. `None` when neither instant is known.
     fn listed_at(&self, r: &ListedRefund, fallback: Option<Timestamp>) -> Option<Timestamp> {
-        let own = self.refunds.get(&r.refund_id).map(|(_, at)| *at);
+        let own = self.refunds.get(&r.refund_id).map(|own| own.at);
         r.created_at.or(fallback).into_iter().chain(own).max()
+    }
+
+    /// A refund the payment snapshot lists as succeeded whose own snapshot is newer than
+    /// that payment snapshot and says it failed: per refund, the newest word wins, as for
+    /// disputes. (Any other status of its own, newer or not, leaves the listing standing:
+    /// a refund does not go from succeeded back to pending, so that word is a late one.)
+    fn withdrawn(&self, r: &ListedRefund) -> bool {
+        self.refunds.get(&r.refund_id).is_some_and(|own| {
+            own.failed && self.embedded.as_of.is_some_and(|listed| own.at > listed)
+        })
     }
 
     pub(super) fn facts(&self) -> PaymentFacts {
@@ -62,13 +83,13 @@ impl PaymentSources {
         let single = embedded
             .refunds
             .iter()
-            .filter(|r| !r.partial)
+            .filter(|r| !r.partial && !self.withdrawn(r))
             .filter_map(|r| self.listed_at(r, embedded.as_of))
             .min();
         // `refund_status: full`: in full once the last of the refunds that add up to it
-        // was made (the snapshot's version when none says when).
-        let full = embedded
-            .full
+        // was made (the snapshot's version when none says when); not once one of them is
+        // known, since, to have failed.
+        let full = (embedded.full && !embedded.refunds.iter().any(|r| self.withdrawn(r)))
             .then(|| {
                 embedded
                     .refunds
@@ -81,8 +102,8 @@ impl PaymentSources {
         let refunded_at = self
             .refunds
             .values()
-            .filter(|(full, _)| *full)
-            .map(|(_, at)| *at)
+            .filter(|own| own.full)
+            .map(|own| own.at)
             .chain(single)
             .chain(full)
             .min();

@@ -35,15 +35,14 @@ impl Reference {
             Row::Refund {
                 payment_id,
                 refund_id,
-                full,
-                as_of,
+                own,
             } => {
                 // A refund speaks for the payment its state names, and no other.
                 for src in self.sources.values_mut() {
                     src.refunds.remove(&refund_id);
                 }
                 let src = self.sources.entry(payment_id).or_default();
-                src.refunds.insert(refund_id, (full, as_of));
+                src.refunds.insert(refund_id, own);
             }
             Row::Dispute {
                 payment_id,

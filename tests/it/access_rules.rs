@@ -246,6 +246,89 @@ fn a_refund_moved_to_another_payment_no_longer_denies_the_first() {
     );
 }
 
+/// A payment snapshot of `pay_1` at `at` that lists `ref_1` as succeeded, in full
+/// (`refund_status: full` as well when `status_full`).
+fn pay_1_lists_ref_1(at: &str, status_full: bool) -> Value {
+    let mut extra = json!({
+        "refunds": [{"refund_id": "ref_1", "payment_id": "pay_1", "business_id": "bus_1",
+                     "created_at": "2026-05-01T12:00:00Z", "is_partial": false,
+                     "status": "succeeded", "amount": 2999, "currency": "USD"}]});
+    if status_full {
+        extra["refund_status"] = json!("full");
+    }
+    env("payment.succeeded", at, payment("pay_1", at, extra))
+}
+
+/// Per refund the newest word wins: a refund that a payment snapshot lists as succeeded
+/// no longer denies once its own newer snapshot says it failed, and denies again when a
+/// still newer payment snapshot lists it as succeeded. The live index, the store's own
+/// rows and every arrival order agree.
+#[test]
+fn a_listed_refund_that_its_own_newer_snapshot_says_failed_no_longer_denies() {
+    let policy = Policy::default();
+    let at = "2026-05-01T15:00:00Z";
+    let failed = env(
+        "refund.failed",
+        "2026-05-01T12:30:00Z",
+        refund("ref_1", "pay_1", "failed", false),
+    );
+    for status_full in [false, true] {
+        let listed = pay_1_lists_ref_1("2026-05-01T12:10:00Z", status_full);
+        let listed_again = pay_1_lists_ref_1("2026-05-01T13:00:00Z", status_full);
+        let answers = |sends: &[&Value]| -> Vec<(bool, Option<String>)> {
+            let mut w = World::new();
+            w.send(&grant_of_pay_1());
+            sends
+                .iter()
+                .map(|d| {
+                    w.send(d);
+                    let live = w.access("cus_1", "ent_1", at, &policy);
+                    let direct = w
+                        .engine
+                        .access_direct("cus_1", "ent_1", ts(at), &policy)
+                        .unwrap();
+                    assert_eq!(
+                        (live.allowed, &live.reason),
+                        (direct.allowed, &direct.reason),
+                        "live index vs the store's own rows (refund_status full: {status_full})"
+                    );
+                    // The change feed (evaluated at the clock's now) says the same.
+                    let feed = w.engine.changes(0, 100).unwrap();
+                    let last = feed
+                        .iter()
+                        .rfind(|c| {
+                            (c.customer_id.as_str(), c.entitlement_id.as_str())
+                                == ("cus_1", "ent_1")
+                        })
+                        .expect("a change of the pair");
+                    assert_eq!((last.allowed, &last.reason), (live.allowed, &live.reason));
+                    (live.allowed, live.reason)
+                })
+                .collect()
+        };
+        let refund = Some("refund".to_string());
+        assert_eq!(
+            answers(&[&listed, &failed, &listed_again]),
+            [
+                (false, refund.clone()),
+                (true, None),
+                (false, refund.clone())
+            ],
+            "refund_status full: {status_full}"
+        );
+        // The same three facts in other orders end alike; the failure alone denies nothing.
+        assert_eq!(
+            answers(&[&failed, &listed_again, &listed])[2],
+            (false, refund.clone())
+        );
+        assert_eq!(answers(&[&failed, &listed]), [(true, None), (true, None)]);
+        assert_eq!(
+            answers(&[&listed_again, &failed])[1],
+            (false, refund.clone())
+        );
+    }
+}
+
 /// A grace of 72 hours after a subscription went on_hold, the other knobs the defaults.
 fn grace_of_72_hours() -> Policy {
     Policy {

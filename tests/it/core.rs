@@ -272,7 +272,7 @@ impl Folds {
             });
             let own = |id: &str| {
                 let (r, key, _) = self.refunds.get(id)?.state.as_ref()?;
-                (&r.payment_id == p).then_some(key.0)
+                (&r.payment_id == p).then_some((key.0, r.status == "failed"))
             };
             let by_payment = self
                 .payments

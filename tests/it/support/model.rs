@@ -312,13 +312,25 @@ pub struct ModelPolicy {
 /// When a payment is refunded in full, by its own snapshot (docs/semantics.md: a
 /// `refunds[]` entry that succeeded and is not partial, or `refund_status: full`, which
 /// counts once the last refund that adds up to it was made). A listed refund counts from
-/// its `created_at`, or from the version of the refund's own snapshot (`own`) if that is
-/// later: it was made by then.
+/// its `created_at`, or from the version of the refund's own snapshot (`own`: its version,
+/// and whether it failed) if that is later: it was made by then. The newest word on a
+/// refund wins: when its own snapshot is newer than this payment snapshot and says it
+/// failed, the payment's listing of it says nothing, and neither does `refund_status: full`.
 pub fn payment_refunded_at(
     p: &PaymentSpec,
-    own: impl Fn(&str) -> Option<Timestamp>,
+    own: impl Fn(&str) -> Option<(Timestamp, bool)>,
 ) -> Option<Timestamp> {
-    let listed = |n: usize, at: Timestamp| own(&p.refund_ids[n]).map_or(at, |o| o.max(at));
+    let listed_refunds = match p.refunds {
+        PaymentRefunds::None => 0,
+        PaymentRefunds::Full(_) | PaymentRefunds::Partial(_) => 1,
+        PaymentRefunds::FullByParts(..) => 2,
+    };
+    let withdrawn =
+        |n: usize| own(&p.refund_ids[n]).is_some_and(|(at, failed)| failed && at > p.at);
+    if (0..listed_refunds).any(withdrawn) {
+        return None;
+    }
+    let listed = |n: usize, at: Timestamp| own(&p.refund_ids[n]).map_or(at, |(o, _)| o.max(at));
     match p.refunds {
         PaymentRefunds::None | PaymentRefunds::Partial(_) => None,
         PaymentRefunds::Full(at) => Some(listed(0, at)),
