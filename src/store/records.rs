@@ -483,14 +483,36 @@ impl Reader {
     ///
     /// SQLite errors, or a row that does not decode.
     pub fn balance(&self, customer: &str, credit_entitlement: &str) -> Result<Option<Balance>> {
-        // The newest entries (several may share the newest instant: the chain orders them).
+        // Every entry of the newest instant and of the one before it, where the newest
+        // instant's chain starts (several may share an instant: the chain orders them).
+        // A state key begins with its instant, then `/`: the instant's entries are the
+        // keys from `<instant>` (inclusive) to `<instant>0` (`0` follows `/`).
+        let pair = "FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2";
+        let newest_key = |below: Option<&str>| -> Result<Option<String>> {
+            let row = match below {
+                None => self.db().row(
+                    &format!("SELECT MAX(state_key) {pair}"),
+                    args![customer, credit_entitlement],
+                )?,
+                Some(below) => self.db().row(
+                    &format!("SELECT MAX(state_key) {pair} AND state_key < ?3"),
+                    args![customer, credit_entitlement, below],
+                )?,
+            };
+            row.map_or(Ok(None), |mut r| r.opt_string(0))
+        };
+        let instant = |key: &str| key.split('/').next().unwrap_or(key).to_string();
+        let Some(newest) = newest_key(None)?.map(|k| instant(&k)) else {
+            return Ok(None);
+        };
+        let from = newest_key(Some(&newest))?.map_or_else(|| newest.clone(), |k| instant(&k));
         let newest: Vec<(String, u64)> = self
             .db()
             .rows(
-                "SELECT body, (SELECT COUNT(*) FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2)
-                   FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2
-                  ORDER BY state_key DESC LIMIT 64",
-                args![customer, credit_entitlement],
+                &format!(
+                    "SELECT body, (SELECT COUNT(*) {pair}) {pair} AND state_key >= ?3 ORDER BY state_key DESC"
+                ),
+                args![customer, credit_entitlement, &from],
             )?
             .into_iter()
             .map(|mut r| Ok((r.string(0)?, r.i64(1)? as u64)))

@@ -403,6 +403,49 @@ fn a_same_instant_chain_that_returns_to_a_balance_starts_at_the_previous_balance
     }
 }
 
+/// More entries at one instant than a page of rows: the balance still follows every one
+/// of them and the previous instant's balance. A read that took only the newest 64 rows
+/// saw part of the chain and not where it started: a cycle of 66 entries (100 -> 0,
+/// 0 -> 100, ...) must end at 100, where it began, and a line of 70 entries (1000 -> 999
+/// -> ... -> 930) at 930.
+#[test]
+fn a_chain_of_more_than_64_entries_at_one_instant_is_followed_to_its_end() {
+    let earlier = "2026-04-01T00:00:00Z";
+    let at = "2026-05-01T00:00:00Z";
+    let cycle: Vec<(i64, i64)> = (0..66)
+        .map(|i| if i % 2 == 0 { (100, 0) } else { (0, 100) })
+        .collect();
+    let line: Vec<(i64, i64)> = (0..70).map(|i| (1000 - i, 999 - i)).collect();
+    for (steps, start, want) in [(&cycle, 100, "100"), (&line, 1000, "930")] {
+        for salt in ["a", "b"] {
+            let mut bodies: Vec<Vec<u8>> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, &(from, to))| ledger_entry(&format!("{salt}{i}"), from, to, at))
+                .collect();
+            bodies.push(ledger_entry("first", 0, start, earlier));
+            let (_dir, engine) = ledger(bodies.clone(), salt == "b");
+            // The same read on PostgreSQL, where there is a test server.
+            let schema = crate::pg::Schema::new("long_chain");
+            let on_pg = schema.as_ref().map(|schema| {
+                let engine = schema.engine();
+                for (i, body) in bodies.into_iter().enumerate() {
+                    engine
+                        .ingest(Delivery::new(format!("m{i}"), body, t0()))
+                        .unwrap();
+                }
+                engine
+            });
+            for (store, engine) in [("sqlite", Some(&engine)), ("postgres", on_pg.as_ref())] {
+                let Some(engine) = engine else { continue };
+                let balance = engine.credit_balance("cus_a", "cent_1").unwrap().unwrap();
+                assert_eq!(balance.balance.to_string(), want, "{store} {salt}");
+                assert_eq!(balance.entries, steps.len() as u64 + 1, "{store}");
+            }
+        }
+    }
+}
+
 /// Issue 8, item 6: `--on-hold-grace-hours` near `u32::MAX` with a subscription on hold
 /// near the end of the calendar overflowed `began + grace` and panicked.
 #[test]
