@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../postgres/0002_partial_indexes.sql"),
     include_str!("../../postgres/0003_access_rules.sql"),
     include_str!("../../postgres/0004_dispute_refund_ranks.sql"),
+    include_str!("../../postgres/0005_identity_rule.sql"),
 ];
 
 /// The schema version this build writes.

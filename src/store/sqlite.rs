@@ -417,6 +417,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_partial_indexes.sql"),
     include_str!("../../migrations/0005_access_rules.sql"),
     include_str!("../../migrations/0006_dispute_refund_ranks.sql"),
+    include_str!("../../migrations/0007_identity_rule.sql"),
 ];
 
 /// The schema version this build writes.

@@ -1366,3 +1366,46 @@ fn a_nul_character_is_refused_alike_on_sqlite_and_postgresql() {
         assert_eq!(engine.write_failure(), None, "{store}");
     }
 }
+
+/// As `store::a_version_6_store_that_took_a_grant_without_its_business_is_rebuilt`, on
+/// PostgreSQL: a schema of version 4 that let a grant go `bus_A -> absent -> bus_B` is
+/// rebuilt once by the migration to version 5.
+#[test]
+fn a_version_4_schema_that_took_a_grant_without_its_business_is_rebuilt() {
+    let Some(schema) = Schema::new("identity") else {
+        return;
+    };
+    let engine = schema.engine();
+    for (id, g) in crate::store::business_moves() {
+        engine
+            .ingest(Delivery::new(id, g.body(), now()))
+            .expect("ingest");
+    }
+    crate::store::assert_business_moves_refused(&engine);
+    drop(engine);
+    let name = &schema.name;
+    let mut client = schema.client();
+    client
+        .batch_execute(&format!(
+            "UPDATE {name}.objects SET
+                 body = (SELECT (convert_from(body, 'UTF8')::jsonb -> 'data')::text
+                           FROM {name}.deliveries WHERE delivery_id = 'm_b'),
+                 state_key = (SELECT version_key FROM {name}.deliveries WHERE delivery_id = 'm_b'),
+                 delivery_id = 'm_b', status = 'delivered'
+              WHERE kind = 'grant';
+             UPDATE {name}.history SET code = NULL, reason = NULL, from_state = NULL, to_state = NULL;
+             UPDATE {name}.deliveries SET outcome = 'applied';
+             DELETE FROM {name}.schema_migrations WHERE version >= 5;"
+        ))
+        .expect("write as version 4 did");
+    let engine = schema.engine();
+    crate::store::assert_business_moves_refused(&engine);
+    let flagged: i64 = client
+        .query_one(
+            &format!("SELECT COUNT(*) FROM {name}.meta WHERE key = 'needs_rebuild' AND value <> 0"),
+            &[],
+        )
+        .expect("meta")
+        .get(0);
+    assert_eq!(flagged, 0, "the rebuild ran once");
+}

@@ -1269,3 +1269,103 @@ fn rebuild_repairs_exactly(memory: usize) {
         .expect("integrity");
     assert_eq!(integrity, "ok");
 }
+
+/// A store of schema version 6 was folded under the old identity rule, which let a grant
+/// go `bus_A -> absent -> bus_B`: the migration to version 7 finds the delivery that left
+/// the business out and rebuilds the store once, and the grant is back at `bus_A`'s
+/// snapshot with the two later ones rejected. A store whose grants all name their
+/// business is not flagged.
+#[test]
+fn a_version_6_store_that_took_a_grant_without_its_business_is_rebuilt() {
+    let migration = include_str!("../../migrations/0007_identity_rule.sql");
+    let flagged = |conn: &Connection| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM meta WHERE key = 'needs_rebuild' AND value <> 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let [(_, named), ..] = business_moves();
+
+    // Every grant names its business: the migration flags nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("e.db");
+    let engine = Engine::open(&path).expect("open");
+    engine
+        .ingest(delivery("m_a", named.body()))
+        .expect("ingest");
+    drop(engine);
+    let conn = Connection::open(&path).expect("open raw");
+    conn.execute_batch(migration).expect("the migration's SQL");
+    assert_eq!(flagged(&conn), 0, "nothing to rebuild");
+    drop(conn);
+
+    // The three snapshots, and the state version 6 made of them: `bus_B`'s, delivered.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("e.db");
+    let engine = Engine::open(&path).expect("open");
+    for (id, g) in business_moves() {
+        engine.ingest(delivery(id, g.body())).expect("ingest");
+    }
+    assert_eq!(engine.rejected().unwrap().len(), 2);
+    drop(engine);
+    let conn = Connection::open(&path).expect("open raw");
+    conn.execute_batch(
+        "UPDATE objects SET
+             body = (SELECT json_extract(CAST(body AS TEXT), '$.data') FROM deliveries WHERE delivery_id = 'm_b'),
+             state_key = (SELECT version_key FROM deliveries WHERE delivery_id = 'm_b'),
+             delivery_id = 'm_b', status = 'delivered'
+          WHERE kind = 'grant';
+         UPDATE history SET code = NULL, reason = NULL, from_state = NULL, to_state = NULL;
+         UPDATE deliveries SET outcome = 'applied';
+         PRAGMA user_version = 6;",
+    )
+    .expect("write as version 6 did");
+    drop(conn);
+    let engine = Engine::open(&path).expect("migrate");
+    let conn = Connection::open(&path).expect("open raw");
+    assert_eq!(flagged(&conn), 0, "the rebuild ran once");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 7);
+    assert_business_moves_refused(&engine);
+}
+
+/// A grant named `bus_A`, then left out, then `bus_B` (and delivered), as deliveries
+/// `m_a`, `m_x`, `m_b`.
+pub(crate) fn business_moves() -> [(&'static str, support::GrantSpec); 3] {
+    let mut named = grant("grt_m", St::Pending, t0());
+    named.business_id = Some("bus_A".into());
+    let mut left_out = grant("grt_m", St::Pending, t0() + ms(60_000));
+    left_out.business_id = None;
+    let mut other = grant("grt_m", St::Delivered, t0() + ms(120_000));
+    other.business_id = Some("bus_B".into());
+    [("m_a", named), ("m_x", left_out), ("m_b", other)]
+}
+
+/// What [`business_moves`] must leave: `bus_A`'s pending grant, the other two rejected.
+pub(crate) fn assert_business_moves_refused(engine: &Engine) {
+    let now = t0() + ms(3_600_000);
+    let access = engine.access("cus_a", "ent_pro", now).expect("access");
+    assert_eq!(
+        (access.allowed, access.status.as_str()),
+        (false, "pending"),
+        "{access:?}"
+    );
+    let mut codes: Vec<(String, String)> = engine
+        .rejected()
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.delivery_id, q.code))
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            ("m_b".to_string(), "identity_changed".to_string()),
+            ("m_x".to_string(), "identity_changed".to_string())
+        ]
+    );
+}
