@@ -132,6 +132,12 @@ impl Decoded {
 
     /// A payment's state at version `as_of`: the refunds and disputes it embeds.
     pub(crate) fn payment(p: Payment, as_of: Timestamp, _since: Timestamp) -> Decoded {
+        let failed = p
+            .refunds
+            .iter()
+            .filter(|r| r.status == RefundStatus::Failed)
+            .map(|r| r.refund_id.clone())
+            .collect();
         let refunds = p
             .refunds
             .into_iter()
@@ -152,6 +158,7 @@ impl Decoded {
             embedded: Embedded {
                 as_of: Some(as_of),
                 refunds,
+                failed,
                 // `refund_status: full` also covers partial refunds that add up.
                 full: p
                     .refund_status

@@ -19,6 +19,8 @@ pub(super) struct Embedded {
     pub(super) as_of: Option<Timestamp>,
     /// Its succeeded refunds.
     pub(super) refunds: Vec<ListedRefund>,
+    /// The ids of the refunds it lists as failed.
+    pub(super) failed: Vec<String>,
     /// Its `refund_status` is `full` (partial refunds may add up to it).
     pub(super) full: bool,
     /// dispute id -> (status, version of the payment snapshot that reports it)
@@ -53,6 +55,7 @@ impl PaymentSources {
         self.refunds.is_empty()
             && self.disputes.is_empty()
             && self.embedded.refunds.is_empty()
+            && self.embedded.failed.is_empty()
             && !self.embedded.full
             && self.embedded.disputes.is_empty()
     }
@@ -69,12 +72,22 @@ impl PaymentSources {
 
     /// A refund the payment snapshot lists as succeeded whose own snapshot is newer than
     /// that payment snapshot and says it failed: per refund, the newest word wins, as for
-    /// disputes. (Any other status of its own, newer or not, leaves the listing standing:
-    /// a refund does not go from succeeded back to pending, so that word is a late one.)
+    /// disputes, and a tie goes to `succeeded`. (Any other status of its own, newer or
+    /// not, leaves the listing standing: a refund does not go from succeeded back to
+    /// pending, so that word is a late one.) [`PaymentSources::listed_failed`] is the same
+    /// rule the other way.
     fn withdrawn(&self, r: &ListedRefund) -> bool {
         self.refunds.get(&r.refund_id).is_some_and(|own| {
             own.failed && self.embedded.as_of.is_some_and(|listed| own.at > listed)
         })
+    }
+
+    /// A refund whose own snapshot says it succeeded that a newer payment snapshot lists
+    /// as failed.
+    fn listed_failed(&self, id: &str, own: &OwnRefund) -> bool {
+        let embedded = &self.embedded;
+        embedded.as_of.is_some_and(|listed| listed > own.at)
+            && embedded.failed.iter().any(|f| f == id)
     }
 
     pub(super) fn facts(&self) -> PaymentFacts {
@@ -101,9 +114,9 @@ impl PaymentSources {
             .flatten();
         let refunded_at = self
             .refunds
-            .values()
-            .filter(|own| own.full)
-            .map(|own| own.at)
+            .iter()
+            .filter(|(id, own)| own.full && !self.listed_failed(id, own))
+            .map(|(_, own)| own.at)
             .chain(single)
             .chain(full)
             .min();

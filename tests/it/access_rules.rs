@@ -329,6 +329,57 @@ fn a_listed_refund_that_its_own_newer_snapshot_says_failed_no_longer_denies() {
     }
 }
 
+/// The same rule the other way: a refund whose own snapshot says it succeeded no longer
+/// denies once a newer payment snapshot lists it as failed; at the same instant the
+/// succeeded word stands (a tie denies).
+#[test]
+fn a_refund_that_a_newer_payment_snapshot_lists_as_failed_no_longer_denies() {
+    let policy = Policy::default();
+    let at = "2026-05-01T15:00:00Z";
+    let succeeded = env(
+        "refund.succeeded",
+        "2026-05-01T12:10:00Z",
+        refund("ref_1", "pay_1", "succeeded", false),
+    );
+    let lists_failed = |when: &str| {
+        env(
+            "payment.succeeded",
+            when,
+            payment(
+                "pay_1",
+                when,
+                json!({"refunds": [{"refund_id": "ref_1", "payment_id": "pay_1",
+                    "business_id": "bus_1", "created_at": "2026-05-01T12:00:00Z",
+                    "is_partial": false, "status": "failed", "amount": 2999, "currency": "USD"}]}),
+            ),
+        )
+    };
+    let later = lists_failed("2026-05-01T12:30:00Z");
+    let tie = lists_failed("2026-05-01T12:10:00Z");
+    let last_answer = |sends: &[&Value]| {
+        let mut w = World::new();
+        w.send(&grant_of_pay_1());
+        for d in sends {
+            w.send(d);
+        }
+        let live = w.access("cus_1", "ent_1", at, &policy);
+        let direct = w
+            .engine
+            .access_direct("cus_1", "ent_1", ts(at), &policy)
+            .unwrap();
+        assert_eq!(
+            (live.allowed, &live.reason),
+            (direct.allowed, &direct.reason)
+        );
+        (live.allowed, live.reason)
+    };
+    let refund = (false, Some("refund".to_string()));
+    assert_eq!(last_answer(&[&succeeded]), refund);
+    assert_eq!(last_answer(&[&succeeded, &later]), (true, None));
+    assert_eq!(last_answer(&[&later, &succeeded]), (true, None));
+    assert_eq!(last_answer(&[&succeeded, &tie]), refund);
+}
+
 /// A grace of 72 hours after a subscription went on_hold, the other knobs the defaults.
 fn grace_of_72_hours() -> Policy {
     Policy {
