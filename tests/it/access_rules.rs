@@ -54,6 +54,28 @@ impl World {
             .access_with(c, e, ts(at), policy)
             .expect("access")
     }
+    /// (cus_1, ent_1)'s answer at `at`: (allowed, reason), the same from the live index,
+    /// from the store's own rows, and as the change feed's last answer for the pair (the
+    /// feed evaluates at the clock's now: for refunds, the same answer).
+    fn refund_answer(&self, at: &str, policy: &Policy) -> (bool, Option<String>) {
+        let live = self.access("cus_1", "ent_1", at, policy);
+        let direct = self
+            .engine
+            .access_direct("cus_1", "ent_1", ts(at), policy)
+            .unwrap();
+        assert_eq!(
+            (live.allowed, &live.reason),
+            (direct.allowed, &direct.reason),
+            "live index vs the store's own rows"
+        );
+        let feed = self.engine.changes(0, 100).unwrap();
+        let last = feed
+            .iter()
+            .rfind(|c| (c.customer_id.as_str(), c.entitlement_id.as_str()) == ("cus_1", "ent_1"))
+            .expect("a change of the pair");
+        assert_eq!((last.allowed, &last.reason), (live.allowed, &live.reason));
+        (live.allowed, live.reason)
+    }
 }
 
 fn env(ty: &str, at: &str, data: Value) -> Value {
@@ -282,27 +304,7 @@ fn a_listed_refund_that_its_own_newer_snapshot_says_failed_no_longer_denies() {
                 .iter()
                 .map(|d| {
                     w.send(d);
-                    let live = w.access("cus_1", "ent_1", at, &policy);
-                    let direct = w
-                        .engine
-                        .access_direct("cus_1", "ent_1", ts(at), &policy)
-                        .unwrap();
-                    assert_eq!(
-                        (live.allowed, &live.reason),
-                        (direct.allowed, &direct.reason),
-                        "live index vs the store's own rows (refund_status full: {status_full})"
-                    );
-                    // The change feed (evaluated at the clock's now) says the same.
-                    let feed = w.engine.changes(0, 100).unwrap();
-                    let last = feed
-                        .iter()
-                        .rfind(|c| {
-                            (c.customer_id.as_str(), c.entitlement_id.as_str())
-                                == ("cus_1", "ent_1")
-                        })
-                        .expect("a change of the pair");
-                    assert_eq!((last.allowed, &last.reason), (live.allowed, &live.reason));
-                    (live.allowed, live.reason)
+                    w.refund_answer(at, &policy)
                 })
                 .collect()
         };
@@ -362,16 +364,7 @@ fn a_refund_that_a_newer_payment_snapshot_lists_as_failed_no_longer_denies() {
         for d in sends {
             w.send(d);
         }
-        let live = w.access("cus_1", "ent_1", at, &policy);
-        let direct = w
-            .engine
-            .access_direct("cus_1", "ent_1", ts(at), &policy)
-            .unwrap();
-        assert_eq!(
-            (live.allowed, &live.reason),
-            (direct.allowed, &direct.reason)
-        );
-        (live.allowed, live.reason)
+        w.refund_answer(at, &policy)
     };
     let refund = (false, Some("refund".to_string()));
     assert_eq!(last_answer(&[&succeeded]), refund);
