@@ -485,8 +485,9 @@ impl Reader {
     pub fn balance(&self, customer: &str, credit_entitlement: &str) -> Result<Option<Balance>> {
         // Every entry of the newest instant and of the one before it, where the newest
         // instant's chain starts (several may share an instant: the chain orders them).
-        // A state key begins with its instant, then `/`: the instant's entries are the
-        // keys from `<instant>` (inclusive) to `<instant>0` (`0` follows `/`).
+        // A state key begins with its instant, then `/` (fixed width, so text order is
+        // time order): the keys below `<newest instant>` are of earlier instants, and the
+        // keys from `<instant before>` on are of the two instants wanted.
         let pair = "FROM objects INDEXED BY objects_customer WHERE customer_id = ?1 AND kind = 'credit_entry' AND ref_id = ?2";
         let newest_key = |below: Option<&str>| -> Result<Option<String>> {
             let row = match below {
